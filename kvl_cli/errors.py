@@ -1,0 +1,65 @@
+"""Errors a user can cause, each with a sentence that says what to do, and their exit codes.
+
+The CLI maps these to exit codes in one place (``cli.main``); library callers catch ``KvlError``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # unexpected failure (a bug): rerun with --debug and report it
+    USAGE = 2  # bad option or argument (click uses 2 as well)
+    INPUT = 3  # no usable input: missing, unreadable, corrupt or unsupported file
+    MODEL = 4  # model problem: not found, not a GGUF model, projector missing or mismatched
+    PARTIAL = 5  # a batch finished but some inputs failed (each one reported on stderr)
+    NETWORK = 6  # download failed: hub unreachable, 401/403/404, offline, interrupted
+    DISK = 7  # not enough disk space, or a file could not be written
+    CONTEXT = 8  # the prompt does not fit the context window
+    INTERRUPTED = 130  # Ctrl-C: what was already printed or written is kept
+
+
+class KvlError(Exception):
+    """An error with a message meant for the user and an exit code."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(KvlError):
+    exit_code = ExitCode.USAGE
+
+
+class InputError(KvlError):
+    exit_code = ExitCode.INPUT
+
+
+class ModelError(KvlError):
+    exit_code = ExitCode.MODEL
+
+
+class NetworkError(KvlError):
+    exit_code = ExitCode.NETWORK
+
+
+class DiskError(KvlError):
+    exit_code = ExitCode.DISK
+
+
+class ContextError(KvlError):
+    exit_code = ExitCode.CONTEXT
+
+
+class EngineError(KvlError):
+    """The native engine refused or failed an operation."""
+
+    exit_code = ExitCode.ERROR
