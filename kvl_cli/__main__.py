@@ -1,0 +1,3 @@
+from kvl_cli.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""What caption, ocr and ask share: inputs, model, settings, renderer, run, exit code."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..catalog import resolve
+from ..errors import ExitCode, InputError
+from ..media.images import InputProblem, InputRef
+from ..options import CommonArgs, engine_config, generation_settings, image_max_tokens, output_settings
+from ..render import make_renderer
+from ..runner import Interrupted, Job, exit_code, load_engine, run_jobs
+
+
+def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], common: CommonArgs,
+                   meta: dict[str, Any]) -> int:
+    """Run jobs for an image command and return its exit code."""
+    m, g, o = common.model_opts, common.gen_opts, common.out_opts
+    settings = generation_settings(task, g)
+    renderer = make_renderer(output_settings(o, g))
+    if not jobs and not problems:
+        raise InputError("no input given", hint=f"try: kvl {task} photo.jpg")
+    model = None
+    if jobs:  # resolve the model only when something can run: a missing file should not ask for a model
+        from .pull import ensure_model
+
+        model, mmproj, model_name = ensure_model(m["model"], m["mmproj"], renderer)
+        meta = {"task": task, "model": model_name, **meta,
+                "image_max_tokens": image_max_tokens(task, m), "temperature": settings.temperature,
+                "seed": settings.seed}
+    else:
+        meta = {"task": task, **meta}
+    config = engine_config(task, m, model, mmproj if model else None, o["verbose"])
+    try:
+        outcomes = run_jobs(lambda: load_engine(config, renderer), jobs, problems, settings=settings,
+                            renderer=renderer, image_max_tokens=config.image_max_tokens, meta=meta)
+    except Interrupted:
+        renderer.close()
+        print("kvl: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    finally:
+        renderer.close()
+    return int(exit_code(outcomes))
+
+
+def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
+    return [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..media.images import VIDEO_EXTENSIONS, expand_inputs
+from ..options import generation_options, model_options, output_options, split_kwargs
+from ..runner import Job
+from ._common import run_image_task
+
+
+def split_question(args: list[str], question: str | None, stdin_is_tty: bool) -> tuple[list[str], str]:
+    """The question is -q, else the last argument, else stdin (when it is not a terminal)."""
+    if question is not None:
+        return args, question
+    uses_stdin_image = "-" in args
+    if len(args) >= 2:
+        return args[:-1], args[-1]
+    if not stdin_is_tty and not uses_stdin_image:
+        text = sys.stdin.read().strip()
+        if text:
+            return args, text
+    raise UsageError("no question given", hint='put it after the images: kvl ask photo.jpg "What is this?"')
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("args", nargs=-1, required=True, metavar="IMAGE... [QUESTION]")
+@click.option("--question", "-q", default=None, help="The question (instead of the last argument).")
+@model_options
+@generation_options
+@output_options
+def ask(args: tuple[str, ...], question: str | None, **kwargs: Any) -> int:
+    """Ask a question about one or more images (all in one prompt), or about a video.
+
+    The question is the last argument, or -q, or stdin when stdin is not a terminal. The model
+    keeps its full thinking by default; --think-budget or --no-think make it quicker.
+
+    \b
+      kvl ask photo.jpg "How many people are there?"
+      kvl ask before.png after.png "What changed?"
+      kvl ask clip.mp4 "What happens after the dog jumps?"
+      echo "What does the sign say?" | kvl ask street.jpg
+    """
+    inputs, q = split_question(list(args), question, sys.stdin.isatty())
+    common = split_kwargs(kwargs)
+    if len(inputs) == 1 and any(inputs[0].lower().endswith(ext) for ext in VIDEO_EXTENSIONS):
+        from .video import ask_video
+
+        return ask_video(inputs[0], q, common)
+    refs, problems = expand_inputs(inputs)
+    label = refs[0].label if len(refs) == 1 else ", ".join(r.label for r in refs)
+    jobs = [Job(label=label, refs=refs, instruction=q, meta={"question": q, "images": [r.label for r in refs]})]
+    if problems:  # one prompt needs every image: a missing one fails the question
+        jobs = []
+    return run_image_task("ask", jobs if refs else [], problems, common, {"question": q})

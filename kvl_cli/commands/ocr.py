@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..media.images import expand_inputs
+from ..options import generation_options, model_options, output_options, split_kwargs
+from ..tasks import ocr_prompt
+from ._common import per_image_jobs, run_image_task
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
+              help="Plain text, or Markdown keeping headings, lists and tables.")
+@model_options
+@generation_options
+@output_options
+def ocr(inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
+    """Extract all visible text from images, faithfully, in reading order.
+
+    OCR gives the vision encoder more tokens per image by default (2048) so small print stays
+    legible; lower --image-max-tokens for speed.
+
+    \b
+      kvl ocr scan.png > scan.txt
+      kvl ocr --format markdown receipt.jpg
+      kvl ocr --json scans/*.png | jq -r .answer
+    """
+    common = split_kwargs(kwargs)
+    refs, problems = expand_inputs(list(inputs))
+    jobs = per_image_jobs(refs, ocr_prompt(fmt))
+    return run_image_task("ocr", jobs, problems, common, {"format": fmt})

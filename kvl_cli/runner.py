@@ -1,0 +1,117 @@
+"""Run a task over inputs: check them all, load the model once, stream each result.
+
+A bad input is reported (one line on stderr, or a JSON object with ``error``) and the others
+still run; the exit code then says that some failed. Usable without Click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine.engine import DoneEvent, Engine, EngineConfig, Event, GenerationSettings, Request, Result
+from .errors import ContextError, EngineError, ExitCode, InputError, KvlError
+from .media.images import InputProblem, InputRef, load_image, precheck_image
+from .render import Renderer
+from .tasks import user_text
+
+
+@dataclass
+class Job:
+    """One prompt: its images (one for caption/ocr, several for ask) and the instruction."""
+
+    label: str
+    refs: list[InputRef]
+    instruction: str
+    system: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    label: str
+    result: Result | None = None
+    error: KvlError | None = None
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the batch stopped; what was printed stays."""
+
+
+def load_engine(config: EngineConfig, renderer: Renderer) -> Engine:
+    renderer.status("loading model")
+    engine = Engine(config)
+    for warning in engine.warnings:
+        renderer.warn(warning)
+    return engine
+
+
+def precheck_jobs(jobs: list[Job], problems: list[InputProblem], renderer: Renderer) -> tuple[list[Job], list[Outcome]]:
+    """Header-check every image before the model loads; report each problem at once."""
+    failed = [Outcome(p.label, error=p.error) for p in problems]
+    for p in problems:
+        renderer.error(p.label, p.error)
+    good: list[Job] = []
+    for job in jobs:
+        try:
+            for ref in job.refs:
+                precheck_image(ref)
+        except InputError as exc:
+            renderer.error(job.label, exc)
+            failed.append(Outcome(job.label, error=exc))
+            continue
+        good.append(job)
+    return good, failed
+
+
+def stream(engine: Engine, request: Request, renderer: Renderer) -> Iterator[Event]:
+    for ev in engine.generate(request):
+        renderer.event(ev)
+        yield ev
+
+
+def run_jobs(engine_factory: Callable[[], Engine], jobs: list[Job], problems: list[InputProblem], *,
+             settings: GenerationSettings, renderer: Renderer, image_max_tokens: int | None,
+             meta: dict[str, Any]) -> list[Outcome]:
+    """Run every job; return one Outcome per input (failed ones included). Raises Interrupted."""
+    jobs, outcomes = precheck_jobs(jobs, problems, renderer)
+    if not jobs:
+        return outcomes
+    engine = engine_factory()
+    meta = {**meta, "load_s": round(engine.load_seconds, 3)}
+    try:
+        for index, job in enumerate(jobs, 1):
+            renderer.begin(job.label, index, len(jobs))
+            try:
+                images = [load_image(ref, max_tokens=image_max_tokens) for ref in job.refs]
+                request = Request(
+                    user_text=user_text(engine.marker, len(images), job.instruction),
+                    images=images, system=job.system, settings=settings,
+                )
+                result = None
+                for ev in stream(engine, request, renderer):
+                    if isinstance(ev, DoneEvent):
+                        result = ev.result
+                assert result is not None
+                renderer.end(job.label, result, {**meta, **job.meta})
+                outcomes.append(Outcome(job.label, result=result))
+                if result.finish_reason == "interrupted":
+                    raise Interrupted()
+            except (InputError, ContextError, EngineError) as exc:
+                renderer.error(job.label, exc)
+                outcomes.append(Outcome(job.label, error=exc))
+            except KeyboardInterrupt:
+                raise Interrupted() from None
+    finally:
+        renderer.close()
+    return outcomes
+
+
+def exit_code(outcomes: list[Outcome]) -> ExitCode:
+    errors = [o.error for o in outcomes if o.error is not None]
+    if not errors:
+        return ExitCode.OK
+    if len(errors) < len(outcomes):
+        return ExitCode.PARTIAL
+    return errors[0].exit_code

@@ -1,0 +1,65 @@
+"""What each command asks the model, and its defaults. All prompts live here.
+
+Defaults were chosen for a small CPU, where one thinking token costs about half a second:
+``caption`` and ``ocr`` cap the thinking (they rarely need long deliberation), ``ask`` keeps the
+model's full thinking. ``ocr`` gives the encoder more image tokens so small print stays legible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CAPTION_PROMPTS = {
+    "short": "Write a one-sentence caption for this image.",
+    "normal": "Describe this image in a short paragraph: the subject, the setting and anything notable.",
+    "long": (
+        "Describe this image in detail: the main subjects, their appearance and actions, the setting, "
+        "colours and lighting, any visible text, and the overall mood."
+    ),
+}
+OCR_PROMPTS = {
+    "text": (
+        "Extract all the text visible in this image, exactly as written, in reading order. "
+        "Keep line breaks. Output only the text, with no commentary."
+    ),
+    "markdown": (
+        "Transcribe all the text in this image as Markdown, exactly as written, in reading order. "
+        "Keep headings, lists and tables as Markdown structure. Output only the transcription."
+    ),
+}
+VIDEO_PROMPT = (
+    "These are frames from a video, in order, each preceded by its timestamp. "
+    "Summarise what happens in the video, citing timestamps like [00:01:05] where useful."
+)
+SCENE_PROMPT = (
+    "These frames come from one scene of a video, in order, each preceded by its timestamp. "
+    "Describe the scene in one or two sentences."
+)
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    think_budget: int | None  # None: unlimited
+    max_tokens: int
+    image_max_tokens: int
+
+
+DEFAULTS = {
+    "caption": TaskDefaults(think_budget=512, max_tokens=2048, image_max_tokens=1024),
+    "ocr": TaskDefaults(think_budget=256, max_tokens=4096, image_max_tokens=2048),
+    "ask": TaskDefaults(think_budget=None, max_tokens=8192, image_max_tokens=1024),
+    "video": TaskDefaults(think_budget=1024, max_tokens=4096, image_max_tokens=256),
+}
+
+
+def caption_prompt(detail: str) -> str:
+    return CAPTION_PROMPTS[detail]
+
+
+def ocr_prompt(fmt: str) -> str:
+    return OCR_PROMPTS[fmt]
+
+
+def user_text(marker: str, n_images: int, instruction: str) -> str:
+    """Images first, then the instruction: the layout Kimi-VL was trained on."""
+    return marker * n_images + "\n" + instruction
