@@ -61,7 +61,8 @@ class _Progress:
         self.label, self.detail = label, detail
 
     def __rich__(self) -> RenderableType:
-        text = f"{self.label}{(' ' + self.detail) if self.detail else ''} · {_fmt_seconds(time.monotonic() - self.started)}"
+        detail = f" {self.detail}" if self.detail else ""
+        text = f"{self.label}{detail} · {_fmt_seconds(time.monotonic() - self.started)}"
         return Spinner("dots", Text(text, style="cyan"))
 
 
@@ -302,7 +303,7 @@ class LiveRenderer(Renderer):
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
         if self.total > 1 and self.label:
-            parts.append(Text(f"==> {self.label} <==", style="bold"))
+            parts.append(Text(("\n" if self.index > 1 else "") + f"==> {self.label} <==", style="bold"))
         thinking = self._thinking_renderable()
         if thinking is not None:
             parts.append(thinking)

@@ -44,7 +44,7 @@ KIMI_CHAT_TEMPLATE = (
 # ("◁/" + "think▷"); the last byte of "▷" (0xB7) leads to the answer too, because a prompt that
 # ends with a prefilled "◁/think▷" (``--no-think``, a thinking budget) is tokenized into bytes.
 SCRIPT_WORDS = ["◁think▷", " some", " thought", "◁/", "think▷", "An", " answer"]
-SCRIPT_CHAIN = [
+SCRIPT_CHAIN: list[tuple[str | bytes, str | bytes]] = [
     ("<|im_middle|>", "◁think▷"),
     ("◁think▷", " some"),
     (" some", " thought"),
@@ -70,7 +70,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 BYTE_CHARS = _bytes_to_unicode()
@@ -225,6 +225,10 @@ def write_text_model(path: str | Path, *, scripted: bool = True, dims: TextDims 
     else:
         embd = rand(n_vocab, d.n_embd, scale=1.0)
         output = rand(n_vocab, d.n_embd, scale=0.5)
+        # end-of-generation tokens get zero logits: under greedy decoding the random model never
+        # stops by itself, so tests can rely on length limits and interrupt it
+        for special in ("[EOS]", "<|im_end|>", "[PAD]"):
+            output[tokens.index(special)] = 0.0
 
     w.add_tensor("token_embd.weight", embd)
     w.add_tensor("output_norm.weight", ones(d.n_embd))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..catalog import resolve
 from ..errors import ExitCode, InputError
 from ..media.images import InputProblem, InputRef
 from ..options import CommonArgs, engine_config, generation_settings, image_max_tokens, output_settings

@@ -90,7 +90,7 @@ def gpu_offload_supported() -> bool:
 def backend_name() -> str:
     """Which accelerator this llama-cpp-python was built for: CUDA, Metal, Vulkan, ... or CPU."""
     info = system_info().upper()
-    lib_dir = os.path.join(os.path.dirname(llama().__file__), "lib")
+    lib_dir = os.path.join(os.path.dirname(llama().__file__ or ""), "lib")
     names = " ".join(os.listdir(lib_dir)).upper() if os.path.isdir(lib_dir) else ""
     for name in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL", "OPENCL"):
         if f"GGML-{name}" in names or f"{name} :" in info or f"{name} =" in info:

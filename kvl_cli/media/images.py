@@ -24,7 +24,7 @@ from ..errors import InputError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-MAX_IMAGE_PIXELS = int(os.environ.get("KVL_MAX_IMAGE_PIXELS", 89_478_485))  # Pillow's bomb limit
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit
 URL_TIMEOUT_S = 30
 URL_MAX_BYTES = 100 * 1024 * 1024
 PIXELS_PER_TOKEN = 28 * 28  # one image token per 28x28 pixels (14 px patches, 2x2 merge)
@@ -52,7 +52,8 @@ class InputRef:
         try:
             return self.path.read_bytes()
         except OSError as exc:
-            raise InputError(f"{self.label}: cannot read ({exc.strerror})", hint="check the file's permissions") from None
+            raise InputError(f"{self.label}: cannot read ({exc.strerror})",
+                             hint="check the file's permissions") from None
 
 
 @dataclass
@@ -162,9 +163,10 @@ def _open(ref: InputRef, data: bytes):  # type: ignore[no-untyped-def]
     except OSError as exc:
         raise InputError(f"{ref.label}: cannot read the image ({exc})", hint="the file may be damaged") from None
     w, h = img.size
-    if w * h > MAX_IMAGE_PIXELS:
+    limit = int(os.environ.get("KVL_MAX_IMAGE_PIXELS") or DEFAULT_MAX_IMAGE_PIXELS)
+    if w * h > limit:
         raise InputError(
-            f"{ref.label}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the {MAX_IMAGE_PIXELS / 1e6:.0f} MP safety limit",
+            f"{ref.label}: {w}x{h} is {w * h / 1e6:.1f} megapixels, over the {limit / 1e6:.1f} MP safety limit",
             hint="downscale it first, or raise KVL_MAX_IMAGE_PIXELS if you trust the file",
         )
     if w < 1 or h < 1:
