@@ -183,7 +183,8 @@ def resolve(model: str | None, mmproj: str | None) -> tuple[Path, Path, str]:
                 raise NoModelError(entry)
         return inst.model_path, Path(mmproj).expanduser() if mmproj else inst.mmproj_path, inst.ref
     path = Path(model).expanduser()
-    if path.exists() or path.suffix.lower() == ".gguf" or os.sep in model:
+    looks_like_path = path.suffix.lower() == ".gguf" or (os.sep in model and not model.startswith("hf:"))
+    if path.exists() or looks_like_path:
         if not path.exists():
             raise ModelError(f"model file not found: {model}", hint="check the path, or pull a model with `kvl pull`")
         if mmproj is None:

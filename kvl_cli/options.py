@@ -44,6 +44,8 @@ model_options = _stack(
                  "on some CPUs, see README; env KVL_REPACK=1]."),
     click.option("--image-min-tokens", type=click.IntRange(1, 16384), default=None,
                  help="Fewest tokens per image (libmtmd's limit; small images are scaled up)."),
+    click.option("--yes", "-y", is_flag=True, help="Download the default model without asking if none is installed "
+                 "[env KVL_AUTO_PULL=1]."),
     click.option("--image-max-tokens", type=click.IntRange(1, 16384), default=None,
                  help="Most tokens per image (larger images are scaled down) [caption/ask 1024, ocr 2048]."),
 )
@@ -80,7 +82,8 @@ class CommonArgs:
     out_opts: dict[str, Any]
 
 
-MODEL_KEYS = ("model", "mmproj", "ctx", "threads", "gpu_layers", "repack", "image_min_tokens", "image_max_tokens")
+MODEL_KEYS = ("model", "mmproj", "ctx", "threads", "gpu_layers", "repack", "image_min_tokens", "image_max_tokens",
+              "yes")
 GEN_KEYS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "think_budget", "no_think", "show_thinking")
 OUT_KEYS = ("as_json", "verbose", "debug")
 

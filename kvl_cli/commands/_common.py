@@ -24,7 +24,7 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
     if jobs:  # resolve the model only when something can run: a missing file should not ask for a model
         from .pull import ensure_model
 
-        model, mmproj, model_name = ensure_model(m["model"], m["mmproj"], renderer)
+        model, mmproj, model_name = ensure_model(m["model"], m["mmproj"], renderer, yes=m["yes"])
         meta = {"task": task, "model": model_name, **meta,
                 "image_max_tokens": image_max_tokens(task, m), "temperature": settings.temperature,
                 "seed": settings.seed}

@@ -1,0 +1,134 @@
+"""A local HTTP server that answers like the Hugging Face hub, for pull tests.
+
+Serves ``/{repo}/resolve/{rev}/{file}`` (HEAD with X-Repo-Commit / X-Linked-Etag / X-Linked-Size
+and a 302 to a CDN path, GET with the same redirect), ``/cdn/{repo}/{file}`` with Range support,
+and ``/api/models/{repo}/tree/{rev}``. Faults can be injected per file: cut the connection after
+N bytes (once), serve other bytes, or answer 401.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class HubState:
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    private: set[str] = field(default_factory=set)
+    cut_after: dict[str, int] = field(default_factory=dict)  # file -> bytes sent before cutting (once)
+    corrupt: set[str] = field(default_factory=set)  # files served with altered bytes (true sha advertised)
+    requests: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, repo: str, name: str, data: bytes) -> str:
+        self.repos.setdefault(repo, {})[name] = data
+        return hashlib.sha256(data).hexdigest()
+
+
+class Handler(BaseHTTPRequestHandler):
+    state: HubState
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, code: int, message: str) -> None:
+        kind = "RepoNotFound" if code == 401 else "EntryNotFound"
+        self._send(code, json.dumps({"error": message}).encode(),
+                   {"Content-Type": "application/json", "X-Error-Code": kind})
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        st = self.state
+        with st.lock:
+            rng = self.headers.get("Range")
+            st.requests.append(f"{self.command} {self.path}" + (f" Range={rng}" if rng else ""))
+        path = self.path.split("?")[0]
+        m = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
+        if m:
+            repo = m.group(1)
+            if repo not in st.repos or repo in st.private:
+                return self._error(401 if repo in st.private else 404, "Repository not found")
+            items = [{"type": "file", "path": n, "size": len(d), "oid": "x" * 40,
+                      "lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}}
+                     for n, d in st.repos[repo].items()]
+            return self._send(200, json.dumps(items).encode(), {"Content-Type": "application/json"})
+        m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if m:
+            repo, _rev, name = m.groups()
+            if repo in st.private:
+                return self._error(401, "Invalid credentials")
+            if repo not in st.repos:
+                return self._error(404, "Repository not found")
+            if name not in st.repos[repo]:
+                return self._error(404, "Entry not found")
+            data = st.repos[repo][name]
+            sha = hashlib.sha256(data).hexdigest()
+            # like the hub: an absolute redirect to a CDN (huggingface_hub only follows relative ones itself)
+            # (the hub answers on 127.0.0.1, its "CDN" on localhost: another host, as with the real one)
+            cdn = f"http://localhost:{self.server.server_address[1]}/cdn/{repo}/{name}"
+            return self._send(302, b"", {"Location": cdn, "X-Repo-Commit": COMMIT,
+                                         "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
+                                         "ETag": f'"{sha}"'})
+        m = re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", path)
+        if m:
+            repo, name = m.groups()
+            data = st.repos[repo][name]
+            if name in st.corrupt:
+                data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
+            start = 0
+            rng = self.headers.get("Range")
+            if rng and (rm := re.match(r"bytes=(\d+)-", rng)):
+                start = int(rm.group(1))
+            body = data[start:]
+            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+            code = 206 if start else 200
+            if start:
+                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            cut = None
+            with st.lock:
+                if name in st.cut_after and self.command == "GET":
+                    cut = st.cut_after.pop(name)
+            self.send_response(code)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            if cut is not None:
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+            return
+        self._error(404, "not found")
+
+
+def start(state: HubState) -> tuple[ThreadingHTTPServer, str]:
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"

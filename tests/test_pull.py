@@ -1,0 +1,217 @@
+"""kvl pull / kvl models against a local server that answers like the hub. No test reaches the real hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvl_cli.synthetic import SCRIPTED_ANSWER
+
+from . import hubserver
+from .conftest import kvl_env
+
+REPO = "kvl-test/toy-GGUF"
+
+
+@pytest.fixture
+def hub(scripted, tmp_path, monkeypatch):
+    state = hubserver.HubState()
+    model_bytes, proj_bytes = scripted.model.read_bytes(), scripted.mmproj.read_bytes()
+    sha_m = state.add(REPO, "toy-Q4_K_M.gguf", model_bytes)
+    sha_p = state.add(REPO, "mmproj-toy-Q8_0.gguf", proj_bytes)
+    state.add(REPO, "README.md", b"# toy\n")
+    big = bytes(range(256)) * (12 * 2**20 // 256)  # over huggingface_hub's 10 MB write chunk
+    sha_big = state.add(REPO, "big-Q4_K_M.gguf", big)
+    state.repos["kvl-test/private-GGUF"] = {"x.gguf": b"x"}
+    state.private.add("kvl-test/private-GGUF")
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "toy.toml").write_text(f'''
+name = "toy-kimi-vl"
+description = "toy"
+repo = "{REPO}"
+revision = "{hubserver.COMMIT}"
+license = "MIT"
+default = true
+default_quant = "Q4_K_M"
+[quants.Q4_K_M]
+model = {{ file = "toy-Q4_K_M.gguf", size = {len(model_bytes)}, sha256 = "{sha_m}" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf", size = {len(proj_bytes)}, sha256 = "{sha_p}" }}
+[quants.BIG]
+model = {{ file = "big-Q4_K_M.gguf", size = {len(big)}, sha256 = "{sha_big}" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf", size = {len(proj_bytes)}, sha256 = "{sha_p}" }}
+[quants.HUBSHA]
+model = {{ file = "toy-Q4_K_M.gguf" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf" }}
+''')
+    server, url = hubserver.start(state)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("KVL_CATALOG", str(catalog))
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "5")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "5")
+    state.sizes = (len(model_bytes), len(proj_bytes))  # type: ignore[attr-defined]
+    yield state
+    server.shutdown()
+
+
+def installed_folder(home: Path) -> Path:
+    return home / "kvl" / "models" / "toy-kimi-vl" / "Q4_K_M"
+
+
+def test_fresh_pull_then_use_by_default(kvl, hub, isolated, images):
+    r = kvl("pull")
+    assert r.code == 0, r.err
+    folder = installed_folder(isolated)
+    assert "toy-Q4_K_M.gguf" in r.err and "to download" in r.err and "free" in r.err
+    assert "installed toy-kimi-vl:Q4_K_M (sha256 verified)" in r.err
+    manifest = json.loads((folder / "kvl-manifest.json").read_text())
+    for role in ("model", "mmproj"):
+        f = manifest["files"][role]
+        assert hashlib.sha256((folder / f["file"]).read_bytes()).hexdigest() == f["sha256"]
+    r = kvl("caption", images["jpg"])  # no --model: the pulled default
+    assert r.code == 0 and r.out == SCRIPTED_ANSWER + "\n"
+    rows = json.loads(kvl("models", "--json").out)
+    row = next(x for x in rows if x["quant"] == "Q4_K_M")
+    assert row["installed"] and row["verified"] and row["default"] and row["path"] == str(folder)
+    paths = kvl("models", "path", "toy-kimi-vl").out.split()
+    assert paths == [str(folder / "toy-Q4_K_M.gguf"), str(folder / "mmproj-toy-Q8_0.gguf")]
+
+
+def test_pulling_an_installed_pair_answers_at_once(kvl, hub):
+    assert kvl("pull").code == 0
+    before = len(hub.requests)
+    r = kvl("pull")
+    assert r.code == 0
+    assert "already installed, verified" in r.err
+    assert len(hub.requests) == before  # not a single request
+    r = kvl("pull", "--force")
+    assert r.code == 0 and len(hub.requests) > before
+
+
+def test_cut_off_transfer_resumes(kvl, hub, isolated):
+    hub.cut_after["big-Q4_K_M.gguf"] = 11 * 2**20
+    folder = isolated / "kvl" / "models" / "toy-kimi-vl" / "BIG"
+    r = kvl("pull", "--quant", "BIG")
+    if r.code != 0:  # the client may give up on the first try; the next pull resumes
+        assert r.code == 6 and "kvl pull" in r.err
+        assert not (folder / "kvl-manifest.json").exists()
+        r = kvl("pull", "--quant", "BIG")
+    assert r.code == 0, r.err
+    ranges = [q for q in hub.requests if "big-Q4_K_M.gguf Range=bytes=" in q]
+    assert ranges and not ranges[0].endswith("bytes=0-"), hub.requests  # resumed, not restarted
+    assert (folder / "kvl-manifest.json").exists()
+
+
+def test_sha256_mismatch_deletes_the_file(kvl, hub, isolated):
+    hub.corrupt.add("mmproj-toy-Q8_0.gguf")
+    r = kvl("pull")
+    assert r.code == 6
+    assert "failed its sha256 check" in r.err and "deleted it" in r.err
+    folder = installed_folder(isolated)
+    assert not (folder / "mmproj-toy-Q8_0.gguf").exists()
+    assert not (folder / "kvl-manifest.json").exists()
+    rows = json.loads(kvl("models", "--json").out)
+    assert not any(x["installed"] for x in rows)
+
+
+def test_sha256_from_the_hub_listing(kvl, hub, isolated):
+    hub.corrupt.add("toy-Q4_K_M.gguf")
+    r = kvl("pull", "toy-kimi-vl", "--quant", "HUBSHA")  # catalog has no sha: the tree API's LFS sha256 is used
+    assert r.code == 6 and "failed its sha256 check" in r.err
+
+
+def test_missing_repo_and_file_and_private_repo(kvl, hub):
+    r = kvl("pull", "hf:kvl-test/nope-GGUF")
+    assert r.code == 6 and "kvl: error:" in r.err and "not found" in r.err
+    r = kvl("pull", "hf:kvl-test/toy-GGUF", "--file", "nope.gguf", "--mmproj", "mmproj-toy-Q8_0.gguf")
+    assert r.code == 6 and "has no file nope.gguf" in r.err and "toy-Q4_K_M.gguf" in r.err
+    r = kvl("pull", "hf:kvl-test/private-GGUF", "--file", "x.gguf", "--mmproj", "x.gguf")
+    assert r.code == 6 and "HF_TOKEN" in r.err
+    assert "Traceback" not in r.err
+
+
+def test_disk_too_small_refuses_before_downloading(kvl, hub, monkeypatch):
+    from kvl_cli import hub as hubmod
+
+    monkeypatch.setattr(hubmod, "free_space", lambda folder: 1000)
+    r = kvl("pull")
+    assert r.code == 7
+    assert "not enough disk space" in r.err
+    assert not any("/cdn/" in q for q in hub.requests)
+
+
+def test_offline_uses_what_is_installed(kvl, hub, images, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = kvl("pull")
+    assert r.code == 6 and "offline" in r.err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert kvl("pull").code == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(hub.requests)
+    assert "already installed" in kvl("pull").err
+    r = kvl("caption", images["jpg"])
+    assert r.code == 0 and r.out == SCRIPTED_ANSWER + "\n"
+    assert len(hub.requests) == n
+
+
+def test_unreachable_hub_fails_fast(kvl, hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    r = kvl("pull")
+    assert r.code == 6 and "cannot reach the hub" in r.err
+
+
+def test_concurrent_pulls_do_not_corrupt_each_other(hub, isolated, tmp_path):
+    env = kvl_env(HF_ENDPOINT=hub_url(hub), KVL_CATALOG=str(tmp_path / "catalog"))
+    procs = [subprocess.Popen([sys.executable, "-m", "kvl_cli", "pull"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    folder = installed_folder(isolated)
+    manifest = json.loads((folder / "kvl-manifest.json").read_text())
+    for f in manifest["files"].values():
+        assert hashlib.sha256((folder / f["file"]).read_bytes()).hexdigest() == f["sha256"]
+
+
+def hub_url(state) -> str:
+    import os
+
+    return os.environ["HF_ENDPOINT"]
+
+
+def test_other_repositories_by_hf_name(kvl, hub, images):
+    r = kvl("pull", f"hf:{REPO}")
+    assert r.code == 0
+    assert "toy-Q4_K_M.gguf" in r.out and "mmproj-toy-Q8_0.gguf" in r.out and "README" not in r.out
+    r = kvl("pull", f"hf:{REPO}", "--file", "toy-Q4_K_M.gguf", "--mmproj", "mmproj-toy-Q8_0.gguf", "--json")
+    assert r.code == 0, r.err
+    info = json.loads(r.out)
+    assert info["name"] == f"hf:{REPO}" and info["quant"] == "toy-Q4_K_M"
+    r = kvl("caption", images["jpg"], "--model", f"hf:{REPO}")
+    assert r.code == 0 and r.out == SCRIPTED_ANSWER + "\n"
+
+
+def test_remove(kvl, hub, isolated):
+    assert kvl("pull").code == 0
+    r = kvl("models", "rm", "toy-kimi-vl:Q4_K_M")
+    assert r.code == 0 and "removed toy-kimi-vl:Q4_K_M" in r.err
+    assert not installed_folder(isolated).exists()
+    r = kvl("models", "path", "toy-kimi-vl")
+    assert r.code == 4 and "is not installed" in r.err
+
+
+def test_first_use_pulls_with_auto_pull(kvl, hub, images, monkeypatch):
+    monkeypatch.setenv("KVL_AUTO_PULL", "1")
+    r = kvl("caption", images["jpg"])
+    assert r.code == 0, r.err
+    assert r.out == SCRIPTED_ANSWER + "\n"
+    assert "installed toy-kimi-vl:Q4_K_M" in r.err
+
+
+def test_first_use_in_a_pipe_names_the_pull_command(kvl, hub, images):
+    r = kvl("caption", images["jpg"])
+    assert r.code == 4 and "run `kvl pull`" in r.err
