@@ -1,0 +1,150 @@
+"""Video: sampling as a stream, timestamps, scenes, subtitles, through the real engine on the toy model."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+from pathlib import Path
+
+import pytest
+
+from kvl_cli.media.video import FrameSampler, detect_scenes, parse_time, probe, target_times
+from kvl_cli.synthetic import SCRIPTED_ANSWER
+
+COLORS = [(30, 30, 220), (220, 250, 220), (90, 10, 10)]  # BGR; cuts at 2 s and 4 s at 10 fps
+
+
+def write_video(path: Path, seconds: float = 6.0, fps: int = 10, size=(160, 120), segment: float = 2.0) -> Path:
+    import cv2
+    import numpy as np
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(int(seconds * fps)):
+        color = COLORS[int(i / fps / segment) % len(COLORS)]
+        w.write(np.full((size[1], size[0], 3), color, np.uint8))
+    w.release()
+    return path
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    return write_video(tmp_path / "cuts.mp4")
+
+
+def test_probe(clip):
+    info = probe(clip)
+    assert info.frames == 60 and abs(info.fps - 10) < 0.01 and abs(info.duration - 6.0) < 0.01
+
+
+def test_uniform_sampling_timestamps(clip):
+    frames = list(FrameSampler(clip, max_frames=6))
+    assert [round(f.time, 1) for f in frames] == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+    assert frames[0].rgb.shape == (120, 160, 3)
+    # the frame at 2.5 s is from the second (light) segment: RGB, not BGR
+    assert tuple(int(v) for v in frames[2].rgb[0, 0]) == pytest.approx((220, 250, 220), abs=12)
+
+
+def test_fps_sampling_and_range(clip):
+    frames = list(FrameSampler(clip, fps=1, max_frames=100, start=1.0, end=4.0))
+    assert [round(f.time, 1) for f in frames] == [1.0, 2.0, 3.0]
+
+
+def test_max_frames_caps_fps_sampling():
+    assert len(target_times(0, 100, fps=2, max_frames=10)) == 10
+
+
+def test_scene_boundaries(clip):
+    scenes = detect_scenes(clip)
+    assert [(round(s.start, 1), round(s.end, 1)) for s in scenes] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
+
+
+def test_parse_time():
+    assert parse_time("65") == 65 and parse_time("1:05") == 65 and parse_time("00:01:05.5") == 65.5
+
+
+def test_video_summary_json(kvl, scripted, clip):
+    r = kvl("video", clip, "--max-frames", "4", "--json", *scripted.args())
+    assert r.code == 0, r.err
+    rec = json.loads(r.out)
+    assert rec["answer"] == SCRIPTED_ANSWER and rec["task"] == "video"
+    assert rec["frames"] == [0.7, 2.2, 3.7, 5.2]
+    assert len(rec["image_tokens"]) == 4 and rec["tokens_per_frame"] == 256
+
+
+def test_ask_about_a_video(kvl, scripted, clip):
+    r = kvl("ask", clip, "What happens after the light scene?", "--json", *scripted.args())
+    assert r.code == 0, r.err
+    rec = json.loads(r.out)
+    assert rec["question"] == "What happens after the light scene?" and len(rec["frames"]) == 16
+
+
+def test_scenes_as_srt(kvl, scripted, clip):
+    r = kvl("video", "--scenes", "--format", "srt", clip, *scripted.args())
+    assert r.code == 0, r.err
+    blocks = r.out.strip().split("\n\n")
+    assert len(blocks) == 3
+    assert blocks[1].splitlines() == ["2", "00:00:02,000 --> 00:00:04,000", SCRIPTED_ANSWER]
+    for b in blocks:
+        assert re.fullmatch(r"\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n.+", b)
+
+
+def test_scenes_as_vtt_and_jsonl(kvl, scripted, clip, tmp_path):
+    vtt = kvl("video", "--scenes", "--format", "vtt", clip, *scripted.args()).out
+    assert vtt.startswith("WEBVTT\n\n") and "00:00:04.000 --> 00:00:06.000" in vtt
+    other = write_video(tmp_path / "other.mp4", seconds=2)
+    r = kvl("video", "--scenes", "--json", clip, other, *scripted.args())
+    recs = [json.loads(x) for x in r.out.splitlines()]
+    assert [(Path(x["file"]).name, x["scene"]) for x in recs] == [
+        ("cuts.mp4", 1), ("cuts.mp4", 2), ("cuts.mp4", 3), ("other.mp4", 1)]
+    assert recs[1]["start"] == 2.0 and recs[1]["end"] == 4.0 and recs[1]["caption"] == SCRIPTED_ANSWER
+
+
+def test_animated_gif_counts_as_a_video(kvl, scripted, tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (56, 56), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=500, loop=0)
+    r = kvl("video", path, "--max-frames", "3", "--json", *scripted.args())
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["answer"] == SCRIPTED_ANSWER
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("image", "this is an image, not a video"),
+    ("empty", "the file is empty"),
+    ("garbage", "not a video kvl can read"),
+    ("start", "is past the end of the video"),
+    ("range", "holds no frames"),
+])
+def test_bad_video_input(kvl, scripted, clip, images, tmp_path, case, expect):
+    extra: list[str] = []
+    target: Path = clip
+    if case == "image":
+        target = images["jpg"]
+    elif case == "empty":
+        target = tmp_path / "e.mp4"
+        target.write_bytes(b"")
+    elif case == "garbage":
+        target = tmp_path / "g.mp4"
+        target.write_bytes(b"\x00\x01garbage" * 100)
+    elif case == "start":
+        extra = ["--start", "0:30"]
+    else:
+        extra = ["--start", "4", "--end", "3"]
+    r = kvl("video", target, *extra, *scripted.args())
+    assert r.code == 3, r.err
+    assert expect in r.err and "Traceback" not in r.err
+
+
+def test_long_video_memory_stays_bounded(tmp_path):
+    path = write_video(tmp_path / "long.mp4", seconds=240, fps=25, size=(320, 240), segment=7)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sampler = FrameSampler(path, max_frames=8)
+    kept = [f.time for f in sampler]  # keep only timestamps: the sampler itself must not accumulate
+    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(kept) == 8 and kept[-1] == 225.0
+    assert sampler.decoded >= 225 * 25  # read through to the last target, then stopped
+    raw_mb = 6000 * 320 * 240 * 3 / 2**20  # what holding every frame would take: ~1.3 GB
+    assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB (all frames would be {raw_mb:.0f} MB)"
