@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -332,5 +333,227 @@ def write_toy_pair(folder: str | Path, *, scripted: bool = True, seed: int = 0,
 
 __all__ = [
     "FULL_TEXT", "FULL_VISION", "SCRIPTED_ANSWER", "SCRIPTED_THINKING", "TextDims", "VisionDims",
-    "replace", "write_projector", "write_text_model", "write_toy_pair",
+    "replace", "write_full_pair", "write_projector", "write_text_model", "write_toy_pair",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Full size (benchmarks): real dimensions and tensor types, random quantized blocks, written
+# tensor by tensor so that an 11 GB pair never sits in memory.
+
+def _use_more_bits(i: int, n: int) -> bool:
+    """llama-quantize's Q4_K_M rule for which layers get a bigger type."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _random_blocks(rng: np.random.Generator, qtype, n_values: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Random but valid blocks of ``qtype``: finite f16 scales, weights of magnitude ~0.02."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    n_blocks = n_values // block
+    data = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    q = gguf.GGMLQuantizationType
+
+    def put_f16(offset: int, value: float) -> None:
+        data[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+
+    if qtype == q.Q4_K:
+        put_f16(0, 2e-5)  # d
+        put_f16(2, 2e-5)  # dmin
+    elif qtype == q.Q6_K:
+        put_f16(208, 1e-5)
+    elif qtype == q.Q5_0:
+        put_f16(0, 2e-3)
+    elif qtype == q.Q8_0:
+        put_f16(0, 2e-4)
+    else:
+        raise ValueError(f"no random blocks for {qtype}")
+    return data
+
+
+class _StreamedTensors:
+    """Tensor specs now, data later: header first, then one tensor at a time."""
+
+    def __init__(self, seed: int) -> None:
+        self.specs: list[tuple[str, tuple[int, ...], Any]] = []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, name: str, shape: tuple[int, ...], qtype: Any) -> None:
+        self.specs.append((name, shape, qtype))
+
+    def nbytes(self, shape: tuple[int, ...], qtype) -> int:  # type: ignore[no-untyped-def]
+        import gguf
+
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        return int(np.prod(shape)) // block * size
+
+    def data(self, shape: tuple[int, ...], qtype, fill: float | None) -> np.ndarray:  # type: ignore[no-untyped-def]
+        import gguf
+
+        q = gguf.GGMLQuantizationType
+        n = int(np.prod(shape))
+        if qtype == q.F32:
+            if fill is not None:
+                return np.full(shape, fill, np.float32)
+            return (self.rng.standard_normal(shape) * 0.02).astype(np.float32)
+        if qtype == q.F16:
+            return (self.rng.standard_normal(shape) * 0.02).astype(np.float16)
+        return _random_blocks(self.rng, qtype, n)
+
+    def write(self, w, fills: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+        import gguf
+
+        q = gguf.GGMLQuantizationType
+        for name, shape, qtype in self.specs:
+            if qtype in (q.F32, q.F16):
+                dtype = np.float32 if qtype == q.F32 else np.float16
+                w.add_tensor_info(name, shape, np.dtype(dtype), self.nbytes(shape, qtype))
+            else:
+                block, size = gguf.GGML_QUANT_SIZES[qtype]
+                byte_shape = (*shape[:-1], shape[-1] // block * size)
+                w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), self.nbytes(shape, qtype), raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for name, shape, qtype in self.specs:
+            fill = next((v for k, v in fills.items() if name.endswith(k)), None)
+            w.write_tensor_data(self.data(shape, qtype, fill))
+        w.close()
+
+
+def write_full_text_model(path: str | Path, *, seed: int = 0) -> Path:
+    """Kimi-VL-A3B's text model at full size with Q4_K_M's tensor types (random blocks)."""
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    path = Path(path)
+    d = FULL_TEXT
+    assert d.n_vocab is not None
+    tokens, types, merges = toy_vocab()
+    tokens += [_encode_word(f"tok{i}") for i in range(d.n_vocab - len(tokens))]
+    types += [1] * (d.n_vocab - len(types))
+    k_mla = d.qk_nope + d.qk_rope
+    w = _writer(path, "deepseek2")
+    a = "deepseek2"
+    w.add_string("general.name", "kvl-synthetic-kimi-vl-a3b-Q4_K_M")
+    w.add_uint32("general.file_type", 15)  # MOSTLY_Q4_K_M
+    for key, value in [
+        ("context_length", d.n_ctx_train), ("embedding_length", d.n_embd), ("block_count", d.n_layer),
+        ("feed_forward_length", d.n_ff), ("attention.head_count", d.n_head), ("attention.head_count_kv", 1),
+        ("expert_count", d.n_expert), ("expert_used_count", d.n_expert_used),
+        ("leading_dense_block_count", 1), ("vocab_size", d.n_vocab), ("attention.q_lora_rank", 0),
+        ("attention.kv_lora_rank", d.kv_lora_rank), ("attention.key_length", d.kv_lora_rank + d.qk_rope),
+        ("attention.value_length", d.kv_lora_rank), ("attention.key_length_mla", k_mla),
+        ("attention.value_length_mla", d.v_head), ("expert_feed_forward_length", d.n_ff_exp),
+        ("expert_shared_count", d.n_expert_shared), ("expert_gating_func", 2),
+        ("rope.dimension_count", d.qk_rope),
+    ]:
+        w.add_uint32(f"{a}.{key}", value)
+    w.add_float32(f"{a}.rope.freq_base", 800000.0)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_float32(f"{a}.expert_weights_scale", 2.446)
+    w.add_bool(f"{a}.expert_weights_norm", True)
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", "kimi-k2")
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.token_type", types)
+    w.add_array("tokenizer.ggml.merges", merges)
+    w.add_uint32("tokenizer.ggml.bos_token_id", tokens.index("[BOS]"))
+    w.add_uint32("tokenizer.ggml.eos_token_id", tokens.index("<|im_end|>"))
+    w.add_uint32("tokenizer.ggml.padding_token_id", tokens.index("[PAD]"))
+    w.add_bool("tokenizer.ggml.add_bos_token", False)
+    w.add_string("tokenizer.chat_template", KIMI_CHAT_TEMPLATE)
+
+    t = _StreamedTensors(seed)
+    t.add("token_embd.weight", (d.n_vocab, d.n_embd), q.Q4_K)
+    t.add("output_norm.weight", (d.n_embd,), q.F32)
+    t.add("output.weight", (d.n_vocab, d.n_embd), q.Q6_K)
+    for i in range(d.n_layer):
+        p = f"blk.{i}"
+        more = _use_more_bits(i, d.n_layer)
+        t.add(f"{p}.attn_norm.weight", (d.n_embd,), q.F32)
+        t.add(f"{p}.attn_kv_a_norm.weight", (d.kv_lora_rank,), q.F32)
+        t.add(f"{p}.attn_q.weight", (d.n_head * k_mla, d.n_embd), q.Q4_K)
+        t.add(f"{p}.attn_kv_a_mqa.weight", (d.kv_lora_rank + d.qk_rope, d.n_embd), q.Q4_K)
+        t.add(f"{p}.attn_k_b.weight", (d.n_head, d.kv_lora_rank, d.qk_nope), q.Q8_0)  # 128 columns
+        t.add(f"{p}.attn_v_b.weight", (d.n_head, d.v_head, d.kv_lora_rank), q.Q6_K)
+        t.add(f"{p}.attn_output.weight", (d.n_embd, d.n_head * d.v_head), q.Q4_K)
+        t.add(f"{p}.ffn_norm.weight", (d.n_embd,), q.F32)
+        if i == 0:
+            t.add(f"{p}.ffn_gate.weight", (d.n_ff, d.n_embd), q.Q4_K)
+            t.add(f"{p}.ffn_up.weight", (d.n_ff, d.n_embd), q.Q4_K)
+            t.add(f"{p}.ffn_down.weight", (d.n_embd, d.n_ff), q.Q6_K if more else q.Q4_K)
+            continue
+        n_sh = d.n_ff_exp * d.n_expert_shared
+        t.add(f"{p}.ffn_gate_inp.weight", (d.n_expert, d.n_embd), q.F32)
+        t.add(f"{p}.exp_probs_b.bias", (d.n_expert,), q.F32)
+        t.add(f"{p}.ffn_gate_exps.weight", (d.n_expert, d.n_ff_exp, d.n_embd), q.Q4_K)
+        t.add(f"{p}.ffn_up_exps.weight", (d.n_expert, d.n_ff_exp, d.n_embd), q.Q4_K)
+        # 1408 columns are not a multiple of 256: llama-quantize falls back to Q8_0 / Q5_0
+        t.add(f"{p}.ffn_down_exps.weight", (d.n_expert, d.n_embd, d.n_ff_exp), q.Q8_0 if more else q.Q5_0)
+        t.add(f"{p}.ffn_gate_shexp.weight", (n_sh, d.n_embd), q.Q4_K)
+        t.add(f"{p}.ffn_up_shexp.weight", (n_sh, d.n_embd), q.Q4_K)
+        t.add(f"{p}.ffn_down_shexp.weight", (d.n_embd, n_sh), q.Q6_K if more else q.Q4_K)
+    t.write(w, {"norm.weight": 1.0, "exp_probs_b.bias": 0.0})
+    return path
+
+
+def write_full_projector(path: str | Path, *, seed: int = 1) -> Path:
+    """The kimivl projector at full size, Q8_0 like the published one (4304-column FFN down: F16)."""
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    path = Path(path)
+    d = FULL_VISION
+    w = _writer(path, "clip")
+    w.add_string("general.name", "kvl-synthetic-kimi-vl-a3b-mmproj-Q8_0")
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_string("clip.projector_type", "kimivl")
+    w.add_bool("clip.use_gelu", True)
+    v = "clip.vision"
+    for key, value in [("image_size", d.pos_side * d.patch), ("patch_size", d.patch),
+                       ("embedding_length", d.n_embd), ("feed_forward_length", d.n_ff),
+                       ("block_count", d.n_layer), ("projection_dim", FULL_TEXT.n_embd),
+                       ("attention.head_count", d.n_head), ("projector.scale_factor", d.merge)]:
+        w.add_uint32(f"{v}.{key}", value)
+    w.add_float32(f"{v}.attention.layer_norm_epsilon", 1e-5)
+    w.add_array(f"{v}.image_mean", [0.5, 0.5, 0.5])
+    w.add_array(f"{v}.image_std", [0.5, 0.5, 0.5])
+    t = _StreamedTensors(seed)
+    t.add("v.patch_embd.weight", (d.n_embd, 3, d.patch, d.patch), q.F16)
+    t.add("v.patch_embd.bias", (d.n_embd,), q.F32)
+    t.add("v.position_embd.weight", (d.pos_side * d.pos_side, d.n_embd), q.F32)
+    for i in range(d.n_layer):
+        p = f"v.blk.{i}"
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            t.add(f"{p}.{name}.weight", (d.n_embd, d.n_embd), q.Q8_0)
+            t.add(f"{p}.{name}.bias", (d.n_embd,), q.F32)
+        t.add(f"{p}.ffn_up.weight", (d.n_ff, d.n_embd), q.Q8_0)
+        t.add(f"{p}.ffn_up.bias", (d.n_ff,), q.F32)
+        t.add(f"{p}.ffn_down.weight", (d.n_embd, d.n_ff), q.F16)
+        t.add(f"{p}.ffn_down.bias", (d.n_embd,), q.F32)
+        for ln in ("ln1", "ln2"):
+            t.add(f"{p}.{ln}.weight", (d.n_embd,), q.F32)
+            t.add(f"{p}.{ln}.bias", (d.n_embd,), q.F32)
+    t.add("v.post_ln.weight", (d.n_embd,), q.F32)
+    t.add("v.post_ln.bias", (d.n_embd,), q.F32)
+    merged = d.n_embd * d.merge * d.merge
+    t.add("mm.input_norm.weight", (d.n_embd,), q.F32)
+    t.add("mm.input_norm.bias", (d.n_embd,), q.F32)
+    t.add("mm.1.weight", (merged, merged), q.Q8_0)
+    t.add("mm.1.bias", (merged,), q.F32)
+    t.add("mm.2.weight", (FULL_TEXT.n_embd, merged), q.Q8_0)
+    t.add("mm.2.bias", (FULL_TEXT.n_embd,), q.F32)
+    t.write(w, {"ln1.weight": 1.0, "ln2.weight": 1.0, "post_ln.weight": 1.0, "input_norm.weight": 1.0,
+                ".bias": 0.0})
+    return path
+
+
+def write_full_pair(folder: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """Write the full-size synthetic Q4_K_M pair (about 11 GB) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = write_full_text_model(folder / "synthetic-Kimi-VL-A3B-Q4_K_M.gguf", seed=seed)
+    mmproj = write_full_projector(folder / "mmproj-synthetic-Kimi-VL-A3B-Q8_0.gguf", seed=seed + 1)
+    return model, mmproj
