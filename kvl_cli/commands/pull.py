@@ -46,6 +46,16 @@ def run_pull(name: str | None, quant: str | None, file: str | None, mmproj: str 
              force: bool, err: Console) -> Installed:
     """Plan, check the disk, download, verify, install. Prints progress on ``err``."""
     plan = hub.resolve_plan(name, quant, file, mmproj, revision)
+    from filelock import FileLock
+
+    # one pull per model folder at a time: a second `kvl pull` waits, then finds it installed
+    plan.folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(plan.folder.parent / f".{plan.folder.name}.lock"))
+    with lock:
+        return _pull_locked(plan, force, err)
+
+
+def _pull_locked(plan: hub.PullPlan, force: bool, err: Console) -> Installed:
     if not force:
         inst = hub.installed_plan(plan)
         if inst is not None:
