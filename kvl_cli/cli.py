@@ -18,6 +18,8 @@ COMMANDS = {
     "video": "kvl_cli.commands.video:video",
     "pull": "kvl_cli.commands.pull:pull",
     "models": "kvl_cli.commands.models:models",
+    "cache": "kvl_cli.commands.cache:cache",
+    "bench": "kvl_cli.commands.bench:bench",
     "doctor": "kvl_cli.commands.doctor:doctor",
 }
 SHORT_HELP = {
@@ -27,6 +29,8 @@ SHORT_HELP = {
     "video": "Summarise videos, or caption them scene by scene.",
     "pull": "Download a model pair (text model + vision projector).",
     "models": "List, locate and remove downloaded models.",
+    "cache": "Show or clear the cache of image embeddings and prompts.",
+    "bench": "Measure load, image encode, prefill and generation speed on this machine.",
     "doctor": "Show the engine, hardware and model files kvl sees.",
 }
 

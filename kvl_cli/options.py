@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from . import batch
 from .engine.engine import EngineConfig, GenerationSettings
 from .render import OutputOptions
 from .tasks import DEFAULTS
@@ -48,6 +49,22 @@ model_options = _stack(
                  "[env KVL_AUTO_PULL=1]."),
     click.option("--image-max-tokens", type=click.IntRange(1, 16384), default=None,
                  help="Most tokens per image (larger images are scaled down) [caption/ask 1024, ocr 2048]."),
+    click.option("--cache/--no-cache", default=True, show_default=True,
+                 help="Reuse image embeddings and evaluated prompts from the disk cache (`kvl cache info`)."),
+)
+
+DEFAULT_PARALLEL = 4
+
+batch_options = _stack(
+    click.option("--from", "from_file", metavar="FILE", default=None,
+                 help="Also read inputs from FILE, one per line ('-' for stdin)."),
+    click.option("--skip-done", metavar="OUT.jsonl", default=None,
+                 help="Skip inputs that already have a result in OUT.jsonl (from --json): resume a batch."),
+    click.option("--shard", metavar="K/N", default=None, callback=batch.parse_shard,
+                 help="Run only shard K of N (split by a hash of each input's name): one per machine."),
+    click.option("--parallel", "-P", type=click.IntRange(1, 64), default=DEFAULT_PARALLEL, show_default=True,
+                 help="Inputs generated together in a batch: more answers per minute; each is printed when "
+                 "it finishes. 1 streams each answer live."),
 )
 
 generation_options = _stack(
@@ -83,7 +100,7 @@ class CommonArgs:
 
 
 MODEL_KEYS = ("model", "mmproj", "ctx", "threads", "gpu_layers", "repack", "image_min_tokens", "image_max_tokens",
-              "yes")
+              "yes", "cache")
 GEN_KEYS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "think_budget", "no_think", "show_thinking")
 OUT_KEYS = ("as_json", "verbose", "debug")
 
@@ -109,14 +126,15 @@ def image_max_tokens(task: str, m: dict[str, Any]) -> int:
     return int(m["image_max_tokens"] or DEFAULTS[task].image_max_tokens)
 
 
-def engine_config(task: str, m: dict[str, Any], model: Any, mmproj: Any, verbose: int) -> EngineConfig:
+def engine_config(task: str, m: dict[str, Any], model: Any, mmproj: Any, verbose: int,
+                  parallel: int = 1) -> EngineConfig:
     repack = m["repack"]
     if repack is None:
         repack = os.environ.get("KVL_REPACK", "").lower() in ("1", "true", "yes", "on")
     return EngineConfig(
         model=model, mmproj=mmproj, n_ctx=m["ctx"], n_threads=m["threads"], n_gpu_layers=m["gpu_layers"],
         image_min_tokens=m["image_min_tokens"], image_max_tokens=image_max_tokens(task, m),
-        repack=repack, verbose=verbose >= 2,
+        repack=repack, verbose=verbose >= 2, parallel=parallel,
     )
 
 

@@ -134,7 +134,17 @@ def stats_line(result: Result, meta: dict[str, Any]) -> str:
     return (f"{t['image']} image tokens ({', '.join(map(str, result.image_tokens)) or '-'}) · prompt {t['prompt']} · "
             f"thinking {t['thinking']} · answer {t['answer']} · encode {tm['encode_s']:.1f} s · "
             f"prefill {tm['prefill_s']:.1f} s · generate {tm['generate_s']:.1f} s ({gen_rate:.2f} tok/s) · "
-            f"{result.finish_reason}")
+            f"{result.finish_reason}{_cache_note(result)}")
+
+
+def _cache_note(result: Result) -> str:
+    c = result.cached or {}
+    parts = []
+    if c.get("prefix_tokens"):
+        parts.append(f"{c['prefix_tokens']} prompt tokens restored")
+    if c.get("images"):
+        parts.append(f"{c['images']} image{'s' if c['images'] > 1 else ''} from cache")
+    return f" · cache: {', '.join(parts)}" if parts else ""
 
 
 class PlainRenderer(Renderer):
@@ -197,7 +207,7 @@ class JsonRenderer(Renderer):
             "answer": result.answer, "thinking": result.thinking,
             "finish_reason": result.finish_reason, "tokens": result.tokens,
             "image_tokens": result.image_tokens, "timings": result.timings,
-            "think_budget_hit": result.think_budget_hit, "error": None,
+            "think_budget_hit": result.think_budget_hit, "cached": result.cached, "error": None,
         }
         self.write(record)
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..batch import read_list, select
 from ..errors import ExitCode, InputError
-from ..media.images import InputProblem, InputRef
+from ..media.images import InputProblem, InputRef, expand_inputs
 from ..options import CommonArgs, engine_config, generation_settings, image_max_tokens, output_settings
 from ..render import make_renderer
 from ..runner import Interrupted, Job, exit_code, load_engine, run_jobs
 
 
 def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], common: CommonArgs,
-                   meta: dict[str, Any]) -> int:
+                   meta: dict[str, Any], parallel: int = 1) -> int:
     """Run jobs for an image command and return its exit code."""
     m, g, o = common.model_opts, common.gen_opts, common.out_opts
     settings = generation_settings(task, g)
@@ -30,10 +31,12 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
                 "seed": settings.seed}
     else:
         meta = {"task": task, **meta}
-    config = engine_config(task, m, model, mmproj if model else None, o["verbose"])
+    parallel = max(1, min(parallel, len(jobs)))
+    config = engine_config(task, m, model, mmproj if model else None, o["verbose"], parallel=parallel)
     try:
-        outcomes = run_jobs(lambda: load_engine(config, renderer), jobs, problems, settings=settings,
-                            renderer=renderer, image_max_tokens=config.image_max_tokens, meta=meta)
+        outcomes = run_jobs(lambda: load_engine(config, renderer, cache=m["cache"]), jobs, problems,
+                            settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,
+                            meta=meta, parallel=parallel)
     except Interrupted:
         renderer.close()
         print("kvl: interrupted", file=sys.stderr)
@@ -45,3 +48,29 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
 
 def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
     return [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]
+
+
+def batch_inputs(inputs: tuple[str, ...], b: dict[str, Any]) -> tuple[list[InputRef], list[InputProblem]]:
+    """Arguments plus --from, then --skip-done and --shard; says on stderr what it skipped."""
+    args = list(inputs)
+    if b["from_file"]:
+        args += read_list(b["from_file"])
+    refs, problems = expand_inputs(args)
+    if b["skip_done"] or b["shard"]:
+        refs, n_done, n_other = select(refs, skip_done=b["skip_done"], shard=b["shard"])
+        notes = []
+        if n_done:
+            notes.append(f"{n_done} already done in {b['skip_done']}")
+        if n_other:
+            k, n = b["shard"]
+            notes.append(f"{n_other} left to the other shards (this is {k}/{n})")
+        if notes:
+            print(f"kvl: skipping {', '.join(notes)}; {len(refs)} to run", file=sys.stderr)
+    return refs, problems
+
+
+BATCH_KEYS = ("from_file", "skip_done", "shard", "parallel")
+
+
+def split_batch(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs.pop(k) for k in BATCH_KEYS}

@@ -4,17 +4,23 @@ from typing import Any
 
 import click
 
-from ..media.images import expand_inputs
-from ..options import generation_options, model_options, output_options, split_kwargs
+from ..options import (
+    batch_options,
+    generation_options,
+    model_options,
+    output_options,
+    split_kwargs,
+)
 from ..tasks import ocr_prompt
-from ._common import per_image_jobs, run_image_task
+from ._common import batch_inputs, per_image_jobs, run_image_task, split_batch
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument("inputs", nargs=-1, metavar="IMAGE...")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
               help="Plain text, or Markdown keeping headings, lists and tables.")
 @model_options
+@batch_options
 @generation_options
 @output_options
 def ocr(inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
@@ -28,7 +34,10 @@ def ocr(inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
       kvl ocr --format markdown receipt.jpg
       kvl ocr --json scans/*.png | jq -r .answer
     """
+    b = split_batch(kwargs)
     common = split_kwargs(kwargs)
-    refs, problems = expand_inputs(list(inputs))
+    refs, problems = batch_inputs(inputs, b)
+    if not refs and not problems and (b["skip_done"] or b["shard"]):
+        return 0  # everything is done or belongs to other shards
     jobs = per_image_jobs(refs, ocr_prompt(fmt))
-    return run_image_task("ocr", jobs, problems, common, {"format": fmt})
+    return run_image_task("ocr", jobs, problems, common, {"format": fmt}, parallel=b["parallel"])

@@ -137,7 +137,7 @@ def run_video(inputs: list[str], instruction: str, common: CommonArgs, args: dic
     model, mmproj, model_name = ensure_model(m["model"], m["mmproj"], renderer, yes=m["yes"])
     per_frame_default = int(m["image_max_tokens"] or 256)
     config = engine_config("video", {**m, "image_max_tokens": per_frame_default}, model, mmproj, o["verbose"])
-    engine = load_engine(config, renderer)
+    engine = load_engine(config, renderer, cache=m["cache"])
     args = {**args, "per_frame": per_frame_default}
     writer = SceneWriter(fmt, sys.stdout, multiple=len(checked) > 1) if scenes else None
     done = 0

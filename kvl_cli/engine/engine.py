@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContextError, EngineError, ModelError
+from ..cache import DiskCache, file_identity, make_key
+from ..errors import ContextError, EngineError, KvlError, ModelError
 from . import native
 from .gguf_info import read_gguf_info
 from .reasoning import THINK_CLOSE, THINK_OPEN, Phase, ReasoningSplitter
@@ -38,6 +41,7 @@ class EngineConfig:
     image_min_tokens: int | None = None  # None: libmtmd's default for the projector (8)
     image_max_tokens: int | None = None  # None: libmtmd's default for the projector (1024)
     repack: bool = False  # llama.cpp's extra CPU buffer types; abort on this graph (see README)
+    parallel: int = 1  # sequences generated together (batches); they share the n_ctx cells
     verbose: bool = False
 
 
@@ -96,6 +100,7 @@ class Result:
     timings: dict[str, float]
     image_tokens: list[int]
     think_budget_hit: bool = False
+    cached: dict[str, int] = field(default_factory=dict)  # images: encodes skipped; prefix_tokens: restored
 
 
 @dataclass
@@ -103,7 +108,15 @@ class DoneEvent:
     result: Result
 
 
+@dataclass
+class FailedEvent:
+    """From ``generate_many`` only: this request failed; the others go on."""
+
+    error: KvlError
+
+
 Event = PhaseEvent | TextEvent | DoneEvent
+AnyEvent = Event | FailedEvent
 
 
 # ---- model checks before loading --------------------------------------------------------------
@@ -146,12 +159,13 @@ def check_model_pair(model: Path, mmproj: Path) -> list[str]:
 class Engine:
     """Text model + projector, loaded once. Not thread-safe: one request at a time."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, cache: DiskCache | None = None) -> None:
         self.config = config
+        self.cache = cache
         self._model: Any = None
         self._ctx: Any = None
         self._mctx: Any = None
-        self._sampler: Any = None
+        self._ident: tuple[str, str, str] | None = None
         self.load_seconds = 0.0
         self.warnings = check_model_pair(config.model, config.mmproj)
         self._load()
@@ -188,6 +202,8 @@ class Engine:
         cparams.n_ubatch = min(cfg.n_ubatch, cfg.n_batch)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
+        cparams.n_seq_max = max(1, cfg.parallel)
+        cparams.kv_unified = cfg.parallel > 1  # one pool of cells: any sequence may use the whole context
         ctx = llama.llama_init_from_model(model, cparams)
         if not ctx:
             self.close()
@@ -197,6 +213,8 @@ class Engine:
             )
         self._ctx = ctx
         self.n_ctx = int(llama.llama_n_ctx(ctx))
+        self.n_seq = max(1, cfg.parallel)
+        self.n_embd = int(llama.llama_model_n_embd(model))
 
         mp = mt.mtmd_context_params_default()
         mp.use_gpu = gpu and cfg.n_gpu_layers != 0
@@ -242,9 +260,6 @@ class Engine:
     def close(self) -> None:
         llama = native.llama()
         mt = native.mtmd()
-        if self._sampler:
-            llama.llama_sampler_free(self._sampler)
-            self._sampler = None
         if self._mctx:
             mt.mtmd_free(self._mctx)
             self._mctx = None
@@ -312,26 +327,6 @@ class Engine:
 
     # -- generation --
 
-    def _make_sampler(self, s: GenerationSettings) -> Any:
-        llama = native.llama()
-        if self._sampler:
-            llama.llama_sampler_free(self._sampler)
-        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        if s.temperature <= 0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-        else:
-            if s.top_k > 0:
-                llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_k(s.top_k))
-            if s.top_p < 1.0:
-                llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(s.top_p, 1))
-            if s.min_p > 0:
-                llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_min_p(s.min_p, 1))
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(s.temperature))
-            seed = s.seed if s.seed is not None else 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
-        self._sampler = chain
-        return chain
-
     def _tokenize_prompt(self, prompt: str, images: list[ImageInput]) -> Any:
         mt = native.mtmd()
         bitmaps = []
@@ -364,143 +359,480 @@ class Engine:
             raise EngineError(f"libmtmd could not tokenize the prompt: {why}")
         return chunks
 
-    def generate(self, request: Request) -> Iterator[Event]:
-        """Run one request; yields PhaseEvent/TextEvent and finally DoneEvent.
 
-        Ctrl-C (KeyboardInterrupt) during generation ends the request with
-        ``finish_reason="interrupted"``: the DoneEvent still arrives with what was generated.
-        """
+    # -- caches --
+
+    def _identity(self) -> tuple[str, str, str]:
+        import llama_cpp
+
+        if self._ident is None:
+            self._ident = (file_identity(self.config.model), file_identity(self.config.mmproj),
+                           str(llama_cpp.__version__))
+        return self._ident
+
+    def _image_key(self, chunk: Any) -> str:
+        mt = native.mtmd()
+        _, proj, version = self._identity()
+        cid = mt.mtmd_input_chunk_get_id(chunk)
+        return make_key("embd", proj, version, cid.decode() if cid else None,
+                        int(mt.mtmd_input_chunk_get_n_tokens(chunk)),
+                        self.config.image_min_tokens, self.config.image_max_tokens)
+
+    def _prefix_key(self, chunks: Any, upto: int) -> str:
+        """Every token and image of chunks[0..upto], plus the files and library that evaluated them."""
+        mt = native.mtmd()
+        h = hashlib.sha256()
+        for i in range(upto + 1):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t(0)
+                toks = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                h.update(b"T" + bytes(ctypes.string_at(toks, n.value * ctypes.sizeof(ctypes.c_int32))))
+            else:
+                cid = mt.mtmd_input_chunk_get_id(chunk) or b""
+                h.update(b"I" + cid + str(int(mt.mtmd_input_chunk_get_n_tokens(chunk))).encode())
+        return make_key("prefix", *self._identity(), self.config.image_min_tokens, self.config.image_max_tokens,
+                        h.hexdigest())
+
+    def _restore_prefix(self, key: str, seq_id: int) -> int | None:
+        llama = native.llama()
+        assert self.cache is not None
+        hit = self.cache.get("prompts", key)
+        if hit is None:
+            return None
+        meta, payload = hit
+        (n_past,) = struct.unpack("<i", meta[:4])
+        buf = (ctypes.c_ubyte * len(payload)).from_buffer_copy(payload)
+        if not llama.llama_state_seq_set_data(self._ctx, buf, len(payload), seq_id):
+            llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+            return None
+        return int(n_past)
+
+    def _save_prefix(self, key: str, seq_id: int, n_past: int) -> None:
+        llama = native.llama()
+        assert self.cache is not None
+        size = int(llama.llama_state_seq_get_size(self._ctx, seq_id))
+        buf = (ctypes.c_ubyte * size)()
+        n = int(llama.llama_state_seq_get_data(self._ctx, buf, size, seq_id))
+        if n > 0:
+            self.cache.put("prompts", key, struct.pack("<i", n_past), memoryview(buf)[:n])
+
+    # -- generation --
+
+    def _prepare(self, request: Request) -> _Prepared:
+        mt = native.mtmd()
+        no_think = request.settings.think_budget == 0
+        prompt = self.format_prompt(request, prefill=(THINK_OPEN + THINK_CLOSE) if no_think else "")
+        chunks = self._tokenize_prompt(prompt, request.images)
+        n_chunks = int(mt.mtmd_input_chunks_size(chunks))
+        image_chunks = [
+            i for i in range(n_chunks)
+            if mt.mtmd_input_chunk_get_type(mt.mtmd_input_chunks_get(chunks, i)) == mt.MTMD_INPUT_CHUNK_TYPE_IMAGE
+        ]
+        image_tokens = [int(mt.mtmd_input_chunk_get_n_tokens(mt.mtmd_input_chunks_get(chunks, i)))
+                        for i in image_chunks]
+        return _Prepared(request, chunks, int(mt.mtmd_helper_get_n_pos(chunks)), n_chunks, image_chunks,
+                         image_tokens, no_think)
+
+    def _prefill(self, prep: _Prepared, seq_id: int, timings: dict[str, float],
+                 cached: dict[str, int]) -> Generator[Event, None, int]:
+        """Evaluate the prompt into ``seq_id`` (from the caches where they hold it); return n_past."""
         llama = native.llama()
         mt = native.mtmd()
-        s = request.settings
-        no_think = s.think_budget == 0
-        prompt = self.format_prompt(request, prefill=(THINK_OPEN + THINK_CLOSE) if no_think else "")
-        timings = {"encode_s": 0.0, "prefill_s": 0.0, "generate_s": 0.0}
-        image_tokens: list[int] = []
-        chunks = self._tokenize_prompt(prompt, request.images)
-        mem = llama.llama_get_memory(self._ctx)
-        llama.llama_memory_clear(mem, True)
-        try:
-            n_prompt = int(mt.mtmd_helper_get_n_pos(chunks))
-            n_chunks = int(mt.mtmd_input_chunks_size(chunks))
-            image_chunks = [
-                i for i in range(n_chunks)
-                if mt.mtmd_input_chunk_get_type(mt.mtmd_input_chunks_get(chunks, i)) == mt.MTMD_INPUT_CHUNK_TYPE_IMAGE
-            ]
-            for i in image_chunks:
-                image_tokens.append(int(mt.mtmd_input_chunk_get_n_tokens(mt.mtmd_input_chunks_get(chunks, i))))
-            if n_prompt >= self.n_ctx:
-                raise ContextError(
-                    f"the prompt needs {n_prompt} tokens ({sum(image_tokens)} for images) "
-                    f"but the context holds {self.n_ctx}",
-                    hint="raise --ctx, or lower --image-max-tokens or the number of images/frames",
-                )
-            n_past = 0
-            new_n_past = llama.llama_pos(0)
-            seen_images = 0
-            for i in range(n_chunks):
-                chunk = mt.mtmd_input_chunks_get(chunks, i)
-                last = i == n_chunks - 1
-                if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                    seen_images += 1
-                    yield PhaseEvent("encode", seen_images, len(image_chunks))
+        if prep.n_prompt >= self.n_ctx:
+            raise ContextError(
+                f"the prompt needs {prep.n_prompt} tokens ({sum(prep.image_tokens)} for images) "
+                f"but the context holds {self.n_ctx}",
+                hint="raise --ctx, or lower --image-max-tokens or the number of images/frames",
+            )
+        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+        chunks, n_chunks = prep.chunks, prep.n_chunks
+        n_images = len(prep.image_chunks)
+        boundary = prep.image_chunks[-1] if prep.image_chunks else None
+        prefix_key = None
+        start = n_past = 0
+        if self.cache is not None and self.cache.enabled and boundary is not None:
+            prefix_key = self._prefix_key(chunks, boundary)
+            yield PhaseEvent("prefill", 0, n_images)
+            t0 = time.perf_counter()
+            restored = self._restore_prefix(prefix_key, seq_id)
+            if restored is not None:
+                timings["cache_s"] += time.perf_counter() - t0
+                start, n_past = boundary + 1, restored
+                cached["prefix_tokens"] = restored
+        new_n_past = llama.llama_pos(0)
+        seen_images = sum(1 for i in prep.image_chunks if i < start)
+        for i in range(start, n_chunks):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            last = i == n_chunks - 1
+            new_n_past.value = n_past  # the text helper adds to it rather than setting it
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                seen_images += 1
+                n_tok = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
+                n_floats = n_tok * self.n_embd
+                key = self._image_key(chunk) if self.cache is not None else None
+                hit = self.cache.get("embeddings", key) if self.cache is not None and key else None
+                if hit is not None and len(hit[1]) == n_floats * 4:
+                    embd = ctypes.cast((ctypes.c_float * n_floats).from_buffer_copy(hit[1]),
+                                       ctypes.POINTER(ctypes.c_float))
+                    cached["images"] += 1
+                else:
+                    yield PhaseEvent("encode", seen_images, n_images)
                     t0 = time.perf_counter()
                     if mt.mtmd_encode_chunk(self._mctx, chunk) != 0:
                         raise EngineError(f"the vision encoder failed on image {seen_images}: {native.last_error()}")
                     embd = mt.mtmd_get_output_embd(self._mctx)
                     timings["encode_s"] += time.perf_counter() - t0
-                    yield PhaseEvent("prefill", seen_images, len(image_chunks))
-                    t0 = time.perf_counter()
-                    rc = mt.mtmd_helper_decode_image_chunk(
-                        self._mctx, self._ctx, chunk, embd, n_past, 0, self.config.n_batch,
-                        ctypes.byref(new_n_past), mt.mtmd_helper_post_decode_callback(), None,
-                    )
-                    timings["prefill_s"] += time.perf_counter() - t0
-                else:
-                    if i == 0 or last:
-                        yield PhaseEvent("prefill", seen_images, len(image_chunks))
-                    t0 = time.perf_counter()
-                    rc = mt.mtmd_helper_eval_chunk_single(
-                        self._mctx, self._ctx, chunk, n_past, 0, self.config.n_batch, last, ctypes.byref(new_n_past)
-                    )
-                    timings["prefill_s"] += time.perf_counter() - t0
-                if rc != 0:
-                    raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}): {native.last_error()}")
-                n_past = int(new_n_past.value)
-        finally:
-            mt.mtmd_input_chunks_free(chunks)
+                    if self.cache is not None and key:
+                        self.cache.put("embeddings", key, struct.pack("<ii", n_tok, self.n_embd),
+                                       ctypes.string_at(embd, n_floats * 4))
+                yield PhaseEvent("prefill", seen_images, n_images)
+                t0 = time.perf_counter()
+                rc = mt.mtmd_helper_decode_image_chunk(
+                    self._mctx, self._ctx, chunk, embd, n_past, seq_id, self.config.n_batch,
+                    ctypes.byref(new_n_past), mt.mtmd_helper_post_decode_callback(), None,
+                )
+                timings["prefill_s"] += time.perf_counter() - t0
+            else:
+                if i == 0 or last:
+                    yield PhaseEvent("prefill", seen_images, n_images)
+                t0 = time.perf_counter()
+                rc = mt.mtmd_helper_eval_chunk_single(
+                    self._mctx, self._ctx, chunk, n_past, seq_id, self.config.n_batch, last,
+                    ctypes.byref(new_n_past),
+                )
+                timings["prefill_s"] += time.perf_counter() - t0
+            if rc != 0:
+                raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}): {native.last_error()}")
+            n_past = int(new_n_past.value)
+            if i == boundary and prefix_key is not None:
+                t0 = time.perf_counter()
+                self._save_prefix(prefix_key, seq_id, n_past)
+                timings["cache_s"] += time.perf_counter() - t0
+        return n_past
 
-        yield from self._sample(s, n_past, n_prompt, image_tokens, timings, no_think)
+    def generate(self, request: Request) -> Iterator[Event]:
+        """Run one request; yields PhaseEvent/TextEvent and finally DoneEvent; errors raise.
 
-    def _sample(self, s: GenerationSettings, n_past: int, n_prompt: int, image_tokens: list[int],
-                timings: dict[str, float], no_think: bool) -> Iterator[Event]:
+        Ctrl-C (KeyboardInterrupt) during generation ends the request with
+        ``finish_reason="interrupted"``: the DoneEvent still arrives with what was generated.
+        """
+        for _, ev in self.generate_many([request]):
+            if isinstance(ev, FailedEvent):
+                raise ev.error
+            yield ev
+
+    def generate_many(self, requests: Iterable[Request], parallel: int | None = None) -> Iterator[tuple[int, AnyEvent]]:
+        """Run requests, up to ``parallel`` at once (default: the context's sequence count).
+
+        Each request is encoded and prefilled on its own (the first token is sampled at once); then
+        every running request gets one token per ``llama_decode``: one batch carries a token for each,
+        so generating N answers together costs far less than N times one. Yields ``(index, event)``;
+        a request that fails yields ``FailedEvent`` and the others go on. A request is admitted only
+        when its prompt plus ``max_tokens`` fits the free context, so none can run out mid-answer.
+        """
         llama = native.llama()
-        sampler = self._make_sampler(s)
-        splitter = ReasoningSplitter(start_in_answer=no_think)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        counts = {"thinking": 0, "answer": 0}
-        generated = 0
-        budget_hit = False
-        thought = 0
-        finish = "stop"
-        token_arr = (llama.llama_token * 1)()
-        yield PhaseEvent("generate")
-        t_gen = time.perf_counter()
+        slots = max(1, min(parallel or self.n_seq, self.n_seq))
+        queue = list(enumerate(requests))
+        queue.reverse()
+        free = list(range(slots))
+        free.reverse()
+        active: list[_Seq] = []
+        cap = slots * 64
+        batch = llama.llama_batch_init(cap, 0, 1)
         try:
-            while True:
-                if generated >= s.max_tokens:
-                    finish = "length"
-                    break
-                if n_past >= self.n_ctx:
-                    finish = "context"
-                    break
-                token = int(llama.llama_sampler_sample(sampler, self._ctx, -1))
-                if llama.llama_vocab_is_eog(self._vocab, token) or token == self._im_end:
-                    break
-                generated += 1
-                phase_before = splitter.phase
-                text = decoder.decode(self._piece(token))
-                for phase, delta in splitter.feed(text):
-                    yield TextEvent(phase, delta)
-                # a token that completes the closing marker still belongs to the thinking
-                in_answer = phase_before is Phase.ANSWER or (
-                    phase_before is Phase.START and splitter.phase is Phase.ANSWER)
-                counts["answer" if in_answer else "thinking"] += 1
-                if phase_before is Phase.THINKING:
-                    thought += 1  # what the budget counts: tokens after the opening marker
-                token_arr[0] = token
-                if llama.llama_decode(self._ctx, llama.llama_batch_get_one(token_arr, 1)) != 0:
-                    raise EngineError(f"llama.cpp failed to decode (n_past={n_past}): {native.last_error()}")
-                n_past += 1
-                if (s.think_budget is not None and splitter.phase is Phase.THINKING
-                        and thought >= s.think_budget):
-                    # budget spent: close the thinking ourselves and let the answer follow
-                    budget_hit = True
-                    for phase, delta in splitter.close_thinking():
-                        yield TextEvent(phase, delta)
-                    close = self.tokenize(THINK_CLOSE)
-                    if n_past + len(close) >= self.n_ctx:
-                        finish = "context"
-                        break
-                    arr = (llama.llama_token * len(close))(*close)
-                    if llama.llama_decode(self._ctx, llama.llama_batch_get_one(arr, len(close))) != 0:
-                        raise EngineError(f"llama.cpp failed to decode: {native.last_error()}")
-                    n_past += len(close)
-        except KeyboardInterrupt:
-            finish = "interrupted"
-        tail = decoder.decode(b"", final=True)
-        for phase, delta in splitter.feed(tail) + splitter.flush():
+            while queue or active:
+                # admit what fits
+                while queue and free:
+                    index, request = queue[-1]
+                    try:
+                        prep = self._prepare(request)
+                    except KvlError as exc:
+                        queue.pop()
+                        yield index, FailedEvent(exc)
+                        continue
+                    reserve = prep.n_prompt + request.settings.max_tokens + 16
+                    if active and sum(s.reserve for s in active) + reserve > self.n_ctx:
+                        native.mtmd().mtmd_input_chunks_free(prep.chunks)
+                        break  # wait until running requests finish
+                    queue.pop()
+                    seq_id = free.pop()
+                    seq = _Seq(index, seq_id, request.settings, prep, reserve)
+                    try:
+                        try:
+                            seq.n_past = yield from self._tag(index, self._prefill(prep, seq_id, seq.timings,
+                                                                                   seq.cached))
+                        finally:
+                            native.mtmd().mtmd_input_chunks_free(prep.chunks)
+                    except KvlError as exc:
+                        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+                        free.append(seq_id)
+                        yield index, FailedEvent(exc)
+                        continue
+                    except KeyboardInterrupt:
+                        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+                        yield from self._interrupt_all(active)
+                        raise
+                    seq.sampler = self._new_sampler(request.settings)
+                    yield index, PhaseEvent("generate")
+                    seq.t_gen = time.perf_counter()
+                    yield from self._tag(index, self._step_seq(seq, -1))
+                    if seq.finish:
+                        yield from self._retire(seq, free)
+                    else:
+                        active.append(seq)
+                if not active:
+                    continue
+                try:
+                    n = 0
+                    where: dict[int, int] = {}
+                    for seq in active:
+                        for j, tok in enumerate(seq.feed):
+                            if n >= cap:
+                                raise EngineError("internal batch overflow")
+                            batch.token[n] = tok
+                            batch.pos[n] = seq.n_past + j
+                            batch.n_seq_id[n] = 1
+                            batch.seq_id[n][0] = seq.seq_id
+                            batch.logits[n] = 1 if j == len(seq.feed) - 1 else 0
+                            n += 1
+                        where[seq.seq_id] = n - 1
+                    batch.n_tokens = n
+                    rc = llama.llama_decode(self._ctx, batch)
+                    if rc != 0:
+                        err = EngineError(f"llama.cpp failed to decode (code {rc}): {native.last_error()}")
+                        for seq in active:
+                            llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+                            free.append(seq.seq_id)
+                            self._free_sampler(seq)
+                            yield seq.index, FailedEvent(err)
+                        active.clear()
+                        continue
+                    for seq in active:
+                        seq.n_past += len(seq.feed)
+                        seq.feed = []
+                    for seq in list(active):
+                        yield from self._tag(seq.index, self._step_seq(seq, where[seq.seq_id]))
+                        if seq.finish:
+                            active.remove(seq)
+                            yield from self._retire(seq, free)
+                except KeyboardInterrupt:
+                    yield from self._interrupt_all(active)
+                    return
+        finally:
+            llama.llama_batch_free(batch)
+            for seq in active:
+                self._free_sampler(seq)
+
+    @staticmethod
+    def _tag(index: int, gen: Iterator[Event]) -> Generator[tuple[int, Event], None, Any]:
+        """Yield ``gen``'s events tagged with ``index``; return what ``gen`` returns."""
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield index, ev
+
+    def _interrupt_all(self, active: list[_Seq]) -> Iterator[tuple[int, AnyEvent]]:
+        for seq in active:
+            seq.finish = "interrupted"
+            yield from self._tag(seq.index, self._flush(seq))
+            yield seq.index, DoneEvent(self._result(seq))
+            self._free_sampler(seq)
+        active.clear()
+
+    def _retire(self, seq: _Seq, free: list[int]) -> Iterator[tuple[int, AnyEvent]]:
+        llama = native.llama()
+        yield from self._tag(seq.index, self._flush(seq))
+        yield seq.index, DoneEvent(self._result(seq))
+        self._free_sampler(seq)
+        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+        free.append(seq.seq_id)
+
+    def _new_sampler(self, s: GenerationSettings) -> Any:
+        llama = native.llama()
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        if s.temperature <= 0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+        else:
+            if s.top_k > 0:
+                llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_k(s.top_k))
+            if s.top_p < 1.0:
+                llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(s.top_p, 1))
+            if s.min_p > 0:
+                llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_min_p(s.min_p, 1))
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(s.temperature))
+            seed = s.seed if s.seed is not None else 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
+        return chain
+
+    @staticmethod
+    def _free_sampler(seq: _Seq) -> None:
+        if seq.sampler:
+            native.llama().llama_sampler_free(seq.sampler)
+            seq.sampler = None
+
+    def _step_seq(self, seq: _Seq, logits_index: int) -> Iterator[Event]:
+        """Sample one token for ``seq`` from its logits; stream it; decide what to feed next."""
+        llama = native.llama()
+        s = seq.settings
+        if seq.generated >= s.max_tokens:
+            seq.finish = "length"
+            return
+        if seq.n_past >= self.n_ctx:
+            seq.finish = "context"
+            return
+        token = int(llama.llama_sampler_sample(seq.sampler, self._ctx, logits_index))
+        if llama.llama_vocab_is_eog(self._vocab, token) or token == self._im_end:
+            seq.finish = "stop"
+            return
+        seq.generated += 1
+        splitter = seq.splitter
+        phase_before = splitter.phase
+        text = seq.decoder.decode(self._piece(token))
+        for phase, delta in splitter.feed(text):
             yield TextEvent(phase, delta)
-        timings["generate_s"] = time.perf_counter() - t_gen
+        # a token that completes the closing marker still belongs to the thinking
+        in_answer = phase_before is Phase.ANSWER or (phase_before is Phase.START and splitter.phase is Phase.ANSWER)
+        seq.counts["answer" if in_answer else "thinking"] += 1
+        if phase_before is Phase.THINKING:
+            seq.thought += 1  # what the budget counts: tokens after the opening marker
+        seq.feed = [token]
+        if seq.generated >= s.max_tokens:
+            seq.finish = "length"  # no need to evaluate a token nothing will follow
+            return
+        if s.think_budget is not None and splitter.phase is Phase.THINKING and seq.thought >= s.think_budget:
+            # budget spent: close the thinking ourselves and let the answer follow
+            seq.budget_hit = True
+            for phase, delta in splitter.close_thinking():
+                yield TextEvent(phase, delta)
+            close = self.tokenize(THINK_CLOSE)
+            if seq.n_past + 1 + len(close) >= self.n_ctx:
+                seq.finish = "context"
+                return
+            seq.feed += close
+
+    def _flush(self, seq: _Seq) -> Iterator[Event]:
+        tail = seq.decoder.decode(b"", final=True)
+        for phase, delta in seq.splitter.feed(tail) + seq.splitter.flush():
+            yield TextEvent(phase, delta)
+
+    def _result(self, seq: _Seq) -> Result:
+        seq.timings["generate_s"] = time.perf_counter() - seq.t_gen if seq.t_gen else 0.0
+        prep = seq.prep
         tokens = {
-            "prompt": n_prompt,
-            "image": sum(image_tokens),
-            "thinking": counts["thinking"],
-            "answer": counts["answer"],
-            "generated": generated,
+            "prompt": prep.n_prompt,
+            "image": sum(prep.image_tokens),
+            "thinking": seq.counts["thinking"],
+            "answer": seq.counts["answer"],
+            "generated": seq.generated,
         }
-        yield DoneEvent(Result(
-            answer=splitter.answer, thinking=splitter.thinking, finish_reason=finish, tokens=tokens,
-            timings={k: round(v, 3) for k, v in timings.items()}, image_tokens=image_tokens,
-            think_budget_hit=budget_hit,
-        ))
+        return Result(
+            answer=seq.splitter.answer, thinking=seq.splitter.thinking, finish_reason=seq.finish or "stop",
+            tokens=tokens, timings={k: round(v, 3) for k, v in seq.timings.items()},
+            image_tokens=prep.image_tokens, think_budget_hit=seq.budget_hit, cached=dict(seq.cached),
+        )
+
+
+@dataclass
+class _Prepared:
+    request: Request
+    chunks: Any
+    n_prompt: int
+    n_chunks: int
+    image_chunks: list[int]
+    image_tokens: list[int]
+    no_think: bool
+
+
+class _Seq:
+    """One request being generated: its sequence in the KV cache, sampler and stream state."""
+
+    def __init__(self, index: int, seq_id: int, settings: GenerationSettings, prep: _Prepared, reserve: int) -> None:
+        self.index = index
+        self.seq_id = seq_id
+        self.settings = settings
+        self.prep = prep
+        self.reserve = reserve
+        self.sampler: Any = None
+        self.splitter = ReasoningSplitter(start_in_answer=prep.no_think)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.counts = {"thinking": 0, "answer": 0}
+        self.generated = 0
+        self.thought = 0
+        self.budget_hit = False
+        self.finish: str | None = None
+        self.feed: list[int] = []
+        self.n_past = 0
+        self.t_gen = 0.0
+        # cache_s: reading and writing the disk cache (prompt state restore and save)
+        self.timings: dict[str, float] = {"encode_s": 0.0, "prefill_s": 0.0, "generate_s": 0.0, "cache_s": 0.0}
+        self.cached: dict[str, int] = {"images": 0, "prefix_tokens": 0}
+
+
+# ---- measurements (``kvl bench``) --------------------------------------------------------------
+
+
+def bench_encode(engine: Engine, image: ImageInput) -> tuple[int, float]:
+    """Encode one image with the vision tower only; return (image tokens, seconds)."""
+    mt = native.mtmd()
+    chunks = engine._tokenize_prompt(engine.marker, [image])
+    try:
+        for i in range(int(mt.mtmd_input_chunks_size(chunks))):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                t0 = time.perf_counter()
+                if mt.mtmd_encode_chunk(engine._mctx, chunk) != 0:
+                    raise EngineError(f"the vision encoder failed: {native.last_error()}")
+                return int(mt.mtmd_input_chunk_get_n_tokens(chunk)), time.perf_counter() - t0
+    finally:
+        mt.mtmd_input_chunks_free(chunks)
+    raise EngineError("no image chunk")
+
+
+def bench_decode(engine: Engine, n_prompt: int, n_gen: int, parallel: int = 1, seed: int = 0) -> tuple[float, float]:
+    """llama-bench's pp/tg on the loaded context: ``n_prompt`` tokens in one batch per sequence, then
+    ``n_gen`` steps of one token per sequence. Returns (prefill tok/s, generation tok/s), counting
+    all ``parallel`` sequences."""
+    import random
+
+    llama = native.llama()
+    rnd = random.Random(seed)
+    n_vocab = int(llama.llama_vocab_n_tokens(engine._vocab))
+    mem = llama.llama_get_memory(engine._ctx)
+    parallel = max(1, min(parallel, engine.n_seq))
+    for s in range(parallel):
+        llama.llama_memory_seq_rm(mem, s, -1, -1)
+    cap = max(n_prompt, parallel)
+    batch = llama.llama_batch_init(cap, 0, 1)
+    try:
+        def run(entries: list[tuple[int, int, int]]) -> None:
+            for j, (tok, pos, seq) in enumerate(entries):
+                batch.token[j] = tok
+                batch.pos[j] = pos
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = seq
+                batch.logits[j] = 1 if j == len(entries) - 1 else 0
+            batch.n_tokens = len(entries)
+            if llama.llama_decode(engine._ctx, batch) != 0:
+                raise EngineError(f"llama.cpp failed to decode: {native.last_error()}")
+
+        t_pp = 0.0
+        for s in range(parallel):
+            entries = [(rnd.randrange(n_vocab), p, s) for p in range(n_prompt)]
+            t0 = time.perf_counter()
+            for k in range(0, n_prompt, engine.config.n_batch):
+                run(entries[k:k + engine.config.n_batch])
+            llama.llama_synchronize(engine._ctx)
+            t_pp += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(n_gen):
+            run([(rnd.randrange(n_vocab), n_prompt + step, s) for s in range(parallel)])
+        llama.llama_synchronize(engine._ctx)
+        t_tg = time.perf_counter() - t0
+    finally:
+        llama.llama_batch_free(batch)
+        for s in range(parallel):
+            llama.llama_memory_seq_rm(mem, s, -1, -1)
+    return n_prompt * parallel / t_pp, n_gen * parallel / t_tg

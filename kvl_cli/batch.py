@@ -1,0 +1,93 @@
+"""Batches: inputs from a list file or stdin, resuming from earlier JSONL results, sharding.
+
+* ``--from FILE`` (``-`` for stdin): one input per line; blank lines and ``#`` comments skipped.
+* ``--skip-done OUT.jsonl``: inputs that already have a successful record in OUT.jsonl are skipped,
+  so ``kvl caption --json --skip-done out.jsonl photos/ >> out.jsonl`` resumes an interrupted run.
+  A missing file means nothing is done yet; a half-written last line (the run was killed while
+  writing it) is ignored.
+* ``--shard K/N``: keep the inputs whose name hashes to K of N. Each machine runs the same command
+  with its own K; the N shards cover every input exactly once, whatever order the files are listed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import InputError, UsageError
+from .media.images import InputRef
+
+
+def read_list(source: str) -> list[str]:
+    """Inputs named one per line in ``source`` (a file, or ``-`` for stdin)."""
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(source).expanduser().read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"--from {source}: file not found", hint="give a text file with one input per line") \
+                from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--from {source}: cannot read it ({exc})",
+                             hint="give a UTF-8 text file with one input per line") from None
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def parse_shard(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[int, int] | None:
+    """Click callback for ``--shard K/N`` (1 <= K <= N)."""
+    if value is None:
+        return None
+    try:
+        k_text, n_text = value.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not K/N (e.g. 2/4)") from None
+    if not 1 <= k <= n:
+        raise click.BadParameter(f"{value!r}: K must be between 1 and N (e.g. 1/4 … 4/4)")
+    return k, n
+
+
+def in_shard(label: str, shard: tuple[int, int]) -> bool:
+    k, n = shard
+    return int.from_bytes(hashlib.sha256(label.encode("utf-8")).digest()[:8], "big") % n == k - 1
+
+
+def done_inputs(path: str) -> set[str]:
+    """Inputs with a finished, error-free record in a JSONL results file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return set()
+    if p.is_dir():
+        raise UsageError(f"--skip-done {path} is a directory", hint="give the JSONL file that --json wrote")
+    done: set[str] = set()
+    with p.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short when the earlier run was killed
+            if (isinstance(rec, dict) and isinstance(rec.get("input"), str) and rec.get("error") is None
+                    and rec.get("finish_reason") not in (None, "interrupted")):
+                done.add(rec["input"])
+    return done
+
+
+def select(refs: list[InputRef], *, skip_done: str | None,
+           shard: tuple[int, int] | None) -> tuple[list[InputRef], int, int]:
+    """Apply --skip-done and --shard; return (kept, skipped as done, left to other shards)."""
+    done = done_inputs(skip_done) if skip_done else set()
+    kept, n_done, n_other = [], 0, 0
+    for ref in refs:
+        if ref.label in done:
+            n_done += 1
+        elif shard is not None and not in_shard(ref.label, shard):
+            n_other += 1
+        else:
+            kept.append(ref)
+    return kept, n_done, n_other
