@@ -284,3 +284,37 @@ def test_bench_reports_every_measurement(kvl, random_pair, isolated):
                 "--parallel", "1")
     assert table.code == 0 and "encode 16 image tokens" in table.out and "peak memory" in table.out
     assert kvl("bench", *random_pair.args(), "--image-tokens", "a,b").code == 2
+
+
+# ---- reuse within one process -------------------------------------------------------------------
+
+
+def test_a_batch_shares_the_system_prompt_and_answers_as_alone(kvl, random_pair, many):
+    alone = {str(p): records(kvl("caption", p, *random_pair.args(), *GREEDY, "--json", "--no-cache").out)[0]
+             for p in many[:3]}
+    batch = records(kvl("caption", *many[:3], *random_pair.args(), *GREEDY, "--json", "--no-cache", "-P", "1").out)
+    assert batch[0]["cached"]["prefix_tokens"] == 0
+    shared = batch[1]["cached"]["prefix_tokens"]
+    assert 0 < shared < batch[1]["tokens"]["prompt"] - batch[1]["tokens"]["image"]  # the text before the image
+    assert batch[2]["cached"]["prefix_tokens"] == shared
+    for rec in batch:
+        assert rec["answer"] == alone[rec["input"]]["answer"]  # reused cells give the same greedy output
+
+
+def test_same_image_again_in_one_process_reuses_it_in_memory(random_pair, images):
+    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.media.images import InputRef, load_image
+
+    cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=2048, image_max_tokens=64)
+    img = load_image(InputRef("red.jpg", path=images["jpg"]), max_tokens=64)
+    s = GenerationSettings(temperature=0, max_tokens=8, think_budget=0)
+    with Engine(cfg, cache=None) as eng:
+        def ask(q: str):  # type: ignore[no-untyped-def]
+            return [ev.result for ev in eng.generate(Request(eng.marker + "\n" + q, [img], None, s))
+                    if isinstance(ev, DoneEvent)][0]
+
+        first, second, other = ask("What is it?"), ask("What is it?"), ask("Which colour?")
+    assert first.cached["prefix_tokens"] == 0
+    assert second.cached["prefix_tokens"] >= first.tokens["image"] and second.timings["encode_s"] == 0
+    assert second.answer == first.answer
+    assert other.cached["prefix_tokens"] >= first.tokens["image"]

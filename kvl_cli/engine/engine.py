@@ -166,6 +166,8 @@ class Engine:
         self._ctx: Any = None
         self._mctx: Any = None
         self._ident: tuple[str, str, str] | None = None
+        # per sequence: the chunk keys and end positions of the prompt its KV cells hold
+        self._resident: dict[int, tuple[list[str], list[int]]] = {}
         self.load_seconds = 0.0
         self.warnings = check_model_pair(config.model, config.mmproj)
         self._load()
@@ -378,11 +380,15 @@ class Engine:
                         int(mt.mtmd_input_chunk_get_n_tokens(chunk)),
                         self.config.image_min_tokens, self.config.image_max_tokens)
 
-    def _prefix_key(self, chunks: Any, upto: int) -> str:
-        """Every token and image of chunks[0..upto], plus the files and library that evaluated them."""
+    @staticmethod
+    def _chunk_keys(chunks: Any, n_chunks: int) -> tuple[list[str], list[int]]:
+        """For each chunk: a hash of every token and image up to it, and the position after it."""
         mt = native.mtmd()
         h = hashlib.sha256()
-        for i in range(upto + 1):
+        keys: list[str] = []
+        ends: list[int] = []
+        pos = 0
+        for i in range(n_chunks):
             chunk = mt.mtmd_input_chunks_get(chunks, i)
             if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t(0)
@@ -391,8 +397,41 @@ class Engine:
             else:
                 cid = mt.mtmd_input_chunk_get_id(chunk) or b""
                 h.update(b"I" + cid + str(int(mt.mtmd_input_chunk_get_n_tokens(chunk))).encode())
+            pos += int(mt.mtmd_input_chunk_get_n_pos(chunk))
+            keys.append(h.hexdigest())
+            ends.append(pos)
+        return keys, ends
+
+    def _prefix_key(self, prep: _Prepared, upto: int) -> str:
+        """Every token and image of chunks[0..upto], plus the files and library that evaluated them."""
         return make_key("prefix", *self._identity(), self.config.image_min_tokens, self.config.image_max_tokens,
-                        h.hexdigest())
+                        prep.keys[upto])
+
+    def _reuse_resident(self, prep: _Prepared, seq_id: int) -> int:
+        """Reuse the longest run of leading chunks that some sequence already holds in the KV cache
+        (the system prompt of every request in a batch; the image of a repeated question). Returns
+        the number of chunks reused; ``seq_id`` then holds exactly their positions."""
+        llama = native.llama()
+        mem = llama.llama_get_memory(self._ctx)
+        best_seq, best = seq_id, 0
+        for other, (keys, _) in self._resident.items():
+            n = 0
+            # the last chunk is always evaluated: its last token's logits start the answer
+            while n < min(len(keys), prep.n_chunks - 1) and keys[n] == prep.keys[n]:
+                n += 1
+            if n > best or (n == best and other == seq_id):
+                best_seq, best = other, n
+        if best == 0:
+            llama.llama_memory_seq_rm(mem, seq_id, -1, -1)
+            self._resident.pop(seq_id, None)
+            return 0
+        end = prep.ends[best - 1]
+        if best_seq == seq_id:
+            llama.llama_memory_seq_rm(mem, seq_id, end, -1)
+        else:
+            llama.llama_memory_seq_rm(mem, seq_id, -1, -1)
+            llama.llama_memory_seq_cp(mem, best_seq, seq_id, 0, end)
+        return best
 
     def _restore_prefix(self, key: str, seq_id: int) -> int | None:
         llama = native.llama()
@@ -431,8 +470,9 @@ class Engine:
         ]
         image_tokens = [int(mt.mtmd_input_chunk_get_n_tokens(mt.mtmd_input_chunks_get(chunks, i)))
                         for i in image_chunks]
+        keys, ends = self._chunk_keys(chunks, n_chunks)
         return _Prepared(request, chunks, int(mt.mtmd_helper_get_n_pos(chunks)), n_chunks, image_chunks,
-                         image_tokens, no_think)
+                         image_tokens, no_think, keys, ends)
 
     def _prefill(self, prep: _Prepared, seq_id: int, timings: dict[str, float],
                  cached: dict[str, int]) -> Generator[Event, None, int]:
@@ -445,14 +485,17 @@ class Engine:
                 f"but the context holds {self.n_ctx}",
                 hint="raise --ctx, or lower --image-max-tokens or the number of images/frames",
             )
-        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
         chunks, n_chunks = prep.chunks, prep.n_chunks
         n_images = len(prep.image_chunks)
         boundary = prep.image_chunks[-1] if prep.image_chunks else None
+        reused = self._reuse_resident(prep, seq_id)
+        self._resident.pop(seq_id, None)  # what it holds changes now; recorded again once the prompt is in
+        start = reused
+        n_past = prep.ends[reused - 1] if reused else 0
+        cached["prefix_tokens"] = n_past
         prefix_key = None
-        start = n_past = 0
-        if self.cache is not None and self.cache.enabled and boundary is not None:
-            prefix_key = self._prefix_key(chunks, boundary)
+        if self.cache is not None and self.cache.enabled and boundary is not None and reused <= boundary:
+            prefix_key = self._prefix_key(prep, boundary)
             yield PhaseEvent("prefill", 0, n_images)
             t0 = time.perf_counter()
             restored = self._restore_prefix(prefix_key, seq_id)
@@ -460,6 +503,10 @@ class Engine:
                 timings["cache_s"] += time.perf_counter() - t0
                 start, n_past = boundary + 1, restored
                 cached["prefix_tokens"] = restored
+            elif reused:  # a failed restore leaves the sequence empty: take the reused part again
+                start = self._reuse_resident(prep, seq_id)
+                n_past = prep.ends[start - 1] if start else 0
+                cached["prefix_tokens"] = n_past
         new_n_past = llama.llama_pos(0)
         seen_images = sum(1 for i in prep.image_chunks if i < start)
         for i in range(start, n_chunks):
@@ -509,6 +556,7 @@ class Engine:
                 t0 = time.perf_counter()
                 self._save_prefix(prefix_key, seq_id, n_past)
                 timings["cache_s"] += time.perf_counter() - t0
+        self._resident[seq_id] = (prep.keys, prep.ends)
         return n_past
 
     def generate(self, request: Request) -> Iterator[Event]:
@@ -552,7 +600,13 @@ class Engine:
                         yield index, FailedEvent(exc)
                         continue
                     reserve = prep.n_prompt + request.settings.max_tokens + 16
-                    if active and sum(s.reserve for s in active) + reserve > self.n_ctx:
+                    used = sum(s.reserve for s in active)
+                    busy = {s.seq_id for s in active}
+                    kept = sum(ends[-1] for sid, (_, ends) in self._resident.items() if sid not in busy)
+                    if used + reserve + kept > self.n_ctx:
+                        for sid in [sid for sid in self._resident if sid not in busy]:
+                            self._forget(sid)  # idle prompts make room
+                    if active and used + reserve > self.n_ctx:
                         native.mtmd().mtmd_input_chunks_free(prep.chunks)
                         break  # wait until running requests finish
                     queue.pop()
@@ -565,12 +619,12 @@ class Engine:
                         finally:
                             native.mtmd().mtmd_input_chunks_free(prep.chunks)
                     except KvlError as exc:
-                        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+                        self._forget(seq_id)
                         free.append(seq_id)
                         yield index, FailedEvent(exc)
                         continue
                     except KeyboardInterrupt:
-                        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+                        self._forget(seq_id)
                         yield from self._interrupt_all(active)
                         raise
                     seq.sampler = self._new_sampler(request.settings)
@@ -602,7 +656,7 @@ class Engine:
                     if rc != 0:
                         err = EngineError(f"llama.cpp failed to decode (code {rc}): {native.last_error()}")
                         for seq in active:
-                            llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+                            self._forget(seq.seq_id)
                             free.append(seq.seq_id)
                             self._free_sampler(seq)
                             yield seq.index, FailedEvent(err)
@@ -647,8 +701,15 @@ class Engine:
         yield from self._tag(seq.index, self._flush(seq))
         yield seq.index, DoneEvent(self._result(seq))
         self._free_sampler(seq)
-        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+        # keep the prompt's cells (a later request may share its start); drop the generated ones
+        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq.seq_id, seq.prep.n_prompt, -1)
         free.append(seq.seq_id)
+
+    def _forget(self, seq_id: int) -> None:
+        """Empty a sequence's cells."""
+        llama = native.llama()
+        llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
+        self._resident.pop(seq_id, None)
 
     def _new_sampler(self, s: GenerationSettings) -> Any:
         llama = native.llama()
@@ -744,6 +805,8 @@ class _Prepared:
     image_chunks: list[int]
     image_tokens: list[int]
     no_think: bool
+    keys: list[str]  # per chunk: hash of everything up to it (see _chunk_keys)
+    ends: list[int]  # per chunk: the position after it
 
 
 class _Seq:
@@ -800,10 +863,9 @@ def bench_decode(engine: Engine, n_prompt: int, n_gen: int, parallel: int = 1, s
     llama = native.llama()
     rnd = random.Random(seed)
     n_vocab = int(llama.llama_vocab_n_tokens(engine._vocab))
-    mem = llama.llama_get_memory(engine._ctx)
     parallel = max(1, min(parallel, engine.n_seq))
     for s in range(parallel):
-        llama.llama_memory_seq_rm(mem, s, -1, -1)
+        engine._forget(s)
     cap = max(n_prompt, parallel)
     batch = llama.llama_batch_init(cap, 0, 1)
     try:
@@ -834,5 +896,5 @@ def bench_decode(engine: Engine, n_prompt: int, n_gen: int, parallel: int = 1, s
     finally:
         llama.llama_batch_free(batch)
         for s in range(parallel):
-            llama.llama_memory_seq_rm(mem, s, -1, -1)
+            engine._forget(s)
     return n_prompt * parallel / t_pp, n_gen * parallel / t_tg
