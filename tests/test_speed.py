@@ -318,3 +318,31 @@ def test_same_image_again_in_one_process_reuses_it_in_memory(random_pair, images
     assert second.cached["prefix_tokens"] >= first.tokens["image"] and second.timings["encode_s"] == 0
     assert second.answer == first.answer
     assert other.cached["prefix_tokens"] >= first.tokens["image"]
+
+
+def test_requests_are_pulled_lazily_and_wait_for_room(random_pair, many):
+    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.media.images import InputRef, load_image
+
+    pulled: list[int] = []
+    # room for one prompt + answer at a time: the others wait, prepared, and still all finish
+    cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=32,
+                       parallel=3)
+    s = GenerationSettings(temperature=0, max_tokens=300, think_budget=0)
+    with Engine(cfg, cache=None) as eng:
+        def requests():  # type: ignore[no-untyped-def]
+            for i, path in enumerate(many):
+                pulled.append(i)
+                yield Request(eng.marker + "\nDescribe.", [load_image(InputRef(str(path), path=path), max_tokens=32)],
+                              None, s)
+
+        done: list[int] = []
+        pulled_at_first_done = None
+        for index, ev in eng.generate_many(requests()):
+            if isinstance(ev, DoneEvent):
+                if pulled_at_first_done is None:
+                    pulled_at_first_done = len(pulled)
+                assert ev.result.finish_reason == "length" and ev.result.tokens["generated"] == 300
+                done.append(index)
+    assert sorted(done) == list(range(len(many)))
+    assert pulled_at_first_done is not None and pulled_at_first_done <= 2  # not the whole batch up front

@@ -581,24 +581,38 @@ class Engine:
         """
         llama = native.llama()
         slots = max(1, min(parallel or self.n_seq, self.n_seq))
-        queue = list(enumerate(requests))
-        queue.reverse()
+        source = iter(enumerate(requests))  # pulled one at a time: a long batch is never all in memory
+        exhausted = False
+
+        def pull() -> tuple[int, Request, _Prepared | None] | None:
+            nonlocal exhausted
+            nxt = None if exhausted else next(source, None)
+            exhausted = nxt is None
+            return None if nxt is None else (nxt[0], nxt[1], None)
+
+        waiting: tuple[int, Request, _Prepared | None] | None = None
         free = list(range(slots))
         free.reverse()
         active: list[_Seq] = []
         cap = slots * 64
         batch = llama.llama_batch_init(cap, 0, 1)
         try:
-            while queue or active:
+            while True:
                 # admit what fits
-                while queue and free:
-                    index, request = queue[-1]
-                    try:
-                        prep = self._prepare(request)
-                    except KvlError as exc:
-                        queue.pop()
-                        yield index, FailedEvent(exc)
-                        continue
+                while free:
+                    if waiting is None:
+                        waiting = pull()
+                        if waiting is None:
+                            break
+                    index, request, prep = waiting
+                    if prep is None:
+                        try:
+                            prep = self._prepare(request)
+                        except KvlError as exc:
+                            waiting = None
+                            yield index, FailedEvent(exc)
+                            continue
+                        waiting = (index, request, prep)
                     reserve = prep.n_prompt + request.settings.max_tokens + 16
                     used = sum(s.reserve for s in active)
                     busy = {s.seq_id for s in active}
@@ -607,9 +621,8 @@ class Engine:
                         for sid in [sid for sid in self._resident if sid not in busy]:
                             self._forget(sid)  # idle prompts make room
                     if active and used + reserve > self.n_ctx:
-                        native.mtmd().mtmd_input_chunks_free(prep.chunks)
-                        break  # wait until running requests finish
-                    queue.pop()
+                        break  # it waits, prepared, until running requests finish
+                    waiting = None
                     seq_id = free.pop()
                     seq = _Seq(index, seq_id, request.settings, prep, reserve)
                     try:
@@ -636,6 +649,8 @@ class Engine:
                     else:
                         active.append(seq)
                 if not active:
+                    if waiting is None and exhausted:
+                        break
                     continue
                 try:
                     n = 0
@@ -677,6 +692,8 @@ class Engine:
             llama.llama_batch_free(batch)
             for seq in active:
                 self._free_sampler(seq)
+            if waiting is not None and waiting[2] is not None:
+                native.mtmd().mtmd_input_chunks_free(waiting[2].chunks)
 
     @staticmethod
     def _tag(index: int, gen: Iterator[Event]) -> Generator[tuple[int, Event], None, Any]:
@@ -855,9 +872,9 @@ def bench_encode(engine: Engine, image: ImageInput) -> tuple[int, float]:
 
 
 def bench_decode(engine: Engine, n_prompt: int, n_gen: int, parallel: int = 1, seed: int = 0) -> tuple[float, float]:
-    """llama-bench's pp/tg on the loaded context: ``n_prompt`` tokens in one batch per sequence, then
-    ``n_gen`` steps of one token per sequence. Returns (prefill tok/s, generation tok/s), counting
-    all ``parallel`` sequences."""
+    """llama-bench's pp/tg on the loaded context: ``n_prompt`` tokens in one batch per sequence, then,
+    from an empty context again, ``n_gen`` steps of one token per sequence. Returns (prefill tok/s,
+    generation tok/s), counting all ``parallel`` sequences."""
     import random
 
     llama = native.llama()
@@ -888,9 +905,12 @@ def bench_decode(engine: Engine, n_prompt: int, n_gen: int, parallel: int = 1, s
                 run(entries[k:k + engine.config.n_batch])
             llama.llama_synchronize(engine._ctx)
             t_pp += time.perf_counter() - t0
+        # like llama-bench's tg: from an empty context
+        for s in range(parallel):
+            engine._forget(s)
         t0 = time.perf_counter()
         for step in range(n_gen):
-            run([(rnd.randrange(n_vocab), n_prompt + step, s) for s in range(parallel)])
+            run([(rnd.randrange(n_vocab), step, s) for s in range(parallel)])
         llama.llama_synchronize(engine._ctx)
         t_tg = time.perf_counter() - t0
     finally:
