@@ -53,7 +53,7 @@ model_options = _stack(
                  help="Reuse image embeddings and evaluated prompts from the disk cache (`kvl cache info`)."),
 )
 
-DEFAULT_PARALLEL = 4
+GPU_PARALLEL = 4  # batches on a GPU: generating several answers together costs little more than one
 
 batch_options = _stack(
     click.option("--from", "from_file", metavar="FILE", default=None,
@@ -62,9 +62,10 @@ batch_options = _stack(
                  help="Skip inputs that already have a result in OUT.jsonl (from --json): resume a batch."),
     click.option("--shard", metavar="K/N", default=None, callback=batch.parse_shard,
                  help="Run only shard K of N (split by a hash of each input's name): one per machine."),
-    click.option("--parallel", "-P", type=click.IntRange(1, 64), default=DEFAULT_PARALLEL, show_default=True,
-                 help="Inputs generated together in a batch: more answers per minute; each is printed when "
-                 "it finishes. 1 streams each answer live."),
+    click.option("--parallel", "-P", type=click.IntRange(1, 64), default=None,
+                 help="Inputs generated together in a batch (one decode carries a token for each); each is "
+                 "printed when it finishes [default: 4 with a GPU; 1 on a CPU, where it gains little and "
+                 "1 streams each answer live]."),
 )
 
 generation_options = _stack(
@@ -140,3 +141,10 @@ def engine_config(task: str, m: dict[str, Any], model: Any, mmproj: Any, verbose
 
 def output_settings(o: dict[str, Any], g: dict[str, Any]) -> OutputOptions:
     return OutputOptions(json=o["as_json"], show_thinking=g["show_thinking"], verbose=o["verbose"] >= 1)
+
+
+def default_parallel(m: dict[str, Any]) -> int:
+    """``--parallel`` when not given: batched generation pays off on a GPU, hardly on a CPU."""
+    from .engine import native
+
+    return GPU_PARALLEL if m["gpu_layers"] != 0 and native.gpu_offload_supported() else 1

@@ -320,14 +320,13 @@ def test_same_image_again_in_one_process_reuses_it_in_memory(random_pair, images
     assert other.cached["prefix_tokens"] >= first.tokens["image"]
 
 
-def test_requests_are_pulled_lazily_and_wait_for_room(random_pair, many):
+def test_requests_are_pulled_lazily(random_pair, many):
     from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
     pulled: list[int] = []
-    # room for one prompt + answer at a time: the others wait, prepared, and still all finish
     cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=32,
-                       parallel=3)
+                       parallel=2)
     s = GenerationSettings(temperature=0, max_tokens=300, think_budget=0)
     with Engine(cfg, cache=None) as eng:
         def requests():  # type: ignore[no-untyped-def]
@@ -345,4 +344,13 @@ def test_requests_are_pulled_lazily_and_wait_for_room(random_pair, many):
                 assert ev.result.finish_reason == "length" and ev.result.tokens["generated"] == 300
                 done.append(index)
     assert sorted(done) == list(range(len(many)))
-    assert pulled_at_first_done is not None and pulled_at_first_done <= 2  # not the whole batch up front
+    assert pulled_at_first_done is not None and pulled_at_first_done <= 3  # not the whole batch up front
+
+
+def test_paths_or_an_image_on_stdin_without_arguments(kvl, scripted, many):
+    r = kvl("caption", *scripted.args(), "--json", stdin=f"{many[0]}\n# skip me\n{many[1]}\n".encode())
+    assert r.code == 0, r.err
+    assert [x["input"] for x in records(r.out)] == [str(many[0]), str(many[1])]
+    r = kvl("ocr", *scripted.args(), "--json", stdin=many[2].read_bytes())  # the image itself
+    assert r.code == 0, r.err
+    assert [x["input"] for x in records(r.out)] == ["-"]

@@ -82,8 +82,8 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
     renderer = Renderer(OutputOptions(json=as_json))
     model_path, mmproj_path, name = ensure_model(model, mmproj, renderer, yes=yes)
     p_max = max(parallels)
-    n_ctx = max(4096, p_max * (prompt_tokens + gen_tokens) + 64, max(budgets) + 64)
-    if n_ctx > 262144:
+    n_ctx = max(512, prompt_tokens + gen_tokens + 64, max(budgets) + 64)  # per sequence
+    if n_ctx * p_max > 262144:
         raise UsageError(f"--parallel {p_max} × ({prompt_tokens}+{gen_tokens}) tokens is too large",
                          hint="use fewer sequences or tokens")
     base: EngineConfig = engine_config(

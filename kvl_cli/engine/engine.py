@@ -33,7 +33,7 @@ KIMI_PROJECTOR = "kimivl"
 class EngineConfig:
     model: Path
     mmproj: Path
-    n_ctx: int = 16384
+    n_ctx: int = 16384  # context per sequence (prompt + images + answer)
     n_batch: int = 2048
     n_ubatch: int = 512
     n_threads: int | None = None  # None: physical cores
@@ -41,7 +41,7 @@ class EngineConfig:
     image_min_tokens: int | None = None  # None: libmtmd's default for the projector (8)
     image_max_tokens: int | None = None  # None: libmtmd's default for the projector (1024)
     repack: bool = False  # llama.cpp's extra CPU buffer types; abort on this graph (see README)
-    parallel: int = 1  # sequences generated together (batches); they share the n_ctx cells
+    parallel: int = 1  # sequences generated together (batches), each with its own n_ctx cells
     verbose: bool = False
 
 
@@ -199,13 +199,17 @@ class Engine:
         self.n_ctx_train = int(llama.llama_model_n_ctx_train(model))
 
         cparams = llama.llama_context_default_params()
-        cparams.n_ctx = cfg.n_ctx
+        n_seq = max(1, cfg.parallel)
+        cparams.n_ctx = cfg.n_ctx * n_seq
         cparams.n_batch = cfg.n_batch
         cparams.n_ubatch = min(cfg.n_ubatch, cfg.n_batch)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.n_seq_max = max(1, cfg.parallel)
-        cparams.kv_unified = cfg.parallel > 1  # one pool of cells: any sequence may use the whole context
+        cparams.n_seq_max = n_seq
+        # one KV stream per sequence: a token attends to its own sequence's cells only (a unified
+        # pool would make every token of a batch attend over all of them, masked, which cost a
+        # third of the generation speed with 4 sequences)
+        cparams.kv_unified = False
         ctx = llama.llama_init_from_model(model, cparams)
         if not ctx:
             self.close()
@@ -214,8 +218,8 @@ class Engine:
                 hint="lower --ctx (less memory) or --gpu-layers",
             )
         self._ctx = ctx
-        self.n_ctx = int(llama.llama_n_ctx(ctx))
-        self.n_seq = max(1, cfg.parallel)
+        self.n_seq = n_seq
+        self.n_ctx = int(llama.llama_n_ctx(ctx)) // n_seq  # per sequence
         self.n_embd = int(llama.llama_model_n_embd(model))
 
         mp = mt.mtmd_context_params_default()
@@ -426,11 +430,12 @@ class Engine:
             self._resident.pop(seq_id, None)
             return 0
         end = prep.ends[best - 1]
-        if best_seq == seq_id:
-            llama.llama_memory_seq_rm(mem, seq_id, end, -1)
-        else:
+        if best_seq != seq_id:
+            # sequences live in separate streams: llama.cpp copies a whole stream (a buffer copy at the
+            # next decode), then the copy is cut back to the shared part
             llama.llama_memory_seq_rm(mem, seq_id, -1, -1)
-            llama.llama_memory_seq_cp(mem, best_seq, seq_id, 0, end)
+            llama.llama_memory_seq_cp(mem, best_seq, seq_id, -1, -1)
+        llama.llama_memory_seq_rm(mem, seq_id, end, -1)
         return best
 
     def _restore_prefix(self, key: str, seq_id: int) -> int | None:
@@ -576,8 +581,8 @@ class Engine:
         Each request is encoded and prefilled on its own (the first token is sampled at once); then
         every running request gets one token per ``llama_decode``: one batch carries a token for each,
         so generating N answers together costs far less than N times one. Yields ``(index, event)``;
-        a request that fails yields ``FailedEvent`` and the others go on. A request is admitted only
-        when its prompt plus ``max_tokens`` fits the free context, so none can run out mid-answer.
+        a request that fails yields ``FailedEvent`` and the others go on. Each sequence has its own
+        ``n_ctx`` cells. Requests are pulled from ``requests`` only when a sequence is free.
         """
         llama = native.llama()
         slots = max(1, min(parallel or self.n_seq, self.n_seq))
@@ -613,18 +618,9 @@ class Engine:
                             yield index, FailedEvent(exc)
                             continue
                         waiting = (index, request, prep)
-                    reserve = prep.n_prompt + request.settings.max_tokens + 16
-                    used = sum(s.reserve for s in active)
-                    busy = {s.seq_id for s in active}
-                    kept = sum(ends[-1] for sid, (_, ends) in self._resident.items() if sid not in busy)
-                    if used + reserve + kept > self.n_ctx:
-                        for sid in [sid for sid in self._resident if sid not in busy]:
-                            self._forget(sid)  # idle prompts make room
-                    if active and used + reserve > self.n_ctx:
-                        break  # it waits, prepared, until running requests finish
                     waiting = None
                     seq_id = free.pop()
-                    seq = _Seq(index, seq_id, request.settings, prep, reserve)
+                    seq = _Seq(index, seq_id, request.settings, prep)
                     try:
                         try:
                             seq.n_past = yield from self._tag(index, self._prefill(prep, seq_id, seq.timings,
@@ -829,12 +825,11 @@ class _Prepared:
 class _Seq:
     """One request being generated: its sequence in the KV cache, sampler and stream state."""
 
-    def __init__(self, index: int, seq_id: int, settings: GenerationSettings, prep: _Prepared, reserve: int) -> None:
+    def __init__(self, index: int, seq_id: int, settings: GenerationSettings, prep: _Prepared) -> None:
         self.index = index
         self.seq_id = seq_id
         self.settings = settings
         self.prep = prep
-        self.reserve = reserve
         self.sampler: Any = None
         self.splitter = ReasoningSplitter(start_in_answer=prep.no_think)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
