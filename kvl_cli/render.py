@@ -141,7 +141,7 @@ def _cache_note(result: Result) -> str:
     c = result.cached or {}
     parts = []
     if c.get("prefix_tokens"):
-        parts.append(f"{c['prefix_tokens']} prompt tokens restored")
+        parts.append(f"{c['prefix_tokens']} prompt tokens reused")
     if c.get("images"):
         parts.append(f"{c['images']} image{'s' if c['images'] > 1 else ''} from cache")
     return f" · cache: {', '.join(parts)}" if parts else ""

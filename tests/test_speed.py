@@ -354,3 +354,18 @@ def test_paths_or_an_image_on_stdin_without_arguments(kvl, scripted, many):
     r = kvl("ocr", *scripted.args(), "--json", stdin=many[2].read_bytes())  # the image itself
     assert r.code == 0, r.err
     assert [x["input"] for x in records(r.out)] == ["-"]
+
+
+def test_a_prompt_cached_by_a_parallel_batch_serves_a_single_question(kvl, random_pair, many):
+    args = (*random_pair.args(), *GREEDY, "--json")
+    batch = records(kvl("caption", *many[:3], *args, "-P", "3").out)
+    assert len(batch) == 3
+    # the batch's sequences lived in separate KV streams; the cached state fits a one-stream context
+    alone = records(kvl("caption", many[2], *args).out)[0]
+    assert alone["cached"]["prefix_tokens"] >= alone["tokens"]["image"]
+    fresh = records(kvl("caption", many[2], *args, "--no-cache").out)[0]
+    assert alone["answer"] == fresh["answer"]
+    # and the other way: a single question's prompt serves a parallel batch
+    again = records(kvl("caption", many[2], many[3], *args, "-P", "2").out)
+    hit = next(r for r in again if r["input"] == str(many[2]))
+    assert hit["cached"]["prefix_tokens"] >= hit["tokens"]["image"]

@@ -446,6 +446,7 @@ class Engine:
             return None
         meta, payload = hit
         (n_past,) = struct.unpack("<i", meta[:4])
+        payload = _state_for_stream(payload, self.n_seq, seq_id)
         buf = (ctypes.c_ubyte * len(payload)).from_buffer_copy(payload)
         if not llama.llama_state_seq_set_data(self._ctx, buf, len(payload), seq_id):
             llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), seq_id, -1, -1)
@@ -459,7 +460,9 @@ class Engine:
         buf = (ctypes.c_ubyte * size)()
         n = int(llama.llama_state_seq_get_data(self._ctx, buf, size, seq_id))
         if n > 0:
-            self.cache.put("prompts", key, struct.pack("<i", n_past), memoryview(buf)[:n])
+            blob = _state_one_stream(bytes(memoryview(buf)[:n]), self.n_seq, seq_id)
+            if blob is not None:
+                self.cache.put("prompts", key, struct.pack("<i", n_past), blob)
 
     # -- generation --
 
@@ -807,6 +810,31 @@ class Engine:
             tokens=tokens, timings={k: round(v, 3) for k, v in seq.timings.items()},
             image_tokens=prep.image_tokens, think_budget_hit=seq.budget_hit, cached=dict(seq.cached),
         )
+
+
+# A sequence's saved state is [u32 magic][i32 seq id][u32 n_streams][a section per stream], a stream
+# that does not hold the sequence being just its u32 cell count, 0. The cache stores the one-stream
+# form, so that a prompt evaluated in a parallel batch (one stream per sequence) serves a single
+# question later, and the reverse. A layout that does not look like that is not cached.
+_STATE_HEAD = 12
+
+
+def _state_one_stream(blob: bytes, n_streams: int, seq_id: int) -> bytes | None:
+    if len(blob) < _STATE_HEAD or struct.unpack_from("<I", blob, 8)[0] != n_streams:
+        return None
+    stream = seq_id if n_streams > 1 else 0
+    start = _STATE_HEAD + 4 * stream
+    end = len(blob) - 4 * (n_streams - 1 - stream)
+    if end <= start or any(blob[_STATE_HEAD:start]) or any(blob[end:]):
+        return None
+    return blob[:4] + struct.pack("<iI", 0, 1) + blob[start:end]
+
+
+def _state_for_stream(blob: bytes, n_streams: int, seq_id: int) -> bytes:
+    if len(blob) < _STATE_HEAD or struct.unpack_from("<I", blob, 8)[0] != 1 or n_streams == 1:
+        return blob
+    return (blob[:4] + struct.pack("<iI", seq_id, n_streams) + bytes(4 * seq_id) + blob[_STATE_HEAD:]
+            + bytes(4 * (n_streams - 1 - seq_id)))
 
 
 @dataclass
