@@ -33,6 +33,7 @@ def caption(inputs: tuple[str, ...], detail: str, **kwargs: Any) -> int:
       kvl caption photo.jpg
       kvl caption --detail short --json photos/ > captions.jsonl
       cat photo.jpg | kvl caption -
+      find photos -name '*.jpg' | kvl caption --json --skip-done caps.jsonl >> caps.jsonl
     """
     b = split_batch(kwargs)
     common = split_kwargs(kwargs)
