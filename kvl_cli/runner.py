@@ -154,29 +154,52 @@ def _run_parallel(engine: Engine, jobs: list[Job], outcomes: list[Outcome], *, s
             yield Request(user_text=user_text(engine.marker, len(images), job.instruction), images=images,
                           system=job.system, settings=settings)
 
+    # results come out in the inputs' order, text and JSON alike: a finished answer waits only for
+    # the ones before it, which are already running; on Ctrl-C whatever finished is written
     buffers: dict[int, list[Event]] = {}
+    ready: dict[int, Result | KvlError] = {}
+    shown = 0  # request indexes below this are printed
     finished = 0
     interrupted = False
+
+    def show(index: int, outcome: Result | KvlError) -> None:
+        nonlocal finished
+        job = order[index]
+        finished += 1
+        if isinstance(outcome, KvlError):
+            renderer.error(job.label, outcome)
+            outcomes.append(Outcome(job.label, error=outcome))
+            return
+        renderer.begin(job.label, finished, len(jobs))
+        for buffered in buffers.pop(index, []):
+            renderer.event(buffered)
+        renderer.end(job.label, outcome, {**meta, **job.meta})
+        outcomes.append(Outcome(job.label, result=outcome))
+
+    def settle(index: int, outcome: Result | KvlError) -> None:
+        nonlocal shown
+        ready[index] = outcome
+        while shown in ready:
+            show(shown, ready.pop(shown))
+            shown += 1
+
     try:
-        for index, ev in engine.generate_many(requests(), parallel):
-            job = order[index]
-            if isinstance(ev, FailedEvent):
-                finished += 1
-                renderer.error(job.label, ev.error)
-                outcomes.append(Outcome(job.label, error=ev.error))
-            elif isinstance(ev, DoneEvent):
-                finished += 1
-                renderer.begin(job.label, finished, len(jobs))
-                for buffered in buffers.pop(index, []):
-                    renderer.event(buffered)
-                renderer.end(job.label, ev.result, {**meta, **job.meta})
-                outcomes.append(Outcome(job.label, result=ev.result))
-                interrupted = interrupted or ev.result.finish_reason == "interrupted"
-            elif isinstance(ev, PhaseEvent):
-                label, _ = phase_text(ev)
-                renderer.status(label, f"{job.label} · {finished}/{len(jobs)} done")
-            else:
-                buffers.setdefault(index, []).append(ev)
+        try:
+            for index, ev in engine.generate_many(requests(), parallel):
+                job = order[index]
+                if isinstance(ev, FailedEvent):
+                    settle(index, ev.error)
+                elif isinstance(ev, DoneEvent):
+                    interrupted = interrupted or ev.result.finish_reason == "interrupted"
+                    settle(index, ev.result)
+                elif isinstance(ev, PhaseEvent):
+                    label, _ = phase_text(ev)
+                    renderer.status(label, f"{job.label} · {finished}/{len(jobs)} done")
+                else:
+                    buffers.setdefault(index, []).append(ev)
+        finally:
+            for index in sorted(ready):  # interrupted or failed: what finished is still printed
+                show(index, ready.pop(index))
     except KeyboardInterrupt:
         raise Interrupted() from None
     if interrupted:

@@ -200,11 +200,13 @@ def test_parallel_batch_goes_on_past_a_broken_image(kvl, scripted, many, tmp_pat
     assert recs[str(many[1])]["answer"] == SCRIPTED_ANSWER and recs[str(many[2])]["answer"] == SCRIPTED_ANSWER
 
 
-def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, many, tmp_path):
+@pytest.mark.parametrize("threads", ["1", "2"], ids=["two-sequences", "two-workers"])
+def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, many, tmp_path, threads):
     out_file = tmp_path / "out.jsonl"
     with out_file.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kvl_cli", "caption", *map(str, many), "--json", "-P", "2", "--no-think",
+            [sys.executable, "-m", "kvl_cli", "caption", *map(str, many), "--json", "-P", "2", "-t", threads,
+             "--no-think",
              "--temperature", "0", "--image-max-tokens", "16", "--max-tokens", "400000", "--ctx", "1000000"],
             stdout=out, stderr=subprocess.PIPE, env=kvl_env(random_pair))
         time.sleep(4)
@@ -215,6 +217,73 @@ def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, many, tmp_path)
     assert recs and all(r["finish_reason"] == "interrupted" for r in recs)
     assert all(r["tokens"]["generated"] > 0 for r in recs)  # what was generated is written
     assert b"Traceback" not in err
+
+
+def test_cpu_workers_answer_exactly_like_one_worker(random_pair, many):
+    """Two lanes (each its own context, projector and thread) on the real engine: every answer is
+    the one a single lane gives, and the second lane works while the first is still busy."""
+    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.media.images import InputRef, load_image
+
+    s = GenerationSettings(temperature=0, max_tokens=200, think_budget=0)
+
+    def run(lanes: int) -> tuple[dict[int, str], list[tuple[int, str]], int]:
+        cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=32,
+                           n_threads=2, lanes=lanes)
+        with Engine(cfg, cache=None) as eng:
+            reqs = [Request(eng.marker + "\nDescribe.",
+                            [load_image(InputRef(str(p), path=p), max_tokens=32)], None, s) for p in many[:4]]
+            answers, trace = {}, []
+            for index, ev in eng.generate_many(iter(reqs), parallel=lanes):
+                trace.append((index, type(ev).__name__))
+                if isinstance(ev, DoneEvent):
+                    assert ev.result.tokens["generated"] == 200
+                    answers[index] = ev.result.answer
+            return answers, trace, len(eng._lanes)
+
+    one, _, n_one = run(1)
+    two, trace, n_two = run(2)
+    assert (n_one, n_two) == (1, 2)
+    assert two == one and len(two) == 4
+    first_done = trace.index((0, "DoneEvent"))
+    assert any(i == 1 for i, _ in trace[:first_done])  # request 1 started before request 0 finished
+
+
+def test_cpu_workers_print_in_input_order(kvl, random_pair, tmp_path):
+    """The first input is much slower than the others; with two workers the others finish first,
+    but the output (text and JSON) still follows the inputs' order."""
+    d = tmp_path / "order"
+    d.mkdir()
+    slow = make_image(d / "slow.png", size=(640, 640), color=(10, 200, 30))
+    quick = [make_image(d / f"q{i}.png", size=(32, 32), color=(40 * i, 0, 90)) for i in range(3)]
+    inputs = [slow, *quick]
+    args = ("caption", *inputs, *random_pair.args(), "--temperature", "0", "--no-think", "-P", "2", "-t", "2",
+            "--no-cache", "--image-max-tokens", "256")
+    r = kvl(*args, "--json", "--max-tokens", "40")
+    assert r.code == 0, r.err
+    recs = records(r.out)
+    assert [x["input"] for x in recs] == [str(p) for p in inputs]
+    assert recs[0]["tokens"]["image"] > 4 * recs[1]["tokens"]["image"]
+    r = kvl(*args, "--max-tokens", "40")
+    assert r.code == 0, r.err
+    heads = [line for line in r.out.splitlines() if line.startswith("==> ")]
+    assert heads == [f"==> {p} <==" for p in inputs]
+
+
+def test_parallel_plan_cpu_workers_gpu_sequences(monkeypatch):
+    from kvl_cli import options
+    from kvl_cli.engine import native
+
+    m = {"gpu_layers": -1, "threads": 2}
+    monkeypatch.setattr(native, "gpu_offload_supported", lambda: False)
+    assert options.default_parallel(m) == 2
+    assert [options.plan_parallel(m, p) for p in (1, 2, 3, 4)] == [(1, 1), (2, 1), (2, 2), (2, 2)]
+    assert options.plan_parallel({**m, "threads": 1}, 3) == (1, 3)
+    assert options.default_parallel({**m, "threads": 1}) == 1
+    monkeypatch.setattr(native, "gpu_offload_supported", lambda: True)
+    assert options.default_parallel(m) == options.GPU_PARALLEL
+    assert options.plan_parallel(m, 4) == (1, 4)
+    assert options.plan_parallel({**m, "gpu_layers": 0}, 4) == (2, 2)  # --gpu-layers 0: a CPU run
 
 
 # ---- choosing the inputs of a batch --------------------------------------------------------------

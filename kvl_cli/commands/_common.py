@@ -15,6 +15,7 @@ from ..options import (
     generation_settings,
     image_max_tokens,
     output_settings,
+    plan_parallel,
 )
 from ..render import make_renderer
 from ..runner import Interrupted, Job, exit_code, load_engine, run_jobs
@@ -41,7 +42,8 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
     if parallel is None:
         parallel = default_parallel(m)
     parallel = max(1, min(parallel, len(jobs)))
-    config = engine_config(task, m, model, mmproj if model else None, o["verbose"], parallel=parallel)
+    lanes, per_lane = plan_parallel(m, parallel)
+    config = engine_config(task, m, model, mmproj if model else None, o["verbose"], parallel=per_lane, lanes=lanes)
     if parallel > 1:
         # each sequence gets its own cells: as many as one input can use (its images, the longest
         # answer, room for the prompt's text), not --ctx times N

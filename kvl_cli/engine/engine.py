@@ -9,9 +9,12 @@ yields events: phases with progress, thinking and answer deltas, and a final ``D
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import hashlib
+import queue
 import struct
+import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +44,8 @@ class EngineConfig:
     image_min_tokens: int | None = None  # None: libmtmd's default for the projector (8)
     image_max_tokens: int | None = None  # None: libmtmd's default for the projector (1024)
     repack: bool = False  # llama.cpp's extra CPU buffer types; abort on this graph (see README)
-    parallel: int = 1  # sequences generated together (batches), each with its own n_ctx cells
+    parallel: int = 1  # sequences generated together in one context (batches), each with its own n_ctx cells
+    lanes: int = 1  # workers on a CPU: each its own context and projector, n_threads / lanes threads
     verbose: bool = False
 
 
@@ -165,6 +169,12 @@ class Engine:
         self._model: Any = None
         self._ctx: Any = None
         self._mctx: Any = None
+        self._vocab_model: Any = None
+        self._contexts_made: list[Any] = []  # every context and projector this engine created (all lanes)
+        self._mctxs_made: list[Any] = []
+        self._want_threads = self._threads_now = 0  # a lane's threads: changed when other lanes finish
+        self._lanes: list[Engine] = [self]
+        self._owner = True
         self._ident: tuple[str, str, str] | None = None
         # per sequence: the chunk keys and end positions of the prompt its KV cells hold
         self._resident: dict[int, tuple[list[str], list[int]]] = {}
@@ -178,26 +188,56 @@ class Engine:
         cfg = self.config
         native.install_log_router(cfg.verbose)
         llama = native.llama()
-        mt = native.mtmd()
         t0 = time.perf_counter()
         llama.llama_backend_init()
-        threads = cfg.n_threads or native.physical_cores()
         gpu = native.gpu_offload_supported()
+        threads = cfg.n_threads or native.physical_cores()
+        n_lanes = max(1, min(cfg.lanes, threads)) if not gpu else 1
+        lane_threads = max(1, threads // n_lanes)
+        use_gpu = gpu and cfg.n_gpu_layers != 0
+        # On a CPU the projector loads while the text model does: libmtmd needs only the model's
+        # vocabulary and sizes, which a vocabulary-only load gives in a fraction of a second, and
+        # both loads are single-threaded (reading, mapping), so two cores do them side by side.
+        side: _Side | None = None
+        if not use_gpu:
+            side = _Side(lambda: self._load_projectors(None, n_lanes, lane_threads, False))
+        try:
+            mparams = llama.llama_model_default_params()
+            mparams.n_gpu_layers = cfg.n_gpu_layers if gpu else 0
+            mparams.use_extra_bufts = bool(cfg.repack)
+            native.recent_errors.clear()
+            model = llama.llama_model_load_from_file(str(cfg.model).encode(), mparams)
+            if not model:
+                raise ModelError(
+                    f"llama.cpp could not load {cfg.model.name}: {native.last_error('unknown error')}",
+                    hint="the file may be damaged or from a newer llama.cpp: pull it again or upgrade llama-cpp-python",
+                )
+            self._model = model
+            self._vocab = llama.llama_model_get_vocab(model)
+            self.n_ctx_train = int(llama.llama_model_n_ctx_train(model))
+            self.n_embd = int(llama.llama_model_n_embd(model))
+            self.threads = lane_threads
+            self.gpu = use_gpu
+            contexts = [self._new_context(lane_threads) for _ in range(n_lanes)]
+            if side is not None:
+                mctxs = side.join()
+            else:
+                mctxs = self._load_projectors(model, n_lanes, lane_threads, use_gpu)
+        except BaseException:
+            if side is not None:  # let it finish: what it made is freed with the rest
+                with contextlib.suppress(BaseException):
+                    side.join()
+            self.close()
+            raise
+        self._ctx, self._mctx = contexts[0], mctxs[0]
+        self._im_end = self._special_token("<|im_end|>")
+        self._template = self._chat_template()
+        self._lanes = [self] + [self._lane(c, m) for c, m in zip(contexts[1:], mctxs[1:], strict=True)]
+        self.load_seconds = time.perf_counter() - t0
 
-        mparams = llama.llama_model_default_params()
-        mparams.n_gpu_layers = cfg.n_gpu_layers if gpu else 0
-        mparams.use_extra_bufts = bool(cfg.repack)
-        native.recent_errors.clear()
-        model = llama.llama_model_load_from_file(str(cfg.model).encode(), mparams)
-        if not model:
-            raise ModelError(
-                f"llama.cpp could not load {cfg.model.name}: {native.last_error('unknown error')}",
-                hint="the file may be damaged or from a newer llama.cpp: pull it again or upgrade llama-cpp-python",
-            )
-        self._model = model
-        self._vocab = llama.llama_model_get_vocab(model)
-        self.n_ctx_train = int(llama.llama_model_n_ctx_train(model))
-
+    def _new_context(self, threads: int) -> Any:
+        cfg = self.config
+        llama = native.llama()
         cparams = llama.llama_context_default_params()
         n_seq = max(1, cfg.parallel)
         cparams.n_ctx = cfg.n_ctx * n_seq
@@ -210,44 +250,71 @@ class Engine:
         # pool would make every token of a batch attend over all of them, masked, which cost a
         # third of the generation speed with 4 sequences)
         cparams.kv_unified = False
-        ctx = llama.llama_init_from_model(model, cparams)
+        ctx = llama.llama_init_from_model(self._model, cparams)
         if not ctx:
-            self.close()
             raise EngineError(
                 f"llama.cpp could not create a context of {cfg.n_ctx} tokens: {native.last_error('unknown error')}",
                 hint="lower --ctx (less memory) or --gpu-layers",
             )
-        self._ctx = ctx
+        self._contexts_made.append(ctx)
         self.n_seq = n_seq
         self.n_ctx = int(llama.llama_n_ctx(ctx)) // n_seq  # per sequence
-        self.n_embd = int(llama.llama_model_n_embd(model))
+        return ctx
 
-        mp = mt.mtmd_context_params_default()
-        mp.use_gpu = gpu and cfg.n_gpu_layers != 0
-        mp.n_threads = threads
-        mp.print_timings = cfg.verbose
-        mp.warmup = False  # the first real image allocates what it needs; a warm-up only costs time on CPU
-        if cfg.image_min_tokens is not None:
-            mp.image_min_tokens = cfg.image_min_tokens
-        if cfg.image_max_tokens is not None:
-            mp.image_max_tokens = cfg.image_max_tokens
+    def _load_projectors(self, model: Any, n: int, threads: int, use_gpu: bool) -> list[Any]:
+        """``n`` libmtmd contexts (one per lane). With no ``model``, a vocabulary-only load of the
+        text model serves them (kept until ``close``)."""
+        cfg = self.config
+        llama = native.llama()
+        mt = native.mtmd()
+        if model is None:
+            vparams = llama.llama_model_default_params()
+            vparams.vocab_only = True
+            vparams.n_gpu_layers = 0
+            model = llama.llama_model_load_from_file(str(cfg.model).encode(), vparams)
+            if not model:
+                raise ModelError(
+                    f"llama.cpp could not load {cfg.model.name}: {native.last_error('unknown error')}",
+                    hint="the file may be damaged or from a newer llama.cpp: pull it again or upgrade llama-cpp-python",
+                )
+            self._vocab_model = model
         self._marker_bytes = mt.mtmd_default_marker()
-        mctx = mt.mtmd_init_from_file(str(cfg.mmproj).encode(), model, mp)
-        if not mctx:
-            self.close()
-            raise ModelError(
-                f"libmtmd could not load the projector {cfg.mmproj.name}: {native.last_error('unknown error')}",
-                hint="use the mmproj file that belongs to this model",
-            )
-        self._mctx = mctx
-        if not mt.mtmd_support_vision(mctx):
-            self.close()
-            raise ModelError(f"{cfg.mmproj.name} has no vision encoder", hint="use the model's image projector")
-        self.threads = threads
-        self.gpu = bool(mp.use_gpu)
-        self._im_end = self._special_token("<|im_end|>")
-        self._template = self._chat_template()
-        self.load_seconds = time.perf_counter() - t0
+        out = []
+        for _ in range(n):
+            mp = mt.mtmd_context_params_default()
+            mp.use_gpu = use_gpu
+            mp.n_threads = threads
+            mp.print_timings = cfg.verbose
+            mp.warmup = False  # the first real image allocates what it needs; a warm-up only costs time on CPU
+            if cfg.image_min_tokens is not None:
+                mp.image_min_tokens = cfg.image_min_tokens
+            if cfg.image_max_tokens is not None:
+                mp.image_max_tokens = cfg.image_max_tokens
+            mctx = mt.mtmd_init_from_file(str(cfg.mmproj).encode(), model, mp)
+            if not mctx:
+                raise ModelError(
+                    f"libmtmd could not load the projector {cfg.mmproj.name}: {native.last_error('unknown error')}",
+                    hint="use the mmproj file that belongs to this model",
+                )
+            self._mctxs_made.append(mctx)
+            if not mt.mtmd_support_vision(mctx):
+                raise ModelError(f"{cfg.mmproj.name} has no vision encoder", hint="use the model's image projector")
+            out.append(mctx)
+        return out
+
+    def _lane(self, ctx: Any, mctx: Any) -> Engine:
+        """Another worker on the same model: its own context, projector and KV cells."""
+        lane = Engine.__new__(Engine)
+        lane.__dict__.update({k: v for k, v in self.__dict__.items()
+                              if k not in ("_ctx", "_mctx", "_resident", "_lanes", "_ident", "_owner",
+                                           "_contexts_made", "_mctxs_made", "_vocab_model")})
+        lane._ctx, lane._mctx = ctx, mctx
+        lane._resident = {}
+        lane._lanes = [lane]
+        lane._ident = None
+        lane._owner = False
+        lane._contexts_made, lane._mctxs_made, lane._vocab_model = [], [], None
+        return lane
 
     @property
     def marker(self) -> str:
@@ -264,17 +331,23 @@ class Engine:
         return bytes(tmpl) if tmpl else None
 
     def close(self) -> None:
+        """Free the contexts, projectors and (for the engine that loaded it) the model."""
         llama = native.llama()
         mt = native.mtmd()
-        if self._mctx:
-            mt.mtmd_free(self._mctx)
-            self._mctx = None
-        if self._ctx:
-            llama.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            llama.llama_model_free(self._model)
-            self._model = None
+        for mctx in self._mctxs_made:
+            mt.mtmd_free(mctx)
+        for ctx in self._contexts_made:
+            llama.llama_free(ctx)
+        self._mctxs_made, self._contexts_made = [], []
+        self._mctx = self._ctx = None
+        self._lanes = [self]
+        if self._owner:
+            if self._vocab_model:
+                llama.llama_model_free(self._vocab_model)
+                self._vocab_model = None
+            if self._model:
+                llama.llama_model_free(self._model)
+                self._model = None
 
     def __enter__(self) -> Engine:
         return self
@@ -543,6 +616,7 @@ class Engine:
                                        ctypes.string_at(embd, n_floats * 4))
                 yield PhaseEvent("prefill", seen_images, n_images)
                 t0 = time.perf_counter()
+                self._sync_threads()
                 rc = mt.mtmd_helper_decode_image_chunk(
                     self._mctx, self._ctx, chunk, embd, n_past, seq_id, self.config.n_batch,
                     ctypes.byref(new_n_past), mt.mtmd_helper_post_decode_callback(), None,
@@ -552,6 +626,7 @@ class Engine:
                 if i == 0 or last:
                     yield PhaseEvent("prefill", seen_images, n_images)
                 t0 = time.perf_counter()
+                self._sync_threads()
                 rc = mt.mtmd_helper_eval_chunk_single(
                     self._mctx, self._ctx, chunk, n_past, seq_id, self.config.n_batch, last,
                     ctypes.byref(new_n_past),
@@ -579,17 +654,115 @@ class Engine:
             yield ev
 
     def generate_many(self, requests: Iterable[Request], parallel: int | None = None) -> Iterator[tuple[int, AnyEvent]]:
-        """Run requests, up to ``parallel`` at once (default: the context's sequence count).
+        """Run requests, up to ``parallel`` at once (default: every sequence of every lane).
 
         Each request is encoded and prefilled on its own (the first token is sampled at once); then
-        every running request gets one token per ``llama_decode``: one batch carries a token for each,
-        so generating N answers together costs far less than N times one. Yields ``(index, event)``;
-        a request that fails yields ``FailedEvent`` and the others go on. Each sequence has its own
-        ``n_ctx`` cells. Requests are pulled from ``requests`` only when a sequence is free.
+        every running request of a context gets one token per ``llama_decode``: one batch carries a
+        token for each, so generating N answers together costs far less than N times one. With
+        several lanes (``EngineConfig.lanes``, CPU batches), each lane runs its own requests in its
+        own thread with its share of the cores. Yields ``(index, event)``; a request that fails
+        yields ``FailedEvent`` and the others go on. Each sequence has its own ``n_ctx`` cells.
+        Requests are pulled from ``requests`` (always on the calling thread) only when a sequence
+        is free.
         """
+        total = parallel or self.n_seq * len(self._lanes)
+        if len(self._lanes) == 1 or total <= 1:
+            yield from self._generate_lane(enumerate(requests), min(total, self.n_seq))
+        else:
+            yield from self._generate_lanes(iter(enumerate(requests)), total)
+
+    def _generate_lanes(self, source: Iterator[tuple[int, Request]], total: int) -> Iterator[tuple[int, AnyEvent]]:
+        """Several lanes, a thread each; requests and events pass through queues, so the caller's
+        code (reading images, rendering) runs on the calling thread only."""
+        lanes = self._lanes[:min(len(self._lanes), total)]
+        per_lane = max(1, min(self.n_seq, -(-total // len(lanes))))
+        cores = self.threads * len(self._lanes)
+        events: queue.Queue[tuple[str, int, Any]] = queue.Queue()
+        inboxes: list[queue.Queue[tuple[int, Request] | None]] = [queue.Queue() for _ in lanes]
+        stop = threading.Event()
+
+        def work(k: int, lane: Engine) -> None:
+            def feed() -> Iterator[tuple[int, Request]]:
+                while True:
+                    events.put(("need", k, None))
+                    item = inboxes[k].get()
+                    if item is None:
+                        return
+                    yield item
+
+            gen = lane._generate_lane(feed(), per_lane)
+            thrown = False
+            try:
+                while True:
+                    if stop.is_set() and not thrown:
+                        thrown = True  # Ctrl-C: the lane ends its answers as interrupted, text kept
+                        item = gen.throw(KeyboardInterrupt())
+                    else:
+                        item = next(gen)
+                    events.put(("event", k, item))
+            except (StopIteration, KeyboardInterrupt):
+                pass
+            except BaseException as exc:  # a bug: the caller re-raises it
+                events.put(("crash", k, exc))
+            finally:
+                gen.close()
+                events.put(("end", k, None))
+
+        for lane in lanes:
+            lane._want_threads = self.threads
+        workers = [threading.Thread(target=work, args=(k, lane), name=f"kvl-lane-{k}", daemon=True)
+                   for k, lane in enumerate(lanes)]
+        for t in workers:
+            t.start()
+        running = set(range(len(lanes)))
+        exhausted = False
+
+        def handle(kind: str, k: int, item: Any) -> Iterator[tuple[int, AnyEvent]]:
+            nonlocal exhausted
+            if kind == "need":
+                nxt = None if exhausted or stop.is_set() else next(source, None)
+                exhausted = exhausted or nxt is None
+                inboxes[k].put(nxt)
+            elif kind == "event":
+                yield item
+            elif kind == "crash":
+                raise item
+            else:
+                running.discard(k)
+                for j in running:  # the lanes still busy take the finished one's cores
+                    lanes[j]._want_threads = max(1, cores // len(running))
+
+        try:
+            try:
+                while running:
+                    yield from handle(*events.get())
+            except KeyboardInterrupt:
+                stop.set()
+                for box in inboxes:
+                    box.put(None)
+                while running:
+                    yield from handle(*events.get())
+        finally:
+            stop.set()
+            for box in inboxes:
+                box.put(None)
+            for t in workers:
+                t.join()
+            for lane in lanes:
+                lane._want_threads = self.threads
+
+    def _sync_threads(self) -> None:
+        """Before a decode: take the threads this lane is meant to use now."""
+        want = self._want_threads or self.threads
+        if want != (self._threads_now or self.threads):
+            native.llama().llama_set_n_threads(self._ctx, want, want)
+            self._threads_now = want
+
+    def _generate_lane(self, source: Iterable[tuple[int, Request]],
+                       slots: int) -> Generator[tuple[int, AnyEvent], None, None]:
         llama = native.llama()
-        slots = max(1, min(parallel or self.n_seq, self.n_seq))
-        source = iter(enumerate(requests))  # pulled one at a time: a long batch is never all in memory
+        slots = max(1, min(slots, self.n_seq))
+        source = iter(source)  # pulled one at a time: a long batch is never all in memory
         exhausted = False
 
         def pull() -> tuple[int, Request, _Prepared | None] | None:
@@ -666,6 +839,7 @@ class Engine:
                             n += 1
                         where[seq.seq_id] = n - 1
                     batch.n_tokens = n
+                    self._sync_threads()
                     rc = llama.llama_decode(self._ctx, batch)
                     if rc != 0:
                         err = EngineError(f"llama.cpp failed to decode (code {rc}): {native.last_error()}")
@@ -810,6 +984,28 @@ class Engine:
             tokens=tokens, timings={k: round(v, 3) for k, v in seq.timings.items()},
             image_tokens=prep.image_tokens, think_budget_hit=seq.budget_hit, cached=dict(seq.cached),
         )
+
+
+class _Side:
+    """A function run on another thread; ``join`` returns its result or raises its exception."""
+
+    def __init__(self, fn: Any) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="kvl-load", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 # A sequence's saved state is [u32 magic][i32 seq id][u32 n_streams][a section per stream], a stream
