@@ -1,6 +1,6 @@
 """kvl against llama.cpp's own tools, in one session, on an architecture-exact synthetic model.
 
-    .venv/bin/python benchmarks/run.py              # everything: about 20 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py              # everything: about 30 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --batch 3    # a quicker batch comparison
 
 What it does, in order:
@@ -145,7 +145,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=REPO / ".bench", help="build, models and photos (default .bench/)")
     ap.add_argument("--bin", type=Path, default=None, help="a folder with llama-bench and llama-mtmd-cli already built")
     ap.add_argument("--batch", type=int, default=10, help="images in the batch comparison (default 10)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of the single-image comparison (default 3)")
+    ap.add_argument("--reps", type=int, default=6, help="repetitions of the single-image comparison (default 6)")
     ap.add_argument("--threads", type=int, default=None, help="threads for every tool [kvl's default]")
     ap.add_argument("--long-batch", type=int, default=4,
                     help="images in the batch with realistic answer lengths (default 4; 0 skips it)")
@@ -232,11 +232,24 @@ def main() -> int:
                    "-c", "16384", "-sys", DEFAULT_SYSTEM_PROMPT]
     kvl_walls, mtmd_walls, kvl_rss, mtmd_rss = [], [], [], []
     for rep in range(args.reps):
-        log(f"one image, end to end ({rep + 1}/{args.reps}): llama-mtmd-cli --no-repack, then kvl ask")
-        m = check(run([mtmd_bin, *mtmd_common, "--no-repack", "--image", str(photos[0]), "-p", PROMPT_ASK]),
-                  "llama-mtmd-cli")
-        k = check(run([*kvl, "ask", str(photos[0]), PROMPT_ASK, "--max-tokens", str(N_GEN), "--temperature", "0",
-                       "--no-cache", "-t", str(threads), "--json"], env=env), "kvl ask")
+        # alternate which tool goes first (ABBA): the second run of a pair is not always the same tool
+        first_tool = "llama-mtmd-cli" if rep % 2 == 0 else "kvl"
+        log(f"one image, end to end ({rep + 1}/{args.reps}): {first_tool} first")
+
+        def one_mtmd() -> Run:
+            return check(run([mtmd_bin, *mtmd_common, "--no-repack", "--image", str(photos[0]), "-p", PROMPT_ASK]),
+                         "llama-mtmd-cli")
+
+        def one_kvl() -> Run:
+            return check(run([*kvl, "ask", str(photos[0]), PROMPT_ASK, "--max-tokens", str(N_GEN), "--temperature",
+                              "0", "--no-cache", "-t", str(threads), "--json"], env=env), "kvl ask")
+
+        if rep % 2 == 0:
+            m = one_mtmd()
+            k = one_kvl()
+        else:
+            k = one_kvl()
+            m = one_mtmd()
         rec = json.loads(k.out)
         assert rec["tokens"]["generated"] == N_GEN, rec["tokens"]
         mtmd_walls.append(m.wall)

@@ -322,7 +322,9 @@ class LiveRenderer(Renderer):
         return Group(*parts)
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
-        if result.thinking and self.think_seconds is None and self.think_started is not None:
+        if "think_s" in result.timings and (self.think_seconds is None or self.think_seconds < 0.05):
+            self.think_seconds = result.timings["think_s"]  # the engine's clock: right for a replayed answer
+        elif result.thinking and self.think_seconds is None and self.think_started is not None:
             self.think_seconds = time.monotonic() - self.think_started
         self.think_tokens = result.tokens.get("thinking", self.think_tokens)
         self.answer = result.answer

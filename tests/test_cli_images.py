@@ -48,7 +48,8 @@ def test_caption_json_has_every_field(kvl, scripted, images):
     assert set(rec["tokens"]) == {"prompt", "image", "thinking", "answer", "generated"}
     assert rec["tokens"]["generated"] == rec["tokens"]["thinking"] + rec["tokens"]["answer"] == 8
     assert rec["tokens"]["image"] == sum(rec["image_tokens"]) > 0
-    assert set(rec["timings"]) == {"encode_s", "prefill_s", "generate_s", "cache_s"}
+    assert set(rec["timings"]) == {"encode_s", "prefill_s", "generate_s", "cache_s", "think_s"}
+    assert 0 <= rec["timings"]["think_s"] <= rec["timings"]["generate_s"]
     assert rec["cached"] == {"images": 0, "prefix_tokens": 0}
     assert rec["image_max_tokens"] == 1024
     assert "load_s" in rec

@@ -173,6 +173,7 @@ def test_parallel_batch_gives_every_answer(kvl, scripted, many):
     recs = records(r.out)
     assert sorted(x["input"] for x in recs) == sorted(str(p) for p in many)
     assert all(x["answer"] == SCRIPTED_ANSWER and x["thinking"] == "some thought" for x in recs)
+    assert all(0 <= x["timings"]["think_s"] <= x["timings"]["generate_s"] for x in recs)
     # plain output: one header and one answer per input
     r = kvl("caption", *many, *scripted.args(), "-P", "3")
     assert r.out.count("==> ") == len(many) and r.out.count(SCRIPTED_ANSWER) == len(many)

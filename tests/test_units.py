@@ -111,6 +111,20 @@ def test_live_renderer_collapses_thinking_and_renders_markdown():
     assert "\x1b[" in screen  # styled
 
 
+def test_live_renderer_replayed_answer_says_how_long_the_model_thought():
+    """A batch answer is replayed in one go when it finishes: the thinking time is the engine's."""
+    from dataclasses import replace
+
+    out = FakeTTY()
+    r = LiveRenderer(OutputOptions(color=False), out, io.StringIO())
+    r.begin("a.jpg", 1, 2)
+    for ev in EVENTS:
+        r.event(ev)
+    r.end("a.jpg", replace(RESULT, timings={**RESULT.timings, "think_s": 75.0}), {})
+    r.close()
+    assert "thought for 1 min 15 s · 3 tokens" in out.getvalue()
+
+
 def test_live_renderer_respects_no_color(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     out = FakeTTY()

@@ -100,6 +100,17 @@ def test_scenes_as_vtt_and_jsonl(kvl, scripted, clip, tmp_path):
     assert recs[1]["start"] == 2.0 and recs[1]["end"] == 4.0 and recs[1]["caption"] == SCRIPTED_ANSWER
 
 
+def test_scenes_with_two_workers_come_out_in_order_and_the_same(kvl, random_pair, clip):
+    """Scenes worked on two at a time (two CPU workers) give exactly the serial subtitles, in order."""
+    args = ("video", "--scenes", "--format", "srt", clip, *random_pair.args(), "--temperature", "0", "--no-think",
+            "--max-tokens", "12", "--no-cache", "-t", "2")
+    serial = kvl(*args, "-P", "1")
+    together = kvl(*args, "-P", "2")
+    assert serial.code == 0 and together.code == 0, together.err
+    assert together.out == serial.out
+    assert [b.splitlines()[0] for b in together.out.strip().split("\n\n")] == ["1", "2", "3"]
+
+
 def test_animated_gif_counts_as_a_video(kvl, scripted, tmp_path):
     from PIL import Image
 

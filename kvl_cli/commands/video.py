@@ -3,23 +3,26 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
-from ..engine.engine import DoneEvent, Engine, Request, Result
+from ..engine.engine import DoneEvent, Engine, FailedEvent, PhaseEvent, Request, Result
 from ..errors import ExitCode, InputError, KvlError
 from ..media.images import expand_inputs, image_from_array
 from ..media.video import FrameSampler, Scene, detect_scenes, parse_time, probe, stamp, subtitle_time
 from ..options import (
     CommonArgs,
+    default_parallel,
     engine_config,
     generation_options,
     generation_settings,
     model_options,
     output_options,
     output_settings,
+    plan_parallel,
     split_kwargs,
 )
 from ..render import OutputOptions, Renderer, make_renderer
@@ -83,29 +86,57 @@ class SceneWriter:
 
 
 def caption_scenes(engine: Engine, path: Path, label: str, info: Any, args: dict[str, Any], settings: Any,
-                   renderer: Renderer, writer: SceneWriter, ctx: int) -> int:
+                   renderer: Renderer, writer: SceneWriter, ctx: int, parallel: int = 1) -> int:
+    """Caption each scene; with ``parallel`` > 1 several scenes are worked on at once (CPU workers
+    or GPU sequences), and the captions are still written in scene order."""
     renderer.status("finding scenes")
     t0 = time.perf_counter()
     scenes = detect_scenes(path, threshold=args["threshold"], start=args["start"], end=args["end"], info=info)
     detect_s = time.perf_counter() - t0
     per_frame = frame_budget(args["frames_per_scene"], args["per_frame"], ctx, settings.max_tokens)
-    for scene in scenes:
-        renderer.status("captioning scene", f"{scene.index}/{len(scenes)}")
-        t1 = time.perf_counter()
-        sampler = FrameSampler(path, max_frames=args["frames_per_scene"], start=scene.start,
-                               end=max(scene.end, scene.start + 1e-3), info=info)
-        frames = list(sampler)
-        if not frames:
-            continue
-        request = frames_request(engine, frames, label, SCENE_PROMPT, per_frame, settings)
-        result = run_request(engine, request, renderer)
-        renderer.stop_status()
+    order: list[tuple[Scene, int, float]] = []  # request index -> scene, frames, start time
+
+    def requests() -> Iterator[Request]:
+        # frames are decoded here, on the calling thread, while the workers encode and generate
+        for scene in scenes:
+            t1 = time.perf_counter()
+            sampler = FrameSampler(path, max_frames=args["frames_per_scene"], start=scene.start,
+                                   end=max(scene.end, scene.start + 1e-3), info=info)
+            frames = list(sampler)
+            if not frames:
+                continue
+            order.append((scene, len(frames), t1))
+            yield frames_request(engine, frames, label, SCENE_PROMPT, per_frame, settings)
+
+    ready: dict[int, Result] = {}
+    shown = 0
+    interrupted = False
+
+    def write(index: int, result: Result) -> None:
+        scene, n_frames, t1 = order[index]
         writer.write(label, scene, result.answer, result.thinking)
         if renderer.opts.verbose:
-            renderer.err.print(f"[dim]scene {scene.index}/{len(scenes)}: {len(frames)} frames, "
+            renderer.err.print(f"[dim]scene {scene.index}/{len(scenes)}: {n_frames} frames, "
                                f"{time.perf_counter() - t1:.1f} s (scene detection {detect_s:.1f} s)[/]")
-        if result.finish_reason == "interrupted":
-            raise KeyboardInterrupt
+
+    try:
+        for index, ev in engine.generate_many(requests(), parallel):
+            if isinstance(ev, FailedEvent):
+                raise ev.error
+            if isinstance(ev, PhaseEvent) and ev.phase != "generate":
+                renderer.status("captioning scene", f"{order[index][0].index}/{len(scenes)}")
+            elif isinstance(ev, DoneEvent):
+                renderer.stop_status()
+                ready[index] = ev.result
+                interrupted = interrupted or ev.result.finish_reason == "interrupted"
+                while shown in ready:  # SRT and VTT need the scenes in order
+                    write(shown, ready.pop(shown))
+                    shown += 1
+    finally:
+        for index in sorted(ready):
+            write(index, ready.pop(index))
+    if interrupted:
+        raise KeyboardInterrupt
     return len(scenes)
 
 
@@ -136,7 +167,17 @@ def run_video(inputs: list[str], instruction: str, common: CommonArgs, args: dic
         return int(ExitCode.INPUT)
     model, mmproj, model_name = ensure_model(m["model"], m["mmproj"], renderer, yes=m["yes"])
     per_frame_default = int(m["image_max_tokens"] or 256)
-    config = engine_config("video", {**m, "image_max_tokens": per_frame_default}, model, mmproj, o["verbose"])
+    parallel = 1
+    lanes, per_lane = 1, 1
+    if scenes:
+        parallel = args["parallel"] if args.get("parallel") else default_parallel(m)
+        lanes, per_lane = plan_parallel(m, parallel)
+    config = engine_config("video", {**m, "image_max_tokens": per_frame_default}, model, mmproj, o["verbose"],
+                           parallel=per_lane, lanes=lanes)
+    if parallel > 1:
+        # each scene's sequence gets the cells one scene can use, not --ctx each
+        need = args["frames_per_scene"] * (per_frame_default + 16) + settings.max_tokens + PROMPT_RESERVE
+        config.n_ctx = min(config.n_ctx, -(-need // 256) * 256)
     engine = load_engine(config, renderer, cache=m["cache"])
     args = {**args, "per_frame": per_frame_default}
     writer = SceneWriter(fmt, sys.stdout, multiple=len(checked) > 1) if scenes else None
@@ -146,7 +187,8 @@ def run_video(inputs: list[str], instruction: str, common: CommonArgs, args: dic
             assert ref.path is not None
             try:
                 if writer is not None:
-                    caption_scenes(engine, ref.path, ref.label, info, args, settings, renderer, writer, config.n_ctx)
+                    caption_scenes(engine, ref.path, ref.label, info, args, settings, renderer, writer, config.n_ctx,
+                                   parallel)
                 else:
                     renderer.begin(ref.label, index, len(checked))
                     renderer.status("decoding video")
@@ -202,14 +244,17 @@ def video_options(f: Any) -> Any:
               help="With --scenes: frames sampled inside each scene.")
 @click.option("--threshold", type=click.FloatRange(1, 255), default=27.0, show_default=True,
               help="With --scenes: content-change threshold for a cut (lower finds more cuts).")
+@click.option("--parallel", "-P", type=click.IntRange(1, 64), default=None,
+              help="With --scenes: scenes worked on at once, written in order [default: as for caption, "
+              "2 on a CPU with 2+ cores, 4 with a GPU].")
 @click.option("--prompt", default=None, help="Instruction instead of the default summary request.")
 @video_options
 @model_options
 @generation_options
 @output_options
 def video(inputs: tuple[str, ...], scenes: bool, fmt: str, frames_per_scene: int, threshold: float,
-          prompt: str | None, fps: float | None, max_frames: int, start: str | None, end: str | None,
-          **kwargs: Any) -> int:
+          parallel: int | None, prompt: str | None, fps: float | None, max_frames: int, start: str | None,
+          end: str | None, **kwargs: Any) -> int:
     """Summarise videos, or caption them scene by scene.
 
     The model sees sampled frames in order with their timestamps between them ([00:01:05]), so
@@ -227,7 +272,7 @@ def video(inputs: tuple[str, ...], scenes: bool, fmt: str, frames_per_scene: int
     if common.out_opts["as_json"] and scenes:
         fmt = "jsonl"
     args = {"fps": fps, "max_frames": max_frames, "start": parse_time(start), "end": parse_time(end),
-            "frames_per_scene": frames_per_scene, "threshold": threshold}
+            "frames_per_scene": frames_per_scene, "threshold": threshold, "parallel": parallel}
     return run_video(list(inputs), prompt or VIDEO_PROMPT, common, args, scenes=scenes, fmt=fmt,
                      task_meta={"task": "video"})
 

@@ -191,15 +191,16 @@ class Engine:
         t0 = time.perf_counter()
         llama.llama_backend_init()
         gpu = native.gpu_offload_supported()
-        threads = cfg.n_threads or native.physical_cores()
-        n_lanes = max(1, min(cfg.lanes, threads)) if not gpu else 1
-        lane_threads = max(1, threads // n_lanes)
         use_gpu = gpu and cfg.n_gpu_layers != 0
-        # On a CPU the projector loads while the text model does: libmtmd needs only the model's
-        # vocabulary and sizes, which a vocabulary-only load gives in a fraction of a second, and
-        # both loads are single-threaded (reading, mapping), so two cores do them side by side.
+        threads = cfg.n_threads or native.physical_cores()
+        n_lanes = max(1, min(cfg.lanes, threads)) if not use_gpu else 1
+        lane_threads = max(1, threads // n_lanes)
+        # In a CPU-only build the projector loads while the text model does: libmtmd needs only the
+        # model's vocabulary and sizes, which a vocabulary-only load gives in a fraction of a second,
+        # and both loads are single-threaded (reading, mapping), so two cores do them side by side.
+        # (GPU backends are left to initialise one at a time.)
         side: _Side | None = None
-        if not use_gpu:
+        if not gpu:
             side = _Side(lambda: self._load_projectors(None, n_lanes, lane_threads, False))
         try:
             mparams = llama.llama_model_default_params()
@@ -667,6 +668,8 @@ class Engine:
         """
         total = parallel or self.n_seq * len(self._lanes)
         if len(self._lanes) == 1 or total <= 1:
+            # the other lanes are idle: this one's decodes take every core (its encoder keeps its own)
+            self._want_threads = self.threads * len(self._lanes)
             yield from self._generate_lane(enumerate(requests), min(total, self.n_seq))
         else:
             yield from self._generate_lanes(iter(enumerate(requests)), total)
@@ -947,6 +950,8 @@ class Engine:
         # a token that completes the closing marker still belongs to the thinking
         in_answer = phase_before is Phase.ANSWER or (phase_before is Phase.START and splitter.phase is Phase.ANSWER)
         seq.counts["answer" if in_answer else "thinking"] += 1
+        if seq.counts["thinking"] and "think_s" not in seq.timings and splitter.phase is Phase.ANSWER:
+            seq.timings["think_s"] = time.perf_counter() - seq.t_gen
         if phase_before is Phase.THINKING:
             seq.thought += 1  # what the budget counts: tokens after the opening marker
         seq.feed = [token]
@@ -958,6 +963,7 @@ class Engine:
             seq.budget_hit = True
             for phase, delta in splitter.close_thinking():
                 yield TextEvent(phase, delta)
+            seq.timings["think_s"] = time.perf_counter() - seq.t_gen
             close = self.tokenize(THINK_CLOSE)
             if seq.n_past + 1 + len(close) >= self.n_ctx:
                 seq.finish = "context"
