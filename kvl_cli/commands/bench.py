@@ -54,7 +54,7 @@ def test_image(tokens: int, seed: int = 0) -> Any:
 @click.option("--gen-tokens", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Tokens in the generation test (llama-bench's tg).")
 @click.option("--parallel", "parallels", default="1,4", show_default=True, callback=_int_list,
-              help="Sequences generated together (kvl's batches use --parallel, default 4).")
+              help="Sequences generated together in one context (how batches run on a GPU).")
 @click.option("--yes", "-y", is_flag=True, help="Download the default model first if none is installed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
