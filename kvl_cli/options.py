@@ -64,9 +64,9 @@ batch_options = _stack(
     click.option("--shard", metavar="K/N", default=None, callback=batch.parse_shard,
                  help="Run only shard K of N (split by a hash of each input's name): one per machine."),
     click.option("--parallel", "-P", type=click.IntRange(1, 64), default=None,
-                 help="Inputs worked on at once in a batch, each printed when it finishes. On a GPU they "
-                 "share each decode; on a CPU up to one worker per core runs, each with its own share of the "
-                 "cores [default: 4 with a GPU; 2 on a CPU with 2+ cores; 1 streams each answer live]."),
+                 help="Inputs worked on at once in a batch; each answer is printed whole, in input order. On "
+                 "a GPU they share each decode; on a CPU up to one worker per core runs, each with its own share "
+                 "of the cores [default: 4 with a GPU; 2 on a CPU with 2+ cores; 1 streams each answer live]."),
 )
 
 generation_options = _stack(
