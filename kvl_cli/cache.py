@@ -118,6 +118,10 @@ class DiskCache:
         self.hits[kind] += 1
         return meta, payload
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether an entry exists (not read, not checked, LRU order untouched)."""
+        return self.enabled and self._path(kind, key).is_file()
+
     def put(self, kind: str, key: str, meta: bytes, payload: bytes | memoryview) -> bool:
         """Store atomically, then trim to the cap. False when the cache is off or the disk refuses."""
         if not self.enabled or len(payload) > self.cap:

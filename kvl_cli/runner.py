@@ -18,6 +18,7 @@ from .engine.engine import (
     Event,
     FailedEvent,
     GenerationSettings,
+    ImageInput,
     PhaseEvent,
     Request,
     Result,
@@ -61,9 +62,10 @@ def open_cache(enabled: bool = True) -> DiskCache | None:
     return DiskCache(cap=cap) if cap > 0 else None
 
 
-def load_engine(config: EngineConfig, renderer: Renderer, *, cache: bool = True) -> Engine:
-    renderer.status("loading model")
-    engine = Engine(config, cache=open_cache(cache))
+def load_engine(config: EngineConfig, renderer: Renderer, *, cache: bool = True,
+                prefetch: Request | None = None) -> Engine:
+    renderer.status("loading model", "and encoding the first image" if prefetch is not None else "")
+    engine = Engine(config, cache=open_cache(cache), prefetch=prefetch)
     for warning in engine.warnings:
         renderer.warn(warning)
     return engine
@@ -93,7 +95,14 @@ def stream(engine: Engine, request: Request, renderer: Renderer) -> Iterator[Eve
         yield ev
 
 
-def run_jobs(engine_factory: Callable[[], Engine], jobs: list[Job], problems: list[InputProblem], *,
+def media_marker() -> str:
+    """libmtmd's image placeholder, known before any model is loaded."""
+    from .engine import native
+
+    return str(native.mtmd().mtmd_default_marker().decode("utf-8"))
+
+
+def run_jobs(engine_factory: Callable[[Request | None], Engine], jobs: list[Job], problems: list[InputProblem], *,
              settings: GenerationSettings, renderer: Renderer, image_max_tokens: int | None,
              meta: dict[str, Any], parallel: int = 1) -> list[Outcome]:
     """Run every job; return one Outcome per input (failed ones included). Raises Interrupted.
@@ -104,17 +113,32 @@ def run_jobs(engine_factory: Callable[[], Engine], jobs: list[Job], problems: li
     jobs, outcomes = precheck_jobs(jobs, problems, renderer)
     if not jobs:
         return outcomes
-    engine = engine_factory()
+    # the first job's images are decoded now, so that the engine can encode them while the text
+    # model loads (see Engine); they are used for that job below, not decoded again
+    ahead: dict[int, list[ImageInput]] = {}
+    first = None
+    try:
+        ahead[0] = [load_image(ref, max_tokens=image_max_tokens) for ref in jobs[0].refs]
+        first = Request(user_text=user_text(media_marker(), len(ahead[0]), jobs[0].instruction), images=ahead[0],
+                        system=jobs[0].system, settings=settings)
+    except InputError:
+        pass  # reported when the job runs
+    engine = engine_factory(first)
+
+    def images_of(index: int, job: Job) -> list[ImageInput]:
+        got = ahead.pop(index, None)
+        return got if got is not None else [load_image(ref, max_tokens=image_max_tokens) for ref in job.refs]
+
     meta = {**meta, "load_s": round(engine.load_seconds, 3)}
     try:
         if parallel > 1 and len(jobs) > 1:
             _run_parallel(engine, jobs, outcomes, settings=settings, renderer=renderer,
-                          image_max_tokens=image_max_tokens, meta=meta, parallel=parallel)
+                          images_of=images_of, meta=meta, parallel=parallel)
             return outcomes
         for index, job in enumerate(jobs, 1):
             renderer.begin(job.label, index, len(jobs))
             try:
-                images = [load_image(ref, max_tokens=image_max_tokens) for ref in job.refs]
+                images = images_of(index - 1, job)
                 request = Request(
                     user_text=user_text(engine.marker, len(images), job.instruction),
                     images=images, system=job.system, settings=settings,
@@ -139,13 +163,14 @@ def run_jobs(engine_factory: Callable[[], Engine], jobs: list[Job], problems: li
 
 
 def _run_parallel(engine: Engine, jobs: list[Job], outcomes: list[Outcome], *, settings: GenerationSettings,
-                  renderer: Renderer, image_max_tokens: int | None, meta: dict[str, Any], parallel: int) -> None:
+                  renderer: Renderer, images_of: Callable[[int, Job], list[ImageInput]], meta: dict[str, Any],
+                  parallel: int) -> None:
     order: list[Job] = []  # request index -> job
 
     def requests() -> Iterator[Request]:
-        for job in jobs:
+        for i, job in enumerate(jobs):
             try:
-                images = [load_image(ref, max_tokens=image_max_tokens) for ref in job.refs]
+                images = images_of(i, job)
             except InputError as exc:
                 renderer.error(job.label, exc)
                 outcomes.append(Outcome(job.label, error=exc))

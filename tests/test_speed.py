@@ -271,6 +271,40 @@ def test_cpu_workers_print_in_input_order(kvl, random_pair, tmp_path):
     assert heads == [f"==> {p} <==" for p in inputs]
 
 
+def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_path):
+    """``prefetch``: the first request's image is encoded during the load (on the loader thread) and
+    used by the request: the same answer, the encoder's time still reported, nothing from the cache;
+    with the cache already holding the image's prompt, nothing is encoded ahead."""
+    from kvl_cli.cache import DiskCache
+    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.media.images import InputRef, load_image
+    from kvl_cli.runner import media_marker
+
+    s = GenerationSettings(temperature=0, max_tokens=40, think_budget=0)
+    cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=64)
+    img = load_image(InputRef(str(many[3]), path=many[3]), max_tokens=64)
+    req = Request(media_marker() + "\nDescribe.", [img], None, s)
+
+    def answer(eng: Engine) -> tuple[str, dict, dict]:
+        done = [ev for ev in eng.generate(req) if isinstance(ev, DoneEvent)]
+        return done[0].result.answer, done[0].result.timings, done[0].result.cached
+
+    with Engine(cfg, cache=None) as eng:
+        plain, _, _ = answer(eng)
+    with Engine(cfg, cache=None, prefetch=req) as eng:
+        assert len(eng._pre_encoded) == 1  # encoded during the load
+        ahead, timings, cached = answer(eng)
+        assert eng._pre_encoded == {}  # and used
+    assert ahead == plain and cached["images"] == 0
+    cache = DiskCache(root=tmp_path / "cache", cap=10**9)
+    with Engine(cfg, cache=cache, prefetch=req) as eng:
+        assert answer(eng)[0] == plain  # writes the image's prompt state to the cache
+    with Engine(cfg, cache=cache, prefetch=req) as eng:
+        assert eng._pre_encoded == {}  # the cache has it: no encoder work ahead
+        again, timings, cached = answer(eng)
+    assert again == plain and cached["prefix_tokens"] > 0 and timings["encode_s"] == 0
+
+
 def test_parallel_plan_cpu_workers_gpu_sequences(monkeypatch):
     from kvl_cli import options
     from kvl_cli.engine import native

@@ -50,7 +50,8 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
         need = (config.image_max_tokens or 1024) * max(len(j.refs) for j in jobs) + settings.max_tokens + 512
         config.n_ctx = min(config.n_ctx, -(-need // 256) * 256)
     try:
-        outcomes = run_jobs(lambda: load_engine(config, renderer, cache=m["cache"]), jobs, problems,
+        outcomes = run_jobs(lambda first: load_engine(config, renderer, cache=m["cache"], prefetch=first), jobs,
+                            problems,
                             settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,
                             meta=meta, parallel=parallel)
     except Interrupted:

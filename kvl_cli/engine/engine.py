@@ -163,7 +163,11 @@ def check_model_pair(model: Path, mmproj: Path) -> list[str]:
 class Engine:
     """Text model + projector, loaded once. Not thread-safe: one request at a time."""
 
-    def __init__(self, config: EngineConfig, cache: DiskCache | None = None) -> None:
+    def __init__(self, config: EngineConfig, cache: DiskCache | None = None, *,
+                 prefetch: Request | None = None) -> None:
+        """Load the pair. ``prefetch``: the first request, whose images (CPU builds) are encoded while
+        the text model is still loading: when the model has to come from disk (a cold start), the
+        encoder's seconds hide behind the reading."""
         self.config = config
         self.cache = cache
         self._model: Any = None
@@ -178,13 +182,15 @@ class Engine:
         self._ident: tuple[str, str, str] | None = None
         # per sequence: the chunk keys and end positions of the prompt its KV cells hold
         self._resident: dict[int, tuple[list[str], list[int]]] = {}
+        # image key -> (embeddings, seconds) encoded ahead during the load (shared by every lane)
+        self._pre_encoded: dict[str, tuple[bytes, float]] = {}
         self.load_seconds = 0.0
         self.warnings = check_model_pair(config.model, config.mmproj)
-        self._load()
+        self._load(prefetch)
 
     # -- loading --
 
-    def _load(self) -> None:
+    def _load(self, prefetch: Request | None = None) -> None:
         cfg = self.config
         native.install_log_router(cfg.verbose)
         llama = native.llama()
@@ -201,7 +207,14 @@ class Engine:
         # (GPU backends are left to initialise one at a time.)
         side: _Side | None = None
         if not gpu:
-            side = _Side(lambda: self._load_projectors(None, n_lanes, lane_threads, False))
+            def side_work() -> list[Any]:
+                mctxs = self._load_projectors(None, n_lanes, lane_threads, False)
+                if prefetch is not None and prefetch.images:
+                    with contextlib.suppress(KvlError):  # the request itself will say what is wrong
+                        self._pre_encode(mctxs[0], prefetch)
+                return mctxs
+
+            side = _Side(side_work)
         try:
             mparams = llama.llama_model_default_params()
             mparams.n_gpu_layers = cfg.n_gpu_layers if gpu else 0
@@ -326,10 +339,45 @@ class Engine:
         toks = self.tokenize(text, special=True)
         return toks[0] if len(toks) == 1 else None
 
-    def _chat_template(self) -> bytes | None:
+    def _chat_template(self, model: Any = None) -> bytes | None:
         llama = native.llama()
-        tmpl = llama.llama_model_chat_template(self._model, None)
+        tmpl = llama.llama_model_chat_template(model or self._model, None)
         return bytes(tmpl) if tmpl else None
+
+    def _pre_encode(self, mctx: Any, request: Request) -> None:
+        """Encode ``request``'s images with ``mctx`` ahead of time (see ``__init__``), unless the disk
+        cache already holds them or the evaluated prompt that contains them."""
+        mt = native.mtmd()
+        llama = native.llama()
+        template = self._chat_template(self._vocab_model)
+        chunks = self._tokenize_prompt(self._prompt_text(request, template), request.images, mctx)
+        try:
+            n_chunks = int(mt.mtmd_input_chunks_size(chunks))
+            keys, _ = self._chunk_keys(chunks, n_chunks)
+            image_type = mt.MTMD_INPUT_CHUNK_TYPE_IMAGE
+            images = [i for i in range(n_chunks)
+                      if mt.mtmd_input_chunk_get_type(mt.mtmd_input_chunks_get(chunks, i)) == image_type]
+            cache = self.cache if self.cache is not None and self.cache.enabled else None
+            if not images or (cache is not None and cache.has("prompts", self._prefix_key(keys, images[-1]))):
+                return
+            # a vocabulary-only model reports no sizes: the header has the width
+            n_embd = (int(llama.llama_model_n_embd(self._vocab_model))
+                      or read_gguf_info(self.config.model).text_embedding_length)
+            if not n_embd:
+                return
+            for i in images:
+                chunk = mt.mtmd_input_chunks_get(chunks, i)
+                key = self._image_key(chunk)
+                if key in self._pre_encoded or (cache is not None and cache.has("embeddings", key)):
+                    continue
+                t0 = time.perf_counter()
+                if mt.mtmd_encode_chunk(mctx, chunk) != 0:
+                    return
+                n_floats = int(mt.mtmd_input_chunk_get_n_tokens(chunk)) * n_embd
+                data = ctypes.string_at(mt.mtmd_get_output_embd(mctx), n_floats * 4)
+                self._pre_encoded[key] = (data, time.perf_counter() - t0)
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
 
     def close(self) -> None:
         """Free the contexts, projectors and (for the engine that loaded it) the model."""
@@ -378,9 +426,10 @@ class Engine:
             n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
         return buf.raw[:n]
 
-    def format_prompt(self, request: Request, *, prefill: str = "") -> str:
+    def format_prompt(self, request: Request, *, prefill: str = "", template: bytes | None = None) -> str:
         """The chat prompt, from the model's own template (llama.cpp applies it)."""
         llama = native.llama()
+        template = template or self._template
         system = request.system if request.system is not None else DEFAULT_SYSTEM_PROMPT
         msgs = [("system", system), ("user", request.user_text)]
         arr = (llama.llama_chat_message * len(msgs))()
@@ -392,7 +441,7 @@ class Engine:
             arr[i].content = c
         size = 4 * sum(len(c) for c in keep) + 1024
         buf = ctypes.create_string_buffer(size)
-        n = llama.llama_chat_apply_template(self._template, arr, len(msgs), True, buf, size)
+        n = llama.llama_chat_apply_template(template, arr, len(msgs), True, buf, size)
         if n < 0:
             # the model carries no template llama.cpp recognises: use Kimi-VL's format
             text = "".join(
@@ -401,14 +450,19 @@ class Engine:
         else:
             if n > size:
                 buf = ctypes.create_string_buffer(n + 1)
-                n = llama.llama_chat_apply_template(self._template, arr, len(msgs), True, buf, n + 1)
+                n = llama.llama_chat_apply_template(template, arr, len(msgs), True, buf, n + 1)
             text = buf.raw[:n].decode("utf-8")
         return text + prefill
 
     # -- generation --
 
-    def _tokenize_prompt(self, prompt: str, images: list[ImageInput]) -> Any:
+    def _prompt_text(self, request: Request, template: bytes | None = None) -> str:
+        no_think = request.settings.think_budget == 0
+        return self.format_prompt(request, prefill=(THINK_OPEN + THINK_CLOSE) if no_think else "", template=template)
+
+    def _tokenize_prompt(self, prompt: str, images: list[ImageInput], mctx: Any = None) -> Any:
         mt = native.mtmd()
+        mctx = mctx or self._mctx
         bitmaps = []
         for img in images:
             if len(img.rgb) != img.width * img.height * 3:
@@ -428,7 +482,7 @@ class Engine:
             text.add_special = True
             text.parse_special = True
             arr = (mt.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
-            rc = mt.mtmd_tokenize(self._mctx, chunks, ctypes.byref(text), arr, len(bitmaps))
+            rc = mt.mtmd_tokenize(mctx, chunks, ctypes.byref(text), arr, len(bitmaps))
         finally:
             for bmp in bitmaps:
                 mt.mtmd_bitmap_free(bmp)
@@ -480,10 +534,10 @@ class Engine:
             ends.append(pos)
         return keys, ends
 
-    def _prefix_key(self, prep: _Prepared, upto: int) -> str:
+    def _prefix_key(self, keys: list[str], upto: int) -> str:
         """Every token and image of chunks[0..upto], plus the files and library that evaluated them."""
         return make_key("prefix", *self._identity(), self.config.image_min_tokens, self.config.image_max_tokens,
-                        prep.keys[upto])
+                        keys[upto])
 
     def _reuse_resident(self, prep: _Prepared, seq_id: int) -> int:
         """Reuse the longest run of leading chunks that some sequence already holds in the KV cache
@@ -543,8 +597,7 @@ class Engine:
     def _prepare(self, request: Request) -> _Prepared:
         mt = native.mtmd()
         no_think = request.settings.think_budget == 0
-        prompt = self.format_prompt(request, prefill=(THINK_OPEN + THINK_CLOSE) if no_think else "")
-        chunks = self._tokenize_prompt(prompt, request.images)
+        chunks = self._tokenize_prompt(self._prompt_text(request), request.images)
         n_chunks = int(mt.mtmd_input_chunks_size(chunks))
         image_chunks = [
             i for i in range(n_chunks)
@@ -577,7 +630,7 @@ class Engine:
         cached["prefix_tokens"] = n_past
         prefix_key = None
         if self.cache is not None and self.cache.enabled and boundary is not None and reused <= boundary:
-            prefix_key = self._prefix_key(prep, boundary)
+            prefix_key = self._prefix_key(prep.keys, boundary)
             yield PhaseEvent("prefill", 0, n_images)
             t0 = time.perf_counter()
             restored = self._restore_prefix(prefix_key, seq_id)
@@ -599,9 +652,18 @@ class Engine:
                 seen_images += 1
                 n_tok = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
                 n_floats = n_tok * self.n_embd
-                key = self._image_key(chunk) if self.cache is not None else None
-                hit = self.cache.get("embeddings", key) if self.cache is not None and key else None
-                if hit is not None and len(hit[1]) == n_floats * 4:
+                key = self._image_key(chunk) if self.cache is not None or self._pre_encoded else None
+                ahead = self._pre_encoded.pop(key, None) if key else None
+                hit = self.cache.get("embeddings", key) if self.cache is not None and key and not ahead else None
+                if ahead is not None and len(ahead[0]) == n_floats * 4:
+                    # encoded while the model loaded: the encoder's work, done early
+                    yield PhaseEvent("encode", seen_images, n_images)
+                    embd = ctypes.cast((ctypes.c_float * n_floats).from_buffer_copy(ahead[0]),
+                                       ctypes.POINTER(ctypes.c_float))
+                    timings["encode_s"] += ahead[1]
+                    if self.cache is not None and key:
+                        self.cache.put("embeddings", key, struct.pack("<ii", n_tok, self.n_embd), ahead[0])
+                elif hit is not None and len(hit[1]) == n_floats * 4:
                     embd = ctypes.cast((ctypes.c_float * n_floats).from_buffer_copy(hit[1]),
                                        ctypes.POINTER(ctypes.c_float))
                     cached["images"] += 1
