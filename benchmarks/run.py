@@ -151,6 +151,8 @@ def main() -> int:
                     help="images in the batch with realistic answer lengths (default 4; 0 skips it)")
     ap.add_argument("--long-tokens", type=int, default=256, help="tokens per answer in that batch (default 256)")
     ap.add_argument("--skip-repack-probe", action="store_true")
+    ap.add_argument("--cold", action="store_true",
+                    help="also time one image with the page cache dropped (needs root)")
     ap.add_argument("--batch-one-worker", action="store_true",
                     help="also time the batch with -P 1 (one worker with every thread), for comparison")
     args = ap.parse_args()
@@ -284,6 +286,27 @@ def main() -> int:
     res.add("peak RSS, one image (GB)", f"{peak / 1e9:.2f}",
             f"files {files_bytes / 1e9:.2f} + 1.5; llama-mtmd-cli {max(mtmd_rss) / 1e9:.2f}",
             peak / (files_bytes + 1.5e9), "<= 1.0", peak <= files_bytes + 1.5e9)
+
+    # 3b. a cold start: the model files not in the page cache (needs root to drop the caches)
+    if args.cold:
+        def drop_caches() -> bool:
+            try:
+                os.sync()
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                return True
+            except OSError:
+                return False
+
+        if drop_caches():
+            log("one image from a cold page cache: llama-mtmd-cli, then kvl ask")
+            mc = one_mtmd() if drop_caches() else None
+            kc = one_kvl() if drop_caches() else None
+            if mc is not None and kc is not None:
+                res.raw["cold"] = {"mtmd_wall": mc.wall, "kvl_wall": kc.wall, "kvl": json.loads(kc.out)}
+                res.add("one image, cold page cache, wall s", f"{kc.wall:.1f}", f"llama-mtmd-cli {mc.wall:.1f}",
+                        kc.wall / mc.wall, "(info)", None)
+        else:
+            log("--cold: cannot drop the page cache (needs root); skipped")
 
     # 4. a second question about the same image ---------------------------------------------------
     log("first and second question about one image (cache on)")
