@@ -296,6 +296,8 @@ def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_pat
         ahead, timings, cached = answer(eng)
         assert eng._pre_encoded == {}  # and used
     assert ahead == plain and cached["images"] == 0
+    with Engine(EngineConfig(**{**cfg.__dict__, "n_threads": 2, "lanes": 2}), cache=None, prefetch=req) as eng:
+        assert eng._pre_encoded == {}  # two lanes: a lane's one-thread encoder would keep the other core idle
     cache = DiskCache(root=tmp_path / "cache", cap=10**9)
     with Engine(cfg, cache=cache, prefetch=req) as eng:
         assert answer(eng)[0] == plain  # writes the image's prompt state to the cache

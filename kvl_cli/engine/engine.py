@@ -165,9 +165,9 @@ class Engine:
 
     def __init__(self, config: EngineConfig, cache: DiskCache | None = None, *,
                  prefetch: Request | None = None) -> None:
-        """Load the pair. ``prefetch``: the first request, whose images (CPU builds) are encoded while
-        the text model is still loading: when the model has to come from disk (a cold start), the
-        encoder's seconds hide behind the reading."""
+        """Load the pair. ``prefetch``: the first request, whose images (CPU-only builds, one lane)
+        are encoded while the text model is still loading: when the model has to come from disk (a
+        cold start), the encoder's seconds hide behind the reading."""
         self.config = config
         self.cache = cache
         self._model: Any = None
@@ -209,7 +209,9 @@ class Engine:
         if not gpu:
             def side_work() -> list[Any]:
                 mctxs = self._load_projectors(None, n_lanes, lane_threads, False)
-                if prefetch is not None and prefetch.images:
+                # with one lane the encoder has every thread; with several, a lane's encoder has a
+                # share of them and the other cores would wait for it: no encoding ahead
+                if prefetch is not None and prefetch.images and n_lanes == 1:
                     with contextlib.suppress(KvlError):  # the request itself will say what is wrong
                         self._pre_encode(mctxs[0], prefetch)
                 return mctxs
