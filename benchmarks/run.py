@@ -159,7 +159,7 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     from kvl_cli.engine import native
-    from kvl_cli.engine.engine import DEFAULT_SYSTEM_PROMPT
+    from kvl_cli.engine.types import DEFAULT_SYSTEM_PROMPT
     from kvl_cli.synthetic import write_full_pair
     from kvl_cli.tasks import CAPTION_PROMPTS
 

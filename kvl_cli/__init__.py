@@ -20,17 +20,18 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Engine": "kvl_cli.engine.engine",
-    "EngineConfig": "kvl_cli.engine.engine",
-    "GenerationSettings": "kvl_cli.engine.engine",
-    "ImageInput": "kvl_cli.engine.engine",
-    "Request": "kvl_cli.engine.engine",
-    "Result": "kvl_cli.engine.engine",
+    "EngineConfig": "kvl_cli.engine.types",
+    "GenerationSettings": "kvl_cli.engine.types",
+    "ImageInput": "kvl_cli.engine.types",
+    "Request": "kvl_cli.engine.types",
+    "Result": "kvl_cli.engine.types",
     "ReasoningSplitter": "kvl_cli.engine.reasoning",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine.engine import Engine, EngineConfig, GenerationSettings, ImageInput, Request, Result  # noqa: F401
+    from .engine.engine import Engine  # noqa: F401
     from .engine.reasoning import ReasoningSplitter  # noqa: F401
+    from .engine.types import EngineConfig, GenerationSettings, ImageInput, Request, Result  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

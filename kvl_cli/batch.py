@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from .environment import Environment
 from .errors import InputError, UsageError
 from .media.images import InputRef
 
 
-def read_list(source: str) -> list[str]:
+def read_list(source: str, env: Environment) -> list[str]:
     """Inputs named one per line in ``source`` (a file, or ``-`` for stdin)."""
     if source == "-":
-        text = sys.stdin.read()
+        text = env.read_stdin_text()
     else:
         try:
             text = Path(source).expanduser().read_text(encoding="utf-8")

@@ -9,7 +9,8 @@ import traceback
 import click
 
 from . import __version__
-from .errors import ExitCode, KvlError
+from .environment import Environment, env_flag
+from .errors import ExitCode, Interrupted, KvlError, UsageError
 
 COMMANDS = {
     "caption": "kvl_cli.commands.caption:caption",
@@ -42,13 +43,9 @@ class LazyGroup(click.Group):
         return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
-            return None
-        import importlib
-
-        module, _, attr = target.partition(":")
-        cmd: click.Command = getattr(importlib.import_module(module), attr)
+        cmd = _load(name)
+        if cmd is not None and ctx.default_map is None:
+            ctx.default_map = _config_defaults(name, cmd)
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -76,45 +73,74 @@ def cli() -> None:
     """
 
 
+def _load(name: str) -> click.Command | None:
+    target = COMMANDS.get(name)
+    if target is None:
+        return None
+    import importlib
+
+    module, _, attr = target.partition(":")
+    cmd: click.Command = getattr(importlib.import_module(module), attr)
+    return cmd
+
+
+def _config_defaults(name: str, cmd: click.Command) -> dict[str, dict[str, object]]:
+    """The config file's defaults for the command being run (see ``config``), as Click's default map."""
+    from . import config
+
+    cfg = config.load()
+    if not cfg.globals and not cfg.commands:
+        return {}
+    for key in cfg.globals:  # a top-level key must be an option of some command
+        if not any(config.param_for(c, key) for c in map(_load, COMMANDS) if c is not None):
+            raise UsageError(f"{cfg.path}: {key}: no kvl command has such an option", hint="see kvl COMMAND --help")
+    return {name: config.default_map(cfg, name, cmd, list(COMMANDS))}
+
+
 def _debug(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("KVL_DEBUG", "").lower() in ("1", "true", "yes")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the command, map every failure to a documented exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug(args)
-    code: int
+    if "--debug" in argv:
+        return True
     try:
-        rv = cli.main(args=args, prog_name="kvl", standalone_mode=False)
+        return env_flag("KVL_DEBUG")
+    except UsageError:
+        return False  # reported when the command reads it
+
+
+def main(argv: list[str] | None = None, env: Environment | None = None) -> None:
+    """Entry point: run the command, map every failure to a documented exit code. ``env``: the
+    streams to use (tests pass their own; default: the process's)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = cli.main(args=args, prog_name="kvl", standalone_mode=False, obj=env or Environment())
         code = int(rv) if isinstance(rv, int) else 0
-    except click.exceptions.Abort:
-        click.echo("kvl: interrupted", err=True)
-        code = ExitCode.INTERRUPTED
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
+    except BaseException as exc:  # noqa: B036 - every way out becomes an exit code, here only
+        code = exit_code_for(exc, debug=_debug(args))
+    sys.exit(code)
+
+
+def exit_code_for(exc: BaseException, *, debug: bool) -> int:
+    """Say what went wrong (one line on stderr) and return its documented exit code."""
+    if isinstance(exc, (Interrupted, click.exceptions.Abort, KeyboardInterrupt)):
+        click.echo(("\n" if isinstance(exc, KeyboardInterrupt) else "") + "kvl: interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, click.ClickException):
         exc.show()
-        code = exc.exit_code
-    except KvlError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"kvl: error: {exc}", err=True)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("\nkvl: interrupted", err=True)
-        code = ExitCode.INTERRUPTED
-    except BrokenPipeError:
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):
         # the reader went away (`kvl ... | head`): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        code = ExitCode.OK
-    except Exception as exc:  # the one catch-all: a bug, reported with its type
-        if debug:
-            traceback.print_exc()
-            code = ExitCode.ERROR
-        else:
-            click.echo(f"kvl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
-                       "and report it)", err=True)
-            code = ExitCode.ERROR
-    sys.exit(code)
+        return ExitCode.OK
+    if not isinstance(exc, Exception):
+        raise exc  # SystemExit and the like: not ours to map
+    if debug:
+        traceback.print_exc()
+    if isinstance(exc, KvlError):
+        click.echo(f"kvl: error: {exc}", err=True)
+        return exc.exit_code
+    if not debug:  # the one catch-all: a bug, reported with its type
+        click.echo(f"kvl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
+                   "and report it)", err=True)
+    return ExitCode.ERROR

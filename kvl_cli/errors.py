@@ -63,3 +63,12 @@ class EngineError(KvlError):
     """The native engine refused or failed an operation."""
 
     exit_code = ExitCode.ERROR
+
+
+class Interrupted(KvlError):
+    """Ctrl-C (or SIGTERM): the run stopped; what was written stays."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str = "interrupted") -> None:
+        super().__init__(message)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from . import batch
-from .engine.engine import EngineConfig, GenerationSettings
+from .engine.types import EngineConfig, GenerationSettings
+from .environment import env_flag
 from .render import OutputOptions
 from .tasks import DEFAULTS
 
@@ -94,85 +97,126 @@ output_options = _stack(
 )
 
 
-@dataclass
-class CommonArgs:
-    model_opts: dict[str, Any]
-    gen_opts: dict[str, Any]
-    out_opts: dict[str, Any]
+@dataclass(frozen=True)
+class ModelOptions:
+    model: str | None
+    mmproj: str | None
+    ctx: int
+    threads: int | None
+    gpu_layers: int
+    repack: bool | None
+    image_min_tokens: int | None
+    image_max_tokens: int | None
+    yes: bool
+    cache: bool
+
+    def image_tokens(self, task: str) -> int:
+        """Most tokens per image: the flag, else the task's default."""
+        return int(self.image_max_tokens or DEFAULTS[task].image_max_tokens)
+
+    @property
+    def uses_gpu(self) -> bool:
+        from .engine import native
+
+        return bool(self.gpu_layers != 0 and native.gpu_offload_supported())
+
+    @property
+    def cpu_threads(self) -> int:
+        from .engine import native
+
+        return int(self.threads or native.physical_cores())
+
+    def engine_config(self, task: str, model: Path, mmproj: Path, *, verbose: int = 0, parallel: int = 1,
+                      lanes: int = 1, image_max_tokens: int | None = None) -> EngineConfig:
+        return EngineConfig(
+            model=model, mmproj=mmproj, n_ctx=self.ctx, n_threads=self.threads, n_gpu_layers=self.gpu_layers,
+            image_min_tokens=self.image_min_tokens, image_max_tokens=image_max_tokens or self.image_tokens(task),
+            repack=bool(self.repack), verbose=verbose >= 2, parallel=parallel, lanes=lanes,
+        )
+
+    def default_parallel(self) -> int:
+        """``--parallel`` when not given: batched generation on a GPU; on a CPU, two workers."""
+        if self.uses_gpu:
+            return GPU_PARALLEL
+        return CPU_LANES if self.cpu_threads >= 2 else 1
+
+    def plan_parallel(self, parallel: int) -> tuple[int, int]:
+        """``parallel`` inputs at once → (workers, sequences per worker).
+
+        A GPU runs them as sequences of one context: one decode carries a token for each. A CPU gains
+        little from that (each token needs its own experts), but a lot from independent workers: one
+        thread per worker has no barrier to wait at between operations, and generation, which is bound
+        by memory latency, overlaps another worker's encoding. So on a CPU each worker has its own
+        context and projector (about 0.7 GB more memory each) and threads / workers threads.
+        """
+        if parallel <= 1 or self.uses_gpu:
+            return 1, max(1, parallel)
+        lanes = max(1, min(parallel, self.cpu_threads))
+        return lanes, -(-parallel // lanes)
 
 
-MODEL_KEYS = ("model", "mmproj", "ctx", "threads", "gpu_layers", "repack", "image_min_tokens", "image_max_tokens",
-              "yes", "cache")
-GEN_KEYS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "think_budget", "no_think", "show_thinking")
-OUT_KEYS = ("as_json", "verbose", "debug")
+@dataclass(frozen=True)
+class GenerationOptions:
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    max_tokens: int | None
+    think_budget: int | None
+    no_think: bool
+    show_thinking: bool | None
+
+    def settings(self, task: str) -> GenerationSettings:
+        d = DEFAULTS[task]
+        budget = 0 if self.no_think else (self.think_budget if self.think_budget is not None else d.think_budget)
+        return GenerationSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
+                                  max_tokens=self.max_tokens or d.max_tokens, think_budget=budget)
 
 
-def split_kwargs(kwargs: dict[str, Any]) -> CommonArgs:
-    return CommonArgs(
-        {k: kwargs.pop(k) for k in MODEL_KEYS},
-        {k: kwargs.pop(k) for k in GEN_KEYS},
-        {k: kwargs.pop(k) for k in OUT_KEYS},
-    )
+@dataclass(frozen=True)
+class OutputFlags:
+    as_json: bool
+    verbose: int
+    debug: bool
+
+    def render_options(self, gen: GenerationOptions) -> OutputOptions:
+        return OutputOptions(json=self.as_json, show_thinking=gen.show_thinking, verbose=self.verbose >= 1)
 
 
-def generation_settings(task: str, g: dict[str, Any]) -> GenerationSettings:
-    d = DEFAULTS[task]
-    budget = 0 if g["no_think"] else (g["think_budget"] if g["think_budget"] is not None else d.think_budget)
-    return GenerationSettings(
-        temperature=g["temperature"], top_p=g["top_p"], top_k=g["top_k"], seed=g["seed"],
-        max_tokens=g["max_tokens"] or d.max_tokens, think_budget=budget,
-    )
+@dataclass(frozen=True)
+class BatchOptions:
+    from_file: str | None
+    skip_done: str | None
+    shard: tuple[int, int] | None
+    parallel: int | None
 
 
-def image_max_tokens(task: str, m: dict[str, Any]) -> int:
-    return int(m["image_max_tokens"] or DEFAULTS[task].image_max_tokens)
+@dataclass(frozen=True)
+class CommonOptions:
+    model: ModelOptions
+    gen: GenerationOptions
+    out: OutputFlags
 
 
-def engine_config(task: str, m: dict[str, Any], model: Any, mmproj: Any, verbose: int,
-                  parallel: int = 1, lanes: int = 1) -> EngineConfig:
-    repack = m["repack"]
-    if repack is None:
-        repack = os.environ.get("KVL_REPACK", "").lower() in ("1", "true", "yes", "on")
-    return EngineConfig(
-        model=model, mmproj=mmproj, n_ctx=m["ctx"], n_threads=m["threads"], n_gpu_layers=m["gpu_layers"],
-        image_min_tokens=m["image_min_tokens"], image_max_tokens=image_max_tokens(task, m),
-        repack=repack, verbose=verbose >= 2, parallel=parallel, lanes=lanes,
-    )
+T = TypeVar("T")
+# options that an environment variable sets when the flag is not given (it beats the config file)
+ENV_OPTIONS = {"model": "KVL_MODEL", "mmproj": "KVL_MMPROJ", "repack": "KVL_REPACK", "yes": "KVL_AUTO_PULL",
+               "debug": "KVL_DEBUG"}
+FLAG_OPTIONS = {"repack", "yes", "debug"}
 
 
-def output_settings(o: dict[str, Any], g: dict[str, Any]) -> OutputOptions:
-    return OutputOptions(json=o["as_json"], show_thinking=g["show_thinking"], verbose=o["verbose"] >= 1)
+def take(cls: type[T], kwargs: dict[str, Any]) -> T:
+    """Pop ``cls``'s fields out of Click's kwargs into a typed object, with environment variables
+    applied: flag ▸ environment ▸ config file (Click's default map) ▸ built-in default."""
+    values = {f.name: kwargs.pop(f.name) for f in fields(cls)}  # type: ignore[arg-type]
+    ctx = click.get_current_context(silent=True)
+    for name in values.keys() & ENV_OPTIONS.keys():
+        given = ctx is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        env = ENV_OPTIONS[name]
+        if not given and os.environ.get(env):
+            values[name] = env_flag(env) if name in FLAG_OPTIONS else os.environ[env]
+    return cls(**values)
 
 
-def uses_gpu(m: dict[str, Any]) -> bool:
-    from .engine import native
-
-    return bool(m["gpu_layers"] != 0 and native.gpu_offload_supported())
-
-
-def default_parallel(m: dict[str, Any]) -> int:
-    """``--parallel`` when not given: batched generation on a GPU; on a CPU, two workers."""
-    if uses_gpu(m):
-        return GPU_PARALLEL
-    return CPU_LANES if cpu_threads(m) >= 2 else 1
-
-
-def cpu_threads(m: dict[str, Any]) -> int:
-    from .engine import native
-
-    return int(m["threads"] or native.physical_cores())
-
-
-def plan_parallel(m: dict[str, Any], parallel: int) -> tuple[int, int]:
-    """``parallel`` inputs at once → (lanes, sequences per lane).
-
-    A GPU runs them as sequences of one context: one decode carries a token for each. A CPU gains
-    little from that (each token needs its own experts), but a lot from independent workers: one
-    thread per worker has no barrier to wait at between operations, and generation, which is bound
-    by memory latency, overlaps another worker's encoding. So on a CPU each lane is a worker with
-    its own context and projector (about 0.7 GB more memory each) and threads / lanes threads.
-    """
-    if parallel <= 1 or uses_gpu(m):
-        return 1, max(1, parallel)
-    lanes = max(1, min(parallel, cpu_threads(m)))
-    return lanes, -(-parallel // lanes)
+def common_options(kwargs: dict[str, Any]) -> CommonOptions:
+    return CommonOptions(take(ModelOptions, kwargs), take(GenerationOptions, kwargs), take(OutputFlags, kwargs))

@@ -14,10 +14,9 @@ way ``head`` does. Errors are one line each on stderr: ``kvl: error: <what> (<wh
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -26,12 +25,13 @@ from rich.panel import Panel
 from rich.spinner import Spinner
 from rich.text import Text
 
-from .engine.engine import DoneEvent, Event, PhaseEvent, Result, TextEvent
-from .engine.reasoning import Phase
+from .engine.reasoning import Section
+from .engine.types import DoneEvent, Event, FinishReason, Phase, PhaseEvent, Result, TextEvent
+from .environment import Environment
 from .errors import KvlError
 
-PHASE_LABELS = {"load": "loading model", "encode": "encoding image", "prefill": "reading prompt",
-                "generate": "thinking", "decode": "decoding video"}
+PHASE_LABELS = {Phase.LOAD: "loading model", Phase.ENCODE: "encoding image", Phase.PREFILL: "reading prompt",
+                Phase.GENERATE: "thinking"}
 THINKING_PANEL_LINES = 8
 
 
@@ -68,17 +68,18 @@ class _Progress:
 
 def phase_text(ev: PhaseEvent) -> tuple[str, str]:
     label = PHASE_LABELS.get(ev.phase, ev.phase)
-    detail = f"{ev.index}/{ev.total}" if ev.phase == "encode" and ev.total > 1 else ""
+    detail = f"{ev.index}/{ev.total}" if ev.phase is Phase.ENCODE and ev.total > 1 else ""
     return label, detail
 
 
 class Renderer:
     """Base: progress on stderr (when it is a terminal) and one-line errors."""
 
-    def __init__(self, opts: OutputOptions, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+    def __init__(self, opts: OutputOptions, env: Environment | None = None) -> None:
         self.opts = opts
-        self.out = stdout or sys.stdout
-        self.err_stream = stderr or sys.stderr
+        self.env = env or Environment()
+        self.out = self.env.stdout
+        self.err_stream = self.env.stderr
         self.err = Console(file=self.err_stream, stderr=True, highlight=False, force_terminal=opts.color)
         self.progress = _Progress()
         self._status: Live | None = None
@@ -118,7 +119,7 @@ class Renderer:
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
         self.stop_status()
-        if result.finish_reason == "length" and not result.answer:
+        if result.finish_reason is FinishReason.LENGTH and not result.answer:
             self.warn(f"{label}: the model was still thinking when it reached --max-tokens "
                       "(raise --max-tokens or set --think-budget)")
         if self.opts.verbose:
@@ -130,28 +131,28 @@ class Renderer:
 
 def stats_line(result: Result, meta: dict[str, Any]) -> str:
     t, tm = result.tokens, result.timings
-    gen_rate = t["generated"] / tm["generate_s"] if tm.get("generate_s") else 0.0
-    return (f"{t['image']} image tokens ({', '.join(map(str, result.image_tokens)) or '-'}) · prompt {t['prompt']} · "
-            f"thinking {t['thinking']} · answer {t['answer']} · encode {tm['encode_s']:.1f} s · "
-            f"prefill {tm['prefill_s']:.1f} s · generate {tm['generate_s']:.1f} s ({gen_rate:.2f} tok/s) · "
-            f"{result.finish_reason}{_cache_note(result)}")
+    gen_rate = t.generated / tm.generate_s if tm.generate_s else 0.0
+    return (f"{t.image} image tokens ({', '.join(map(str, result.image_tokens)) or '-'}) · prompt {t.prompt} · "
+            f"thinking {t.thinking} · answer {t.answer} · encode {tm.encode_s:.1f} s · "
+            f"prefill {tm.prefill_s:.1f} s · generate {tm.generate_s:.1f} s ({gen_rate:.2f} tok/s) · "
+            f"{result.finish_reason.value}{_cache_note(result)}")
 
 
 def _cache_note(result: Result) -> str:
-    c = result.cached or {}
+    c = result.cached
     parts = []
-    if c.get("prefix_tokens"):
-        parts.append(f"{c['prefix_tokens']} prompt tokens reused")
-    if c.get("images"):
-        parts.append(f"{c['images']} image{'s' if c['images'] > 1 else ''} from cache")
+    if c.prefix_tokens:
+        parts.append(f"{c.prefix_tokens} prompt tokens reused")
+    if c.images:
+        parts.append(f"{c.images} image{'s' if c.images > 1 else ''} from cache")
     return f" · cache: {', '.join(parts)}" if parts else ""
 
 
 class PlainRenderer(Renderer):
     """Pipe or file: the answer alone on stdout, streamed."""
 
-    def __init__(self, opts: OutputOptions, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
-        super().__init__(opts, stdout, stderr)
+    def __init__(self, opts: OutputOptions, env: Environment | None = None) -> None:
+        super().__init__(opts, env)
         self._thinking_open = False
         self._wrote_answer = False
 
@@ -164,7 +165,7 @@ class PlainRenderer(Renderer):
 
     def event(self, ev: Event) -> None:
         if isinstance(ev, TextEvent):
-            if ev.phase is Phase.THINKING:
+            if ev.section is Section.THINKING:
                 if self.opts.show_thinking:
                     self.stop_status()
                     if not self._thinking_open:
@@ -205,9 +206,9 @@ class JsonRenderer(Renderer):
         record = {
             "input": label, **{k: v for k, v in meta.items() if not k.startswith("_")},
             "answer": result.answer, "thinking": result.thinking,
-            "finish_reason": result.finish_reason, "tokens": result.tokens,
-            "image_tokens": result.image_tokens, "timings": result.timings,
-            "think_budget_hit": result.think_budget_hit, "cached": result.cached, "error": None,
+            "finish_reason": result.finish_reason.value, "tokens": result.tokens.to_dict(),
+            "image_tokens": result.image_tokens, "timings": result.timings.to_dict(),
+            "think_budget_hit": result.think_budget_hit, "cached": result.cached.to_dict(), "error": None,
         }
         self.write(record)
 
@@ -223,8 +224,8 @@ class JsonRenderer(Renderer):
 class LiveRenderer(Renderer):
     """Terminal: thinking panel, then the answer as Markdown, in one live view on stdout."""
 
-    def __init__(self, opts: OutputOptions, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
-        super().__init__(opts, stdout, stderr)
+    def __init__(self, opts: OutputOptions, env: Environment | None = None) -> None:
+        super().__init__(opts, env)
         self.console = Console(file=self.out, highlight=False, force_terminal=opts.color)
         self._live: Live | None = None
         self._reset("", 1, 1)
@@ -269,7 +270,7 @@ class LiveRenderer(Renderer):
 
     def event(self, ev: Event) -> None:
         if isinstance(ev, TextEvent):
-            if ev.phase is Phase.THINKING:
+            if ev.section is Section.THINKING:
                 if self.think_started is None:
                     self.think_started = time.monotonic()
                 self.thinking += ev.text
@@ -281,7 +282,7 @@ class LiveRenderer(Renderer):
             self._ensure_live()
             return
         if isinstance(ev, PhaseEvent):
-            if ev.phase == "generate":
+            if ev.phase is Phase.GENERATE:
                 self.generating = True
                 self.think_started = None
             self.status(*phase_text(ev))
@@ -322,11 +323,11 @@ class LiveRenderer(Renderer):
         return Group(*parts)
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
-        if "think_s" in result.timings and (self.think_seconds is None or self.think_seconds < 0.05):
-            self.think_seconds = result.timings["think_s"]  # the engine's clock: right for a replayed answer
+        if result.timings.think_s is not None and (self.think_seconds is None or self.think_seconds < 0.05):
+            self.think_seconds = result.timings.think_s  # the engine's clock: right for a replayed answer
         elif result.thinking and self.think_seconds is None and self.think_started is not None:
             self.think_seconds = time.monotonic() - self.think_started
-        self.think_tokens = result.tokens.get("thinking", self.think_tokens)
+        self.think_tokens = result.tokens.thinking
         self.answer = result.answer
         self.generating = True
         self._ensure_live()
@@ -337,11 +338,12 @@ class LiveRenderer(Renderer):
         self._stop_live()
 
 
-def make_renderer(opts: OutputOptions, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> Renderer:
-    out = stdout or sys.stdout
+def make_renderer(opts: OutputOptions, env: Environment | None = None) -> Renderer:
+    """JSON Lines with ``--json``; else a live view when stdout is a terminal, plain text in a pipe."""
+    env = env or Environment()
     if opts.json:
-        return JsonRenderer(opts, out, stderr)
-    is_tty = opts.color if opts.color is not None else out.isatty()
+        return JsonRenderer(opts, env)
+    is_tty = opts.color if opts.color is not None else env.stdout_isatty
     if is_tty:
-        return LiveRenderer(opts, out, stderr)
-    return PlainRenderer(opts, out, stderr)
+        return LiveRenderer(opts, env)
+    return PlainRenderer(opts, env)

@@ -1,4 +1,4 @@
-"""Run a task over inputs: check them all, load the model once, stream each result.
+"""Run a task over inputs: check them all, load the model once, write each result in input order.
 
 A bad input is reported (one line on stderr, or a JSON object with ``error``) and the others
 still run; the exit code then says that some failed. Usable without Click.
@@ -11,20 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import DiskCache, cap_from_env
-from .engine.engine import (
-    DoneEvent,
-    Engine,
-    EngineConfig,
-    Event,
-    FailedEvent,
-    GenerationSettings,
-    ImageInput,
-    PhaseEvent,
-    Request,
-    Result,
-)
-from .errors import ContextError, EngineError, ExitCode, InputError, KvlError, UsageError
+from .engine.engine import Engine
+from .engine.media_handles import default_marker
+from .engine.types import EngineConfig, Event, GenerationSettings, ImageInput, PhaseEvent, Request, Result
+from .errors import ExitCode, InputError, KvlError, UsageError
 from .media.images import InputProblem, InputRef, load_image, precheck_image
+from .ordered import OrderedEmitter, Outcome, run_ordered
 from .render import Renderer, phase_text
 from .tasks import user_text
 
@@ -41,14 +33,10 @@ class Job:
 
 
 @dataclass
-class Outcome:
+class JobOutcome:
     label: str
     result: Result | None = None
     error: KvlError | None = None
-
-
-class Interrupted(Exception):
-    """Ctrl-C: the batch stopped; what was printed stays."""
 
 
 def open_cache(enabled: bool = True) -> DiskCache | None:
@@ -63,17 +51,18 @@ def open_cache(enabled: bool = True) -> DiskCache | None:
 
 
 def load_engine(config: EngineConfig, renderer: Renderer, *, cache: bool = True,
-                prefetch: Request | None = None) -> Engine:
-    renderer.status("loading model", "and encoding the first image" if prefetch is not None else "")
-    engine = Engine(config, cache=open_cache(cache), prefetch=prefetch)
+                encode_ahead: Request | None = None) -> Engine:
+    renderer.status("loading model", "and encoding the first image" if encode_ahead is not None else "")
+    engine = Engine(config, cache=open_cache(cache), encode_ahead=encode_ahead)
     for warning in engine.warnings:
         renderer.warn(warning)
     return engine
 
 
-def precheck_jobs(jobs: list[Job], problems: list[InputProblem], renderer: Renderer) -> tuple[list[Job], list[Outcome]]:
+def precheck_jobs(jobs: list[Job], problems: list[InputProblem],
+                  renderer: Renderer) -> tuple[list[Job], list[JobOutcome]]:
     """Header-check every image before the model loads; report each problem at once."""
-    failed = [Outcome(p.label, error=p.error) for p in problems]
+    failed = [JobOutcome(p.label, error=p.error) for p in problems]
     for p in problems:
         renderer.error(p.label, p.error)
     good: list[Job] = []
@@ -83,155 +72,104 @@ def precheck_jobs(jobs: list[Job], problems: list[InputProblem], renderer: Rende
                 precheck_image(ref)
         except InputError as exc:
             renderer.error(job.label, exc)
-            failed.append(Outcome(job.label, error=exc))
+            failed.append(JobOutcome(job.label, error=exc))
             continue
         good.append(job)
     return good, failed
 
 
-def stream(engine: Engine, request: Request, renderer: Renderer) -> Iterator[Event]:
-    for ev in engine.generate(request):
-        renderer.event(ev)
-        yield ev
+class JobSink:
+    """Writes a batch's inputs through the renderer and keeps their outcomes (see ``ordered``)."""
+
+    def __init__(self, jobs: list[Job], renderer: Renderer, meta: dict[str, Any]) -> None:
+        self.jobs = jobs
+        self.renderer = renderer
+        self.meta = meta
+        self.outcomes: list[JobOutcome] = []
+
+    def begin(self, pos: int) -> None:
+        self.renderer.begin(self.jobs[pos].label, pos + 1, len(self.jobs))
+
+    def event(self, pos: int, ev: Event) -> None:
+        self.renderer.event(ev)
+
+    def progress(self, pos: int, ev: PhaseEvent) -> None:
+        label, _ = phase_text(ev)
+        self.renderer.status(label, f"{self.jobs[pos].label} · {len(self.outcomes)}/{len(self.jobs)} done")
+
+    def done(self, pos: int, outcome: Outcome) -> None:
+        job = self.jobs[pos]
+        if isinstance(outcome, KvlError):
+            self.renderer.error(job.label, outcome)
+            self.outcomes.append(JobOutcome(job.label, error=outcome))
+            return
+        self.renderer.end(job.label, outcome, {**self.meta, **job.meta})
+        self.outcomes.append(JobOutcome(job.label, result=outcome))
 
 
-def media_marker() -> str:
-    """libmtmd's image placeholder, known before any model is loaded."""
-    from .engine import native
+class JobRequests:
+    """Each job's images decoded when the engine asks for its request (so a long batch is never
+    all in memory), the first one ahead of the load."""
 
-    return str(native.mtmd().mtmd_default_marker().decode("utf-8"))
+    def __init__(self, jobs: list[Job], settings: GenerationSettings, image_max_tokens: int | None) -> None:
+        self.jobs = jobs
+        self.settings = settings
+        self.image_max_tokens = image_max_tokens
+        self._ahead: dict[int, list[ImageInput]] = {}
+
+    def request(self, pos: int, marker: str) -> Request:
+        images = self._ahead.pop(pos, None)
+        if images is None:
+            images = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self.jobs[pos].refs]
+        return self._build(pos, images, marker)
+
+    def first(self) -> Request | None:
+        """The first job's request, decoded now so the engine can encode it while loading (its images
+        are kept for the job); None if they are bad (reported when the job runs)."""
+        try:
+            self._ahead[0] = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self.jobs[0].refs]
+        except InputError:
+            return None
+        return self._build(0, self._ahead[0], default_marker())
+
+    def _build(self, pos: int, images: list[ImageInput], marker: str) -> Request:
+        job = self.jobs[pos]
+        return Request(user_text=user_text(marker, len(images), job.instruction), images=images,
+                       system=job.system, settings=self.settings)
+
+    def stream(self, marker: str, emitter: OrderedEmitter) -> Iterator[tuple[int, Request]]:
+        for pos in range(len(self.jobs)):
+            try:
+                yield pos, self.request(pos, marker)
+            except InputError as exc:
+                emitter.settle(pos, exc)
 
 
 def run_jobs(engine_factory: Callable[[Request | None], Engine], jobs: list[Job], problems: list[InputProblem], *,
              settings: GenerationSettings, renderer: Renderer, image_max_tokens: int | None,
-             meta: dict[str, Any], parallel: int = 1) -> list[Outcome]:
-    """Run every job; return one Outcome per input (failed ones included). Raises Interrupted.
+             meta: dict[str, Any], parallel: int = 1) -> list[JobOutcome]:
+    """Run every job, writing results in input order; one outcome per input (failed ones included).
+    Raises ``Interrupted`` on Ctrl-C, after writing what finished.
 
-    With ``parallel`` > 1, up to that many jobs generate together (one ``llama_decode`` carries a
-    token for each): more answers per minute, each printed whole as it finishes.
+    With ``parallel`` > 1, up to that many jobs are worked on at once; the first in order streams
+    live, the others are written whole when their turn comes.
     """
     jobs, outcomes = precheck_jobs(jobs, problems, renderer)
     if not jobs:
         return outcomes
-    # the first job's images are decoded now, so that the engine can encode them while the text
-    # model loads (see Engine); they are used for that job below, not decoded again
-    ahead: dict[int, list[ImageInput]] = {}
-    first = None
+    requests = JobRequests(jobs, settings, image_max_tokens)
+    engine = engine_factory(requests.first())
+    sink = JobSink(jobs, renderer, {**meta, "load_s": round(engine.load_seconds, 3)})
+    emitter = OrderedEmitter(sink)
     try:
-        ahead[0] = [load_image(ref, max_tokens=image_max_tokens) for ref in jobs[0].refs]
-        first = Request(user_text=user_text(media_marker(), len(ahead[0]), jobs[0].instruction), images=ahead[0],
-                        system=jobs[0].system, settings=settings)
-    except InputError:
-        pass  # reported when the job runs
-    engine = engine_factory(first)
-
-    def images_of(index: int, job: Job) -> list[ImageInput]:
-        got = ahead.pop(index, None)
-        return got if got is not None else [load_image(ref, max_tokens=image_max_tokens) for ref in job.refs]
-
-    meta = {**meta, "load_s": round(engine.load_seconds, 3)}
-    try:
-        if parallel > 1 and len(jobs) > 1:
-            _run_parallel(engine, jobs, outcomes, settings=settings, renderer=renderer,
-                          images_of=images_of, meta=meta, parallel=parallel)
-            return outcomes
-        for index, job in enumerate(jobs, 1):
-            renderer.begin(job.label, index, len(jobs))
-            try:
-                images = images_of(index - 1, job)
-                request = Request(
-                    user_text=user_text(engine.marker, len(images), job.instruction),
-                    images=images, system=job.system, settings=settings,
-                )
-                result = None
-                for ev in stream(engine, request, renderer):
-                    if isinstance(ev, DoneEvent):
-                        result = ev.result
-                assert result is not None
-                renderer.end(job.label, result, {**meta, **job.meta})
-                outcomes.append(Outcome(job.label, result=result))
-                if result.finish_reason == "interrupted":
-                    raise Interrupted()
-            except (InputError, ContextError, EngineError) as exc:
-                renderer.error(job.label, exc)
-                outcomes.append(Outcome(job.label, error=exc))
-            except KeyboardInterrupt:
-                raise Interrupted() from None
+        run_ordered(engine, requests.stream(engine.marker, emitter), emitter, parallel)
     finally:
         renderer.close()
-    return outcomes
+    return outcomes + sink.outcomes
 
 
-def _run_parallel(engine: Engine, jobs: list[Job], outcomes: list[Outcome], *, settings: GenerationSettings,
-                  renderer: Renderer, images_of: Callable[[int, Job], list[ImageInput]], meta: dict[str, Any],
-                  parallel: int) -> None:
-    order: list[Job] = []  # request index -> job
-
-    def requests() -> Iterator[Request]:
-        for i, job in enumerate(jobs):
-            try:
-                images = images_of(i, job)
-            except InputError as exc:
-                renderer.error(job.label, exc)
-                outcomes.append(Outcome(job.label, error=exc))
-                continue
-            order.append(job)
-            yield Request(user_text=user_text(engine.marker, len(images), job.instruction), images=images,
-                          system=job.system, settings=settings)
-
-    # results come out in the inputs' order, text and JSON alike: a finished answer waits only for
-    # the ones before it, which are already running; on Ctrl-C whatever finished is written
-    buffers: dict[int, list[Event]] = {}
-    ready: dict[int, Result | KvlError] = {}
-    shown = 0  # request indexes below this are printed
-    finished = 0
-    interrupted = False
-
-    def show(index: int, outcome: Result | KvlError) -> None:
-        nonlocal finished
-        job = order[index]
-        finished += 1
-        if isinstance(outcome, KvlError):
-            renderer.error(job.label, outcome)
-            outcomes.append(Outcome(job.label, error=outcome))
-            return
-        renderer.begin(job.label, finished, len(jobs))
-        for buffered in buffers.pop(index, []):
-            renderer.event(buffered)
-        renderer.end(job.label, outcome, {**meta, **job.meta})
-        outcomes.append(Outcome(job.label, result=outcome))
-
-    def settle(index: int, outcome: Result | KvlError) -> None:
-        nonlocal shown
-        ready[index] = outcome
-        while shown in ready:
-            show(shown, ready.pop(shown))
-            shown += 1
-
-    try:
-        try:
-            for index, ev in engine.generate_many(requests(), parallel):
-                job = order[index]
-                if isinstance(ev, FailedEvent):
-                    settle(index, ev.error)
-                elif isinstance(ev, DoneEvent):
-                    interrupted = interrupted or ev.result.finish_reason == "interrupted"
-                    settle(index, ev.result)
-                elif isinstance(ev, PhaseEvent):
-                    label, _ = phase_text(ev)
-                    renderer.status(label, f"{job.label} · {finished}/{len(jobs)} done")
-                else:
-                    buffers.setdefault(index, []).append(ev)
-        finally:
-            for index in sorted(ready):  # interrupted or failed: what finished is still printed
-                show(index, ready.pop(index))
-    except KeyboardInterrupt:
-        raise Interrupted() from None
-    if interrupted:
-        raise Interrupted()
-
-
-def exit_code(outcomes: list[Outcome]) -> ExitCode:
+def exit_code(outcomes: list[JobOutcome]) -> ExitCode:
+    """0 when every input succeeded, 5 when some failed, else the first failure's own code."""
     errors = [o.error for o in outcomes if o.error is not None]
     if not errors:
         return ExitCode.OK

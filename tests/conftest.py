@@ -9,12 +9,12 @@ from __future__ import annotations
 import io
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from kvl_cli.environment import Environment
 from kvl_cli.synthetic import write_projector, write_toy_pair
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,11 +106,6 @@ def images(tmp_path: Path) -> dict[str, Path]:
 # ---- running kvl -----------------------------------------------------------------------------------
 
 
-class _Stdin(io.TextIOWrapper):
-    def isatty(self) -> bool:
-        return False
-
-
 @dataclass
 class Run:
     code: int
@@ -126,10 +121,9 @@ def kvl(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # 
 
     def run(*args: str, stdin: bytes | None = None) -> Run:
         capfd.readouterr()
-        if stdin is not None:
-            monkeypatch.setattr(sys, "stdin", _Stdin(io.BytesIO(stdin), encoding="utf-8"))
+        env = Environment(stdin=io.BytesIO(stdin), stdin_isatty=False) if stdin is not None else None
         with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
+            main([str(a) for a in args], env=env)
         out, err = capfd.readouterr()
         return Run(int(exc.value.code or 0), out, err)
 

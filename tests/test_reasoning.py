@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvl_cli.engine.reasoning import Phase, ReasoningSplitter
+from kvl_cli.engine.reasoning import ReasoningSplitter, Section
 
 STREAM = "◁think▷\nLet me look. The sign says ◁ and ▷.\n◁/think▷\n\nIt says **STOP**."
 
@@ -15,9 +15,9 @@ def run(pieces: list[str], **kw) -> ReasoningSplitter:
     for p in pieces:
         events += s.feed(p)
     events += s.flush()
-    joined = {ph: "".join(t for p2, t in events if p2 is ph) for ph in (Phase.THINKING, Phase.ANSWER)}
-    assert joined[Phase.THINKING].rstrip() == s.thinking
-    assert joined[Phase.ANSWER].rstrip() == s.answer
+    joined = {ph: "".join(t for p2, t in events if p2 is ph) for ph in (Section.THINKING, Section.ANSWER)}
+    assert joined[Section.THINKING].rstrip() == s.thinking
+    assert joined[Section.ANSWER].rstrip() == s.answer
     return s
 
 

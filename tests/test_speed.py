@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,14 +66,15 @@ def test_second_ask_restores_the_prefix_and_answers_the_same(kvl, random_pair, i
 
 
 def test_cached_embeddings_skip_the_encoder_when_the_prompt_differs(random_pair, images, isolated):
-    from kvl_cli.engine.engine import Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.engine.engine import Engine
+    from kvl_cli.engine.types import CacheStats, EngineConfig, GenerationSettings, Request, Timings
     from kvl_cli.media.images import InputRef, load_image
 
     cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=2048, image_max_tokens=64)
     img = load_image(InputRef("red.jpg", path=images["jpg"]), max_tokens=64)
     s = GenerationSettings(temperature=0, max_tokens=8, think_budget=0)
     with Engine(cfg, cache=DiskCache()) as eng:
-        def run(system: str) -> tuple[str, dict, dict]:
+        def run(system: str) -> tuple[str, CacheStats, Timings]:
             done = [ev for ev in eng.generate(Request(eng.marker + "\nDescribe.", [img], system, s))
                     if type(ev).__name__ == "DoneEvent"]
             r = done[0].result  # type: ignore[attr-defined]
@@ -80,14 +82,14 @@ def test_cached_embeddings_skip_the_encoder_when_the_prompt_differs(random_pair,
 
         fresh = run("You are terse.")
         again = run("You are a careful observer.")  # another system prompt: no prefix match
-        assert again[1] == {"images": 1, "prefix_tokens": 0}
-        assert again[2]["encode_s"] == 0
+        assert again[1] == CacheStats(images=1, prefix_tokens=0)
+        assert again[2].encode_s == 0
         # the embeddings are what the encoder gives: the answer equals an uncached run's
         with Engine(cfg, cache=None) as plain:
             req = Request(plain.marker + "\nDescribe.", [img], "You are a careful observer.", s)
             r = [ev for ev in plain.generate(req) if type(ev).__name__ == "DoneEvent"][0].result  # type: ignore
         assert again[0] == r.answer
-        assert fresh[1]["images"] == 0
+        assert fresh[1].images == 0
 
 
 def test_any_key_change_misses(kvl, random_pair, images, isolated, tmp_path):
@@ -223,7 +225,8 @@ def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, many, tmp_path,
 def test_cpu_workers_answer_exactly_like_one_worker(random_pair, many):
     """Two lanes (each its own context, projector and thread) on the real engine: every answer is
     the one a single lane gives, and the second lane works while the first is still busy."""
-    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.engine.engine import Engine
+    from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
     s = GenerationSettings(temperature=0, max_tokens=200, think_budget=0)
@@ -238,9 +241,9 @@ def test_cpu_workers_answer_exactly_like_one_worker(random_pair, many):
             for index, ev in eng.generate_many(iter(reqs), parallel=lanes):
                 trace.append((index, type(ev).__name__))
                 if isinstance(ev, DoneEvent):
-                    assert ev.result.tokens["generated"] == 200
+                    assert ev.result.tokens.generated == 200
                     answers[index] = ev.result.answer
-            return answers, trace, len(eng._lanes)
+            return answers, trace, len(eng.workers)
 
     one, _, n_one = run(1)
     two, trace, n_two = run(2)
@@ -272,18 +275,19 @@ def test_cpu_workers_print_in_input_order(kvl, random_pair, tmp_path):
 
 
 def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_path):
-    """``prefetch``: the first request's image is encoded during the load (on the loader thread) and
+    """``encode_ahead``: the first request's image is encoded during the load (on the loader thread) and
     used by the request: the same answer, the encoder's time still reported, nothing from the cache;
     with the cache already holding the image's prompt, nothing is encoded ahead."""
     from kvl_cli.cache import DiskCache
-    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.engine.engine import Engine
+    from kvl_cli.engine.media_handles import default_marker
+    from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
-    from kvl_cli.runner import media_marker
 
     s = GenerationSettings(temperature=0, max_tokens=40, think_budget=0)
     cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=64)
     img = load_image(InputRef(str(many[3]), path=many[3]), max_tokens=64)
-    req = Request(media_marker() + "\nDescribe.", [img], None, s)
+    req = Request(default_marker() + "\nDescribe.", [img], None, s)
 
     def answer(eng: Engine) -> tuple[str, dict, dict]:
         done = [ev for ev in eng.generate(req) if isinstance(ev, DoneEvent)]
@@ -291,36 +295,37 @@ def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_pat
 
     with Engine(cfg, cache=None) as eng:
         plain, _, _ = answer(eng)
-    with Engine(cfg, cache=None, prefetch=req) as eng:
-        assert len(eng._pre_encoded) == 1  # encoded during the load
+    with Engine(cfg, cache=None, encode_ahead=req) as eng:
+        assert eng.encoded_ahead == 1  # encoded during the load
         ahead, timings, cached = answer(eng)
-        assert eng._pre_encoded == {}  # and used
-    assert ahead == plain and cached["images"] == 0
-    with Engine(EngineConfig(**{**cfg.__dict__, "n_threads": 2, "lanes": 2}), cache=None, prefetch=req) as eng:
-        assert eng._pre_encoded == {}  # two lanes: a lane's one-thread encoder would keep the other core idle
+        assert eng.encoded_ahead == 0  # and used
+    assert ahead == plain and cached.images == 0
+    with Engine(replace(cfg, n_threads=2, lanes=2), cache=None, encode_ahead=req) as eng:
+        assert eng.encoded_ahead == 0  # two lanes: a lane's one-thread encoder would keep the other core idle
     cache = DiskCache(root=tmp_path / "cache", cap=10**9)
-    with Engine(cfg, cache=cache, prefetch=req) as eng:
+    with Engine(cfg, cache=cache, encode_ahead=req) as eng:
         assert answer(eng)[0] == plain  # writes the image's prompt state to the cache
-    with Engine(cfg, cache=cache, prefetch=req) as eng:
-        assert eng._pre_encoded == {}  # the cache has it: no encoder work ahead
+    with Engine(cfg, cache=cache, encode_ahead=req) as eng:
+        assert eng.encoded_ahead == 0  # the cache has it: no encoder work ahead
         again, timings, cached = answer(eng)
-    assert again == plain and cached["prefix_tokens"] > 0 and timings["encode_s"] == 0
+    assert again == plain and cached.prefix_tokens > 0 and timings.encode_s == 0
 
 
 def test_parallel_plan_cpu_workers_gpu_sequences(monkeypatch):
     from kvl_cli import options
     from kvl_cli.engine import native
 
-    m = {"gpu_layers": -1, "threads": 2}
+    m = options.ModelOptions(model=None, mmproj=None, ctx=4096, threads=2, gpu_layers=-1, repack=None,
+                             image_min_tokens=None, image_max_tokens=None, yes=False, cache=True)
     monkeypatch.setattr(native, "gpu_offload_supported", lambda: False)
-    assert options.default_parallel(m) == 2
-    assert [options.plan_parallel(m, p) for p in (1, 2, 3, 4)] == [(1, 1), (2, 1), (2, 2), (2, 2)]
-    assert options.plan_parallel({**m, "threads": 1}, 3) == (1, 3)
-    assert options.default_parallel({**m, "threads": 1}) == 1
+    assert m.default_parallel() == 2
+    assert [m.plan_parallel(p) for p in (1, 2, 3, 4)] == [(1, 1), (2, 1), (2, 2), (2, 2)]
+    assert replace(m, threads=1).plan_parallel(3) == (1, 3)
+    assert replace(m, threads=1).default_parallel() == 1
     monkeypatch.setattr(native, "gpu_offload_supported", lambda: True)
-    assert options.default_parallel(m) == options.GPU_PARALLEL
-    assert options.plan_parallel(m, 4) == (1, 4)
-    assert options.plan_parallel({**m, "gpu_layers": 0}, 4) == (2, 2)  # --gpu-layers 0: a CPU run
+    assert m.default_parallel() == options.GPU_PARALLEL
+    assert m.plan_parallel(4) == (1, 4)
+    assert replace(m, gpu_layers=0).plan_parallel(4) == (2, 2)  # --gpu-layers 0: a CPU run
 
 
 # ---- choosing the inputs of a batch --------------------------------------------------------------
@@ -408,7 +413,8 @@ def test_a_batch_shares_the_system_prompt_and_answers_as_alone(kvl, random_pair,
 
 
 def test_same_image_again_in_one_process_reuses_it_in_memory(random_pair, images):
-    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.engine.engine import Engine
+    from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
     cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=2048, image_max_tokens=64)
@@ -420,14 +426,15 @@ def test_same_image_again_in_one_process_reuses_it_in_memory(random_pair, images
                     if isinstance(ev, DoneEvent)][0]
 
         first, second, other = ask("What is it?"), ask("What is it?"), ask("Which colour?")
-    assert first.cached["prefix_tokens"] == 0
-    assert second.cached["prefix_tokens"] >= first.tokens["image"] and second.timings["encode_s"] == 0
+    assert first.cached.prefix_tokens == 0
+    assert second.cached.prefix_tokens >= first.tokens.image and second.timings.encode_s == 0
     assert second.answer == first.answer
-    assert other.cached["prefix_tokens"] >= first.tokens["image"]
+    assert other.cached.prefix_tokens >= first.tokens.image
 
 
 def test_requests_are_pulled_lazily(random_pair, many):
-    from kvl_cli.engine.engine import DoneEvent, Engine, EngineConfig, GenerationSettings, Request
+    from kvl_cli.engine.engine import Engine
+    from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
     pulled: list[int] = []
@@ -447,7 +454,7 @@ def test_requests_are_pulled_lazily(random_pair, many):
             if isinstance(ev, DoneEvent):
                 if pulled_at_first_done is None:
                     pulled_at_first_done = len(pulled)
-                assert ev.result.finish_reason == "length" and ev.result.tokens["generated"] == 300
+                assert ev.result.finish_reason == "length" and ev.result.tokens.generated == 300
                 done.append(index)
     assert sorted(done) == list(range(len(many)))
     assert pulled_at_first_done is not None and pulled_at_first_done <= 3  # not the whole batch up front

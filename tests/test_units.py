@@ -9,9 +9,20 @@ import sys
 
 import pytest
 
-from kvl_cli.engine.engine import DoneEvent, PhaseEvent, Result, TextEvent
 from kvl_cli.engine.gguf_info import read_gguf_info
-from kvl_cli.engine.reasoning import Phase
+from kvl_cli.engine.reasoning import Section
+from kvl_cli.engine.types import (
+    CacheStats,
+    DoneEvent,
+    FinishReason,
+    Phase,
+    PhaseEvent,
+    Result,
+    TextEvent,
+    Timings,
+    Tokens,
+)
+from kvl_cli.environment import Environment
 from kvl_cli.errors import InputError, ModelError
 from kvl_cli.media.images import InputRef, load_image
 from kvl_cli.render import JsonRenderer, LiveRenderer, OutputOptions, PlainRenderer
@@ -80,12 +91,12 @@ def test_unreadable_file(tmp_path):
 
 # ---- renderers, fed events directly (the engine's own output is covered end to end) -----------------
 
-RESULT = Result(answer="It is **red**.", thinking="hmm red", finish_reason="stop",
-                tokens={"prompt": 10, "image": 4, "thinking": 3, "answer": 4, "generated": 7},
-                timings={"encode_s": 0.1, "prefill_s": 0.2, "generate_s": 0.3}, image_tokens=[4])
-EVENTS = [PhaseEvent("encode", 1, 1), PhaseEvent("prefill"), PhaseEvent("generate"),
-          TextEvent(Phase.THINKING, "hmm"), TextEvent(Phase.THINKING, " red"),
-          TextEvent(Phase.ANSWER, "It is "), TextEvent(Phase.ANSWER, "**red**.")]
+RESULT = Result(answer="It is **red**.", thinking="hmm red", finish_reason=FinishReason.STOP,
+                tokens=Tokens(prompt=10, image=4, thinking=3, answer=4, generated=7),
+                timings=Timings(encode_s=0.1, prefill_s=0.2, generate_s=0.3), image_tokens=[4], cached=CacheStats())
+EVENTS = [PhaseEvent(Phase.ENCODE, 1, 1), PhaseEvent(Phase.PREFILL), PhaseEvent(Phase.GENERATE),
+          TextEvent(Section.THINKING, "hmm"), TextEvent(Section.THINKING, " red"),
+          TextEvent(Section.ANSWER, "It is "), TextEvent(Section.ANSWER, "**red**.")]
 
 
 class FakeTTY(io.StringIO):
@@ -104,7 +115,7 @@ def feed(renderer, label="a.jpg", total=1):
 
 def test_live_renderer_collapses_thinking_and_renders_markdown():
     out, err = FakeTTY(), io.StringIO()
-    feed(LiveRenderer(OutputOptions(color=True), out, err))
+    feed(LiveRenderer(OutputOptions(color=True), Environment(stdout=out, stderr=err)))
     screen = out.getvalue()
     assert "thought for" in screen and "3 tokens" in screen
     assert "It is" in screen and "**red**" not in screen  # Markdown rendered, not raw
@@ -116,11 +127,11 @@ def test_live_renderer_replayed_answer_says_how_long_the_model_thought():
     from dataclasses import replace
 
     out = FakeTTY()
-    r = LiveRenderer(OutputOptions(color=False), out, io.StringIO())
+    r = LiveRenderer(OutputOptions(color=False), Environment(stdout=out, stderr=io.StringIO()))
     r.begin("a.jpg", 1, 2)
     for ev in EVENTS:
         r.event(ev)
-    r.end("a.jpg", replace(RESULT, timings={**RESULT.timings, "think_s": 75.0}), {})
+    r.end("a.jpg", replace(RESULT, timings=replace(RESULT.timings, think_s=75.0)), {})
     r.close()
     assert "thought for 1 min 15 s · 3 tokens" in out.getvalue()
 
@@ -128,20 +139,20 @@ def test_live_renderer_replayed_answer_says_how_long_the_model_thought():
 def test_live_renderer_respects_no_color(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     out = FakeTTY()
-    feed(LiveRenderer(OutputOptions(), out, io.StringIO()))
+    feed(LiveRenderer(OutputOptions(), Environment(stdout=out, stderr=io.StringIO())))
     assert "\x1b[3" not in out.getvalue()  # no colour codes (cursor movement is fine)
 
 
 def test_plain_renderer_streams_answer_only():
     out, err = io.StringIO(), io.StringIO()
-    feed(PlainRenderer(OutputOptions(), out, err))
+    feed(PlainRenderer(OutputOptions(), Environment(stdout=out, stderr=err)))
     assert out.getvalue() == "It is **red**.\n"
     assert "hmm" not in err.getvalue()
 
 
 def test_json_renderer_one_object():
     out = io.StringIO()
-    feed(JsonRenderer(OutputOptions(json=True), out, io.StringIO()))
+    feed(JsonRenderer(OutputOptions(json=True), Environment(stdout=out, stderr=io.StringIO())))
     (line,) = out.getvalue().splitlines()
     rec = json.loads(line)
     assert rec["answer"] == "It is **red**." and rec["thinking"] == "hmm red" and rec["task"] == "caption"

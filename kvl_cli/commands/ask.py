@@ -1,26 +1,26 @@
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
+from ..environment import Environment
 from ..errors import UsageError
 from ..media.images import VIDEO_EXTENSIONS, expand_inputs
-from ..options import generation_options, model_options, output_options, split_kwargs
+from ..options import common_options, generation_options, model_options, output_options
 from ..runner import Job
-from ._common import run_image_task
+from ._common import pass_env, run_image_task
 
 
-def split_question(args: list[str], question: str | None, stdin_is_tty: bool) -> tuple[list[str], str]:
+def split_question(args: list[str], question: str | None, env: Environment) -> tuple[list[str], str]:
     """The question is -q, else the last argument, else stdin (when it is not a terminal)."""
     if question is not None:
         return args, question
     uses_stdin_image = "-" in args
     if len(args) >= 2:
         return args[:-1], args[-1]
-    if not stdin_is_tty and not uses_stdin_image:
-        text = sys.stdin.read().strip()
+    if not env.stdin_isatty and not uses_stdin_image:
+        text = env.read_stdin_text().strip()
         if text:
             return args, text
     raise UsageError("no question given", hint='put it after the images: kvl ask photo.jpg "What is this?"')
@@ -32,7 +32,8 @@ def split_question(args: list[str], question: str | None, stdin_is_tty: bool) ->
 @model_options
 @generation_options
 @output_options
-def ask(args: tuple[str, ...], question: str | None, **kwargs: Any) -> int:
+@pass_env
+def ask(env: Environment, args: tuple[str, ...], question: str | None, **kwargs: Any) -> int:
     """Ask a question about one or more images (all in one prompt), or about a video.
 
     The question is the last argument, or -q, or stdin when stdin is not a terminal. The model
@@ -44,15 +45,15 @@ def ask(args: tuple[str, ...], question: str | None, **kwargs: Any) -> int:
       kvl ask clip.mp4 "What happens after the dog jumps?"
       echo "What does the sign say?" | kvl ask street.jpg
     """
-    inputs, q = split_question(list(args), question, sys.stdin.isatty())
-    common = split_kwargs(kwargs)
+    inputs, q = split_question(list(args), question, env)
+    common = common_options(kwargs)
     if len(inputs) == 1 and any(inputs[0].lower().endswith(ext) for ext in VIDEO_EXTENSIONS):
         from .video import ask_video
 
-        return ask_video(inputs[0], q, common)
-    refs, problems = expand_inputs(inputs)
+        return ask_video(inputs[0], q, common, env)
+    refs, problems = expand_inputs(inputs, stdin=env.read_stdin() if "-" in inputs else None)
     label = refs[0].label if len(refs) == 1 else ", ".join(r.label for r in refs)
     jobs = [Job(label=label, refs=refs, instruction=q, meta={"question": q, "images": [r.label for r in refs]})]
     if problems:  # one prompt needs every image: a missing one fails the question
         jobs = []
-    return run_image_task("ask", jobs if refs else [], problems, common, {"question": q})
+    return run_image_task("ask", jobs if refs else [], problems, common, {"question": q}, env=env)

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from ..environment import env_flag
 from ..errors import UsageError
+from ..render import OutputOptions, Renderer
 
 
 def _int_list(ctx: click.Context | None, param: click.Parameter | None, value: str) -> list[int]:
@@ -71,12 +73,8 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
       kvl bench --image-tokens 256,1024,4096 --json > bench.json
       kvl bench --gen-tokens 64 --parallel 1,2,4,8
     """
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..engine.engine import Engine, EngineConfig, bench_decode, bench_encode
-    from ..options import engine_config
-    from ..render import OutputOptions, Renderer
+    from ..engine.engine import Engine
+    from ..options import ModelOptions
     from .pull import ensure_model
 
     renderer = Renderer(OutputOptions(json=as_json))
@@ -86,38 +84,22 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
     if n_ctx * p_max > 262144:
         raise UsageError(f"--parallel {p_max} × ({prompt_tokens}+{gen_tokens}) tokens is too large",
                          hint="use fewer sequences or tokens")
-    base: EngineConfig = engine_config(
-        "ask", {"ctx": n_ctx, "threads": threads, "gpu_layers": gpu_layers, "repack": repack,
-                "image_min_tokens": None, "image_max_tokens": max(budgets)},
-        model_path, mmproj_path, 0, parallel=p_max)
+    opts = ModelOptions(model=str(model_path), mmproj=str(mmproj_path), ctx=n_ctx, threads=threads,
+                        gpu_layers=gpu_layers, repack=repack if repack is not None else env_flag("KVL_REPACK"),
+                        image_min_tokens=None, image_max_tokens=max(budgets), yes=yes, cache=False)
+    config = opts.engine_config("ask", model_path, mmproj_path, parallel=p_max)
     renderer.status("loading model")
-    engine = Engine(base)
-    rows: list[tuple[str, str, str]] = []
+    engine = Engine(config)
     out: dict[str, Any] = {
         "model": name, "model_file": str(model_path), "mmproj_file": str(mmproj_path),
         "files_bytes": model_path.stat().st_size + mmproj_path.stat().st_size,
-        "threads": engine.threads, "gpu": engine.gpu, "repack": base.repack,
+        "threads": engine.threads, "gpu": engine.gpu, "repack": config.repack,
         "load_s": round(engine.load_seconds, 3), "encode": [], "decode": [],
     }
-    rows.append(("load", f"{engine.load_seconds:.2f} s", f"{model_path.name} + {mmproj_path.name}"))
+    rows = [("load", f"{engine.load_seconds:.2f} s", f"{model_path.name} + {mmproj_path.name}")]
     try:
-        for b in budgets:
-            renderer.status("encoding image", f"{b} tokens")
-            n_tok, secs = bench_encode(engine, test_image(b))
-            out["encode"].append({"budget": b, "image_tokens": n_tok, "seconds": round(secs, 3),
-                                  "tokens_per_s": round(n_tok / secs, 2)})
-            rows.append((f"encode {n_tok} image tokens", f"{secs:.2f} s", f"{n_tok / secs:.1f} tok/s"))
-        for p in parallels:
-            renderer.status("decoding", f"pp{prompt_tokens} tg{gen_tokens} × {p}")
-            t0 = time.perf_counter()
-            pp, tg = bench_decode(engine, prompt_tokens, gen_tokens, parallel=p)
-            out["decode"].append({"parallel": p, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
-                                  "prefill_tokens_per_s": round(pp, 2), "gen_tokens_per_s": round(tg, 2),
-                                  "seconds": round(time.perf_counter() - t0, 2)})
-            if p == parallels[0] or p == 1:
-                rows.append((f"prefill pp{prompt_tokens}", f"{pp:.2f} tok/s", ""))
-            rows.append((f"generate tg{gen_tokens}" + (f" × {p} sequences" if p > 1 else ""),
-                         f"{tg:.2f} tok/s", "all sequences together" if p > 1 else "one sequence"))
+        rows += measure_encode(engine, budgets, renderer, out)
+        rows += measure_decode(engine, parallels, prompt_tokens, gen_tokens, renderer, out)
     finally:
         renderer.stop_status()
         engine.close()
@@ -127,6 +109,9 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
     if as_json:
         click.echo(json.dumps(out))
         return 0
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"kvl bench · {name} · {engine.threads} threads" + (" · GPU" if engine.gpu else ""),
                   title_justify="left")
     table.add_column("test")
@@ -136,3 +121,36 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
         table.add_row(*r)
     Console(highlight=False).print(table)
     return 0
+
+
+Row = tuple[str, str, str]
+
+
+def measure_encode(engine: Any, budgets: list[int], renderer: Any, out: dict[str, Any]) -> list[Row]:
+    rows = []
+    for b in budgets:
+        renderer.status("encoding image", f"{b} tokens")
+        n_tok, secs = engine.encode_image(test_image(b))
+        out["encode"].append({"budget": b, "image_tokens": n_tok, "seconds": round(secs, 3),
+                              "tokens_per_s": round(n_tok / secs, 2)})
+        rows.append((f"encode {n_tok} image tokens", f"{secs:.2f} s", f"{n_tok / secs:.1f} tok/s"))
+    return rows
+
+
+def measure_decode(engine: Any, parallels: list[int], prompt_tokens: int, gen_tokens: int, renderer: Any,
+                   out: dict[str, Any]) -> list[Row]:
+    from ..engine.bench import bench_decode
+
+    rows = []
+    for p in parallels:
+        renderer.status("decoding", f"pp{prompt_tokens} tg{gen_tokens} × {p}")
+        t0 = time.perf_counter()
+        pp, tg = bench_decode(engine, prompt_tokens, gen_tokens, parallel=p)
+        out["decode"].append({"parallel": p, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+                              "prefill_tokens_per_s": round(pp, 2), "gen_tokens_per_s": round(tg, 2),
+                              "seconds": round(time.perf_counter() - t0, 2)})
+        if p == parallels[0] or p == 1:
+            rows.append((f"prefill pp{prompt_tokens}", f"{pp:.2f} tok/s", ""))
+        rows.append((f"generate tg{gen_tokens}" + (f" × {p} sequences" if p > 1 else ""),
+                     f"{tg:.2f} tok/s", "all sequences together" if p > 1 else "one sequence"))
+    return rows

@@ -4,15 +4,18 @@ from typing import Any
 
 import click
 
+from ..environment import Environment
 from ..options import (
+    BatchOptions,
     batch_options,
+    common_options,
     generation_options,
     model_options,
     output_options,
-    split_kwargs,
+    take,
 )
 from ..tasks import caption_prompt
-from ._common import batch_inputs, per_image_jobs, run_image_task, split_batch
+from ._common import batch_inputs, pass_env, per_image_jobs, run_image_task
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +26,8 @@ from ._common import batch_inputs, per_image_jobs, run_image_task, split_batch
 @batch_options
 @generation_options
 @output_options
-def caption(inputs: tuple[str, ...], detail: str, **kwargs: Any) -> int:
+@pass_env
+def caption(env: Environment, inputs: tuple[str, ...], detail: str, **kwargs: Any) -> int:
     """Describe images: one caption per image, in order.
 
     IMAGE is a file, a directory (its images, recursively), a glob ('shots/*.png'), an http(s)
@@ -35,10 +39,10 @@ def caption(inputs: tuple[str, ...], detail: str, **kwargs: Any) -> int:
       cat photo.jpg | kvl caption -
       find photos -name '*.jpg' | kvl caption --json --skip-done caps.jsonl >> caps.jsonl
     """
-    b = split_batch(kwargs)
-    common = split_kwargs(kwargs)
-    refs, problems = batch_inputs(inputs, b)
-    if not refs and not problems and (b["skip_done"] or b["shard"]):
+    b = take(BatchOptions, kwargs)
+    common = common_options(kwargs)
+    refs, problems = batch_inputs(inputs, b, env)
+    if not refs and not problems and (b.skip_done or b.shard):
         return 0  # everything is done or belongs to other shards
     jobs = per_image_jobs(refs, caption_prompt(detail))
-    return run_image_task("caption", jobs, problems, common, {"detail": detail}, parallel=b["parallel"])
+    return run_image_task("caption", jobs, problems, common, {"detail": detail}, parallel=b.parallel, env=env)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .. import __version__, paths
+from ..environment import env_flag
 
 
 def _memory() -> dict[str, float]:
@@ -25,6 +26,24 @@ def _memory() -> dict[str, float]:
         except (ValueError, OSError, AttributeError):
             pass
     return info
+
+
+def settings() -> list[dict[str, Any]]:
+    """Option defaults that do not come built in: from the environment, then the config file (in
+    order of precedence; a flag on the command line beats both)."""
+    from .. import config
+    from ..options import ENV_OPTIONS
+
+    rows: list[dict[str, Any]] = [{"key": name, "value": os.environ[env], "source": f"env {env}", "command": "*"}
+            for name, env in ENV_OPTIONS.items() if os.environ.get(env)]
+    cfg = config.load()
+    shadowed = {r["key"] for r in rows}
+    rows += [{"key": k, "value": v, "source": f"config {cfg.path}", "command": "*",
+              "overridden": k in shadowed} for k, v in cfg.globals.items()]
+    for command, table in cfg.commands.items():
+        rows += [{"key": k, "value": v, "source": f"config {cfg.path}", "command": command,
+                  "overridden": k in shadowed} for k, v in table.items()]
+    return rows
 
 
 def collect() -> dict[str, Any]:
@@ -54,7 +73,8 @@ def collect() -> dict[str, Any]:
     report["default_threads"] = physical_cores()
     mem = _memory()
     report["ram_gib"] = {"total": round(mem.get("MemTotal", 0), 1), "available": round(mem.get("MemAvailable", 0), 1)}
-    report["repack"] = os.environ.get("KVL_REPACK", "") in ("1", "true", "yes", "on")
+    report["repack"] = env_flag("KVL_REPACK")
+    report["settings"] = settings()
     report["paths"] = {"models": str(paths.models_dir()), "cache": str(paths.cache_dir()),
                        "config": str(paths.config_file())}
     report["installed"] = [{"name": m.ref, "folder": str(m.folder), "size": m.size} for m in installed_models()]
@@ -97,6 +117,9 @@ def doctor(as_json: bool, debug: bool) -> int:
     table.add_row("threads", f"{report['default_threads']} (physical cores)")
     table.add_row("memory", f"{report['ram_gib']['total']} GiB total, {report['ram_gib']['available']} GiB available")
     table.add_row("repack", "on (KVL_REPACK)" if report["repack"] else "off (default; --repack to try)")
+    for row in report["settings"]:
+        scope = "every command" if row["command"] == "*" else f"kvl {row['command']}"
+        table.add_row(f"{row['key']}", f"{row['value']!r} ({row['source']}, {scope})")
     for key, value in report["paths"].items():
         table.add_row(f"{key} dir" if key != "config" else "config", value)
     model = report["model"]

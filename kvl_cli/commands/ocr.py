@@ -4,15 +4,18 @@ from typing import Any
 
 import click
 
+from ..environment import Environment
 from ..options import (
+    BatchOptions,
     batch_options,
+    common_options,
     generation_options,
     model_options,
     output_options,
-    split_kwargs,
+    take,
 )
 from ..tasks import ocr_prompt
-from ._common import batch_inputs, per_image_jobs, run_image_task, split_batch
+from ._common import batch_inputs, pass_env, per_image_jobs, run_image_task
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +26,8 @@ from ._common import batch_inputs, per_image_jobs, run_image_task, split_batch
 @batch_options
 @generation_options
 @output_options
-def ocr(inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
+@pass_env
+def ocr(env: Environment, inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
     """Extract all visible text from images, faithfully, in reading order.
 
     OCR gives the vision encoder more tokens per image by default (2048) so small print stays
@@ -34,10 +38,10 @@ def ocr(inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
       kvl ocr --format markdown receipt.jpg
       kvl ocr --json scans/*.png | jq -r .answer
     """
-    b = split_batch(kwargs)
-    common = split_kwargs(kwargs)
-    refs, problems = batch_inputs(inputs, b)
-    if not refs and not problems and (b["skip_done"] or b["shard"]):
+    b = take(BatchOptions, kwargs)
+    common = common_options(kwargs)
+    refs, problems = batch_inputs(inputs, b, env)
+    if not refs and not problems and (b.skip_done or b.shard):
         return 0  # everything is done or belongs to other shards
     jobs = per_image_jobs(refs, ocr_prompt(fmt))
-    return run_image_task("ocr", jobs, problems, common, {"format": fmt}, parallel=b["parallel"])
+    return run_image_task("ocr", jobs, problems, common, {"format": fmt}, parallel=b.parallel, env=env)

@@ -114,32 +114,34 @@ def cpu_features() -> dict[str, bool]:
 
 def physical_cores() -> int:
     """Physical cores (llama.cpp runs best with one thread per core, not per hyperthread)."""
+    n = _linux_cores() or (_macos_cores() if sys.platform == "darwin" else 0)
+    if n:
+        return n
+    cpus = os.cpu_count() or 1
+    return max(1, cpus // 2 if cpus > 4 else cpus)
+
+
+def _linux_cores() -> int:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; 0 when it cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cores = set()
-            phys = core = None
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                elif not line.strip():
-                    if core is not None:
-                        cores.add((phys, core))
-                    phys = core = None
-            if core is not None:
-                cores.add((phys, core))
-            if cores:
-                return len(cores)
+            text = f.read()
     except OSError:
-        pass
-    if sys.platform == "darwin":  # pragma: no cover - macOS only
-        try:
-            import subprocess
+        return 0
+    cores = set()
+    for block in text.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id"), fields["core id"]))
+    return len(cores)
 
-            out = subprocess.run(["sysctl", "-n", "hw.perflevel0.physicalcpu"], capture_output=True, text=True)
-            if out.returncode == 0 and out.stdout.strip().isdigit():
-                return int(out.stdout.strip())
-        except OSError:
-            pass
-    return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 4 else (os.cpu_count() or 1))
+
+def _macos_cores() -> int:  # pragma: no cover - macOS only
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.perflevel0.physicalcpu"], capture_output=True, text=True)
+    except OSError:
+        return 0
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else 0

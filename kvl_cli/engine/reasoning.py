@@ -13,7 +13,9 @@ THINK_OPEN = "◁think▷"
 THINK_CLOSE = "◁/think▷"
 
 
-class Phase(str, enum.Enum):
+class Section(str, enum.Enum):
+    """Which part of the model's output a piece of text belongs to."""
+
     START = "start"  # nothing but whitespace seen yet
     THINKING = "thinking"
     ANSWER = "answer"
@@ -28,72 +30,72 @@ def _held_suffix(text: str, marker: str) -> int:
 
 
 class ReasoningSplitter:
-    """Feed text pieces; get ``(phase, text)`` pairs back, phase being THINKING or ANSWER."""
+    """Feed text pieces; get ``(section, text)`` pairs back, section being THINKING or ANSWER."""
 
     def __init__(self, *, start_in_answer: bool = False) -> None:
-        self.phase = Phase.ANSWER if start_in_answer else Phase.START
+        self.section = Section.ANSWER if start_in_answer else Section.START
         self._pending = ""
         self._section_started = False  # leading whitespace of a section is dropped
         self.thinking = ""
         self.answer = ""
 
-    def feed(self, piece: str) -> list[tuple[Phase, str]]:
-        out: list[tuple[Phase, str]] = []
+    def feed(self, piece: str) -> list[tuple[Section, str]]:
+        out: list[tuple[Section, str]] = []
         self._pending += piece
         while self._pending:
-            if self.phase is Phase.START:
+            if self.section is Section.START:
                 stripped = self._pending.lstrip()
                 if not stripped:
                     return out
                 if stripped.startswith(THINK_OPEN):
                     self._pending = stripped[len(THINK_OPEN):]
-                    self._enter(Phase.THINKING)
+                    self._enter(Section.THINKING)
                     continue
                 if THINK_OPEN.startswith(stripped):
                     return out  # could still become the opening marker
-                self._enter(Phase.ANSWER)
+                self._enter(Section.ANSWER)
                 continue
-            if self.phase is Phase.THINKING:
+            if self.section is Section.THINKING:
                 idx = self._pending.find(THINK_CLOSE)
                 if idx >= 0:
-                    self._emit(out, Phase.THINKING, self._pending[:idx])
+                    self._emit(out, Section.THINKING, self._pending[:idx])
                     self._pending = self._pending[idx + len(THINK_CLOSE):]
-                    self._enter(Phase.ANSWER)
+                    self._enter(Section.ANSWER)
                     continue
                 hold = _held_suffix(self._pending, THINK_CLOSE)
-                self._emit(out, Phase.THINKING, self._pending[: len(self._pending) - hold])
+                self._emit(out, Section.THINKING, self._pending[: len(self._pending) - hold])
                 self._pending = self._pending[len(self._pending) - hold:]
                 return out
             # ANSWER: everything is answer; a stray opening marker from a confused model is kept
-            self._emit(out, Phase.ANSWER, self._pending)
+            self._emit(out, Section.ANSWER, self._pending)
             self._pending = ""
         return out
 
-    def close_thinking(self) -> list[tuple[Phase, str]]:
+    def close_thinking(self) -> list[tuple[Section, str]]:
         """The engine ended the thinking (budget spent): flush it and switch to the answer."""
-        out: list[tuple[Phase, str]] = []
-        if self.phase is Phase.THINKING:
-            self._emit(out, Phase.THINKING, self._pending)
+        out: list[tuple[Section, str]] = []
+        if self.section is Section.THINKING:
+            self._emit(out, Section.THINKING, self._pending)
         self._pending = ""
-        self._enter(Phase.ANSWER)
+        self._enter(Section.ANSWER)
         return out
 
-    def flush(self) -> list[tuple[Phase, str]]:
-        """End of stream: whatever was held back belongs to the current phase."""
-        out: list[tuple[Phase, str]] = []
+    def flush(self) -> list[tuple[Section, str]]:
+        """End of stream: whatever was held back belongs to the current section."""
+        out: list[tuple[Section, str]] = []
         if self._pending:
-            phase = Phase.ANSWER if self.phase is Phase.START else self.phase
-            self._emit(out, phase, self._pending)
+            section = Section.ANSWER if self.section is Section.START else self.section
+            self._emit(out, section, self._pending)
             self._pending = ""
         self.thinking = self.thinking.rstrip()
         self.answer = self.answer.rstrip()
         return out
 
-    def _enter(self, phase: Phase) -> None:
-        self.phase = phase
+    def _enter(self, section: Section) -> None:
+        self.section = section
         self._section_started = False
 
-    def _emit(self, out: list[tuple[Phase, str]], phase: Phase, text: str) -> None:
+    def _emit(self, out: list[tuple[Section, str]], section: Section, text: str) -> None:
         if not text:
             return
         if not self._section_started:
@@ -101,8 +103,8 @@ class ReasoningSplitter:
             if not text:
                 return
             self._section_started = True
-        if phase is Phase.THINKING:
+        if section is Section.THINKING:
             self.thinking += text
         else:
             self.answer += text
-        out.append((phase, text))
+        out.append((section, text))

@@ -13,13 +13,12 @@ import glob
 import hashlib
 import io
 import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.engine import ImageInput
+from ..engine.types import ImageInput
 from ..errors import InputError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -87,8 +86,7 @@ def expand_inputs(args: list[str], *, video: bool = False, stdin: bytes | None =
     what = "images or videos" if video else "images"
     for arg in args:
         if arg == "-":
-            data = stdin if stdin is not None else sys.stdin.buffer.read()
-            refs.append(InputRef(label="-", data=data))
+            refs.append(InputRef(label="-", data=stdin or b""))
             continue
         if arg.startswith(("http://", "https://")):
             refs.append(InputRef(label=arg, url=arg))

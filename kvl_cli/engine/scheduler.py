@@ -1,0 +1,174 @@
+"""One context's batching loop: admit requests into free sequences, prefill them, decode every
+running sequence together (one ``llama_decode`` carries a token for each), retire the finished,
+fail the broken, and end them all on Ctrl-C with their text kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Iterator
+
+from ..errors import EngineError, KvlError
+from . import native
+from .handles import Batch, Context, Model
+from .prefill import Prefill
+from .prefix import ResidentPrefixes
+from .prompt import PreparedPrompt
+from .sequence import Sequence
+from .types import AnyEvent, DoneEvent, Event, FailedEvent, Phase, PhaseEvent, Request
+
+Tagged = tuple[int, AnyEvent]
+
+
+def tag(index: int, gen: Generator[Event, None, int]) -> Generator[Tagged, None, int]:
+    """Yield ``gen``'s events tagged with ``index``; return what ``gen`` returns."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return int(stop.value or 0)
+        yield index, ev
+
+
+def _tag_all(index: int, events: Iterator[Event]) -> Iterator[Tagged]:
+    for ev in events:
+        yield index, ev
+
+
+class Scheduler:
+    """Runs requests on one context, up to ``slots`` at once."""
+
+    def __init__(self, ctx: Context, model: Model, prefill: Prefill, resident: ResidentPrefixes,
+                 prepare: Callable[[Request], PreparedPrompt], before_decode: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.prefill = prefill
+        self.resident = resident
+        self.prepare = prepare
+        self.before_decode = before_decode
+        self.im_end = model.special_token("<|im_end|>")
+        self.active: list[Sequence] = []
+        self.free: list[int] = []
+
+    def run(self, source: Iterable[tuple[int, Request]], slots: int) -> Generator[Tagged, None, None]:
+        """Yield ``(index, event)`` for every request pulled from ``source`` (lazily, one per free
+        sequence, so a long batch is never all in memory)."""
+        slots = max(1, min(slots, self.ctx.n_seq))
+        requests = iter(source)
+        self.free = list(reversed(range(slots)))
+        self.active = []
+        batch = Batch(slots * 64)
+        try:
+            while True:
+                exhausted = yield from self._admit(requests)
+                if not self.active:
+                    if exhausted:
+                        return
+                    continue
+                if not (yield from self._decode(batch)):
+                    return  # interrupted
+        finally:
+            batch.close()
+            for seq in self.active:
+                seq.close()
+            self.active = []
+
+    # -- admit ------------------------------------------------------------------------------------
+
+    def _admit(self, requests: Iterator[tuple[int, Request]]) -> Generator[Tagged, None, bool]:
+        """Start requests while sequences are free; returns whether ``requests`` is used up."""
+        while self.free:
+            nxt = next(requests, None)
+            if nxt is None:
+                return True
+            index, request = nxt
+            try:
+                prep = self.prepare(request)
+            except KvlError as exc:
+                yield index, FailedEvent(exc)
+                continue
+            yield from self._start(index, prep, self.free.pop())
+        return False
+
+    def _start(self, index: int, prep: PreparedPrompt, seq_id: int) -> Generator[Tagged, None, None]:
+        seq = Sequence(index, seq_id, prep, self.model, self.im_end)
+        try:
+            try:
+                n_past = yield from tag(index, self.prefill.run(prep, seq_id, seq.timings, seq.cached))
+            finally:
+                prep.close()
+        except KvlError as exc:
+            self._release(seq_id)
+            yield index, FailedEvent(exc)
+            return
+        except KeyboardInterrupt:
+            self.resident.forget(seq_id)
+            yield from self._interrupt_all()
+            raise
+        seq.start(n_past)
+        yield index, PhaseEvent(Phase.GENERATE)
+        yield from _tag_all(index, seq.step(self.ctx, -1))
+        if seq.finish is None:
+            self.active.append(seq)
+        else:
+            yield from self._retire(seq)
+
+    # -- decode -----------------------------------------------------------------------------------
+
+    def _decode(self, batch: Batch) -> Generator[Tagged, None, bool]:
+        """One decode for every running sequence, then a token for each. False: interrupted."""
+        try:
+            where = self._fill(batch)
+            self.before_decode()
+            rc = self.ctx.decode(batch)
+            if rc != 0:
+                yield from self._fail_all(EngineError(f"llama.cpp failed to decode (code {rc}): {native.last_error()}"))
+                return True
+            for seq in self.active:
+                seq.n_past += len(seq.feed)
+                seq.feed = []
+            for seq in list(self.active):
+                yield from _tag_all(seq.index, seq.step(self.ctx, where[seq.seq_id]))
+                if seq.finish is not None:
+                    self.active.remove(seq)
+                    yield from self._retire(seq)
+        except KeyboardInterrupt:
+            yield from self._interrupt_all()
+            return False
+        return True
+
+    def _fill(self, batch: Batch) -> dict[int, int]:
+        """Each sequence's pending tokens into ``batch``; where each one's logits will be."""
+        batch.clear()
+        where: dict[int, int] = {}
+        for seq in self.active:
+            for j, tok in enumerate(seq.feed):
+                where[seq.seq_id] = batch.add(tok, seq.n_past + j, seq.seq_id, logits=j == len(seq.feed) - 1)
+        return where
+
+    # -- retire -----------------------------------------------------------------------------------
+
+    def _retire(self, seq: Sequence) -> Iterator[Tagged]:
+        yield from _tag_all(seq.index, seq.flush())
+        yield seq.index, DoneEvent(seq.result())
+        seq.close()
+        # keep the prompt's cells (a later request may share its start); drop the generated ones
+        self.resident.keep_prompt(seq.seq_id, seq.prep.n_prompt)
+        self.free.append(seq.seq_id)
+
+    def _release(self, seq_id: int) -> None:
+        self.resident.forget(seq_id)
+        self.free.append(seq_id)
+
+    def _fail_all(self, error: KvlError) -> Iterator[Tagged]:
+        for seq in self.active:
+            self._release(seq.seq_id)
+            seq.close()
+            yield seq.index, FailedEvent(error)
+        self.active = []
+
+    def _interrupt_all(self) -> Iterator[Tagged]:
+        for seq in self.active:
+            seq.interrupt()
+            yield from _tag_all(seq.index, seq.flush())
+            yield seq.index, DoneEvent(seq.result())
+            seq.close()
+        self.active = []

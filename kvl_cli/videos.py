@@ -1,0 +1,155 @@
+"""Video tasks over the engine: a summary of sampled frames, or captions scene by scene.
+
+Frames go to the model in order, each after its timestamp (``[00:01:05]``), so answers can cite
+times. Scene captions are worked on like a batch (several scenes at once) and written in scene
+order through the same ordered emitter as image batches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .engine.engine import Engine
+from .engine.types import DoneEvent, Event, GenerationSettings, PhaseEvent, Request, Result
+from .errors import KvlError
+from .media.images import image_from_array
+from .media.video import Frame, FrameSampler, Scene, VideoInfo, detect_scenes, stamp, subtitle_time
+from .ordered import OrderedEmitter, Outcome, run_ordered
+from .render import Renderer
+from .tasks import SCENE_PROMPT
+
+PROMPT_RESERVE = 512  # tokens kept for the instruction and timestamps besides the frames
+
+
+@dataclass(frozen=True)
+class VideoArgs:
+    """How frames are taken: the whole range (a summary) or per scene."""
+
+    fps: float | None = None
+    max_frames: int = 16
+    start: float | None = None
+    end: float | None = None
+    frames_per_scene: int = 3
+    threshold: float | None = None  # None: the detector's own default
+    detector: str = "content"
+    per_frame: int = 256  # image tokens per frame before fitting the context
+
+
+def frame_budget(n_frames: int, per_frame: int, ctx: int, max_tokens: int) -> int:
+    """Tokens per frame so that frames × tokens + the answer fit the context."""
+    room = ctx - max_tokens - PROMPT_RESERVE
+    if room < n_frames * 8:
+        room = ctx - PROMPT_RESERVE - 256
+    return max(8, min(per_frame, room // max(1, n_frames)))
+
+
+def frames_request(marker: str, frames: list[Frame], label: str, instruction: str, per_frame: int,
+                   settings: GenerationSettings) -> Request:
+    images, parts = [], []
+    for f in frames:
+        images.append(image_from_array(f.rgb, label=f"{label}@{f.time:.2f}", max_tokens=per_frame))
+        parts.append(f"{stamp(f.time)} {marker}")
+    return Request(user_text="\n".join(parts) + "\n" + instruction, images=images, settings=settings)
+
+
+def run_request(engine: Engine, request: Request, renderer: Renderer) -> Result:
+    result = None
+    for ev in engine.generate(request):
+        renderer.event(ev)
+        if isinstance(ev, DoneEvent):
+            result = ev.result
+    assert result is not None
+    return result
+
+
+class SceneWriter:
+    """Scene captions as text, JSON Lines, SRT or WebVTT, written as each scene finishes."""
+
+    def __init__(self, fmt: str, out: IO[str], multiple: bool) -> None:
+        self.fmt, self.out, self.multiple, self.n = fmt, out, multiple, 0
+        if fmt == "vtt":
+            out.write("WEBVTT\n\n")
+
+    def write(self, file: str, scene: Scene, caption: str, thinking: str) -> None:
+        self.n += 1
+        text = " ".join(caption.split())
+        if self.fmt == "jsonl":
+            rec = {"file": file, "scene": scene.index, "start": round(scene.start, 3), "end": round(scene.end, 3),
+                   "caption": caption, "thinking": thinking or None}
+            self.out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        elif self.fmt == "srt":
+            self.out.write(f"{self.n}\n{subtitle_time(scene.start)} --> {subtitle_time(scene.end)}\n{text}\n\n")
+        elif self.fmt == "vtt":
+            self.out.write(f"{subtitle_time(scene.start, '.')} --> {subtitle_time(scene.end, '.')}\n{text}\n\n")
+        else:
+            prefix = f"{file} " if self.multiple else ""
+            self.out.write(f"{prefix}[{subtitle_time(scene.start, '.')} → {subtitle_time(scene.end, '.')}] {text}\n")
+        self.out.flush()
+
+
+class SceneSink:
+    """Writes one video's scene captions in scene order (see ``ordered``); keeps the first failure."""
+
+    def __init__(self, label: str, scenes: list[Scene], writer: SceneWriter, renderer: Renderer,
+                 detect_s: float) -> None:
+        self.label, self.scenes, self.writer, self.renderer = label, scenes, writer, renderer
+        self.detect_s = detect_s
+        self.started: dict[int, tuple[int, float]] = {}  # scene position -> frames, start time
+        self.error: KvlError | None = None
+
+    def begin(self, pos: int) -> None:
+        pass
+
+    def event(self, pos: int, ev: Event) -> None:
+        if isinstance(ev, PhaseEvent):
+            self.progress(pos, ev)
+
+    def progress(self, pos: int, ev: PhaseEvent) -> None:
+        self.renderer.status("captioning scene", f"{self.scenes[pos].index}/{len(self.scenes)}")
+
+    def done(self, pos: int, outcome: Outcome) -> None:
+        self.renderer.stop_status()
+        if isinstance(outcome, KvlError):
+            self.error = self.error or outcome
+            return
+        scene = self.scenes[pos]
+        self.writer.write(self.label, scene, outcome.answer, outcome.thinking)
+        if self.renderer.opts.verbose:
+            n_frames, t1 = self.started.get(pos, (0, time.perf_counter()))
+            self.renderer.err.print(f"[dim]scene {scene.index}/{len(self.scenes)}: {n_frames} frames, "
+                                    f"{time.perf_counter() - t1:.1f} s (scene detection {self.detect_s:.1f} s)[/]")
+
+
+def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args: VideoArgs,
+                   settings: GenerationSettings, renderer: Renderer, writer: SceneWriter, ctx: int,
+                   parallel: int = 1) -> int:
+    """Caption each scene, several at once with ``parallel`` > 1, written in scene order. Returns
+    the number of scenes; raises the first scene's failure after the others are written."""
+    renderer.status("finding scenes")
+    t0 = time.perf_counter()
+    scenes = detect_scenes(path, threshold=args.threshold or 27.0, start=args.start, end=args.end, info=info)
+    sink = SceneSink(label, scenes, writer, renderer, time.perf_counter() - t0)
+    emitter = OrderedEmitter(sink)
+    per_frame = frame_budget(args.frames_per_scene, args.per_frame, ctx, settings.max_tokens)
+
+    def requests() -> Iterator[tuple[int, Request]]:
+        # frames are decoded here, on the calling thread, while the workers encode and generate
+        for pos, scene in enumerate(scenes):
+            t1 = time.perf_counter()
+            frames = list(FrameSampler(path, max_frames=args.frames_per_scene, start=scene.start,
+                                       end=max(scene.end, scene.start + 1e-3), info=info))
+            if not frames:
+                emitter.settle(pos, None)
+                continue
+            sink.started[pos] = (len(frames), t1)
+            yield pos, frames_request(engine.marker, frames, label, SCENE_PROMPT, per_frame, settings)
+
+    run_ordered(engine, requests(), emitter, parallel)
+    if sink.error is not None:
+        raise sink.error
+    return len(scenes)
