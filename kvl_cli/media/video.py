@@ -3,11 +3,16 @@
 ``FrameSampler`` reads a video once, front to back, grabbing every frame cheaply and decoding to
 pixels only the ones it keeps, so memory holds one frame at a time. Timestamps come from the
 container (``CAP_PROP_POS_MSEC``), which keeps variable-frame-rate videos right; when the
-duration is missing from the metadata, it is measured by reading.
+duration is missing from the metadata, it is measured by reading. A damaged file that gives only some
+of the wanted frames says how many (``FrameSampler.warning``); one that gives none is an InputError.
+
+FFmpeg's own log lines ("moov atom not found", decoder errors) are silenced: kvl says what went wrong
+in one sentence. Set ``OPENCV_FFMPEG_LOGLEVEL=32`` (and ``OPENCV_LOG_LEVEL=INFO``) to see them again.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +23,18 @@ from ..errors import InputError, UsageError
 from .images import IMAGE_EXTENSIONS
 
 VIDEO_LIKE_IMAGES = {".gif"}  # an animated GIF counts as a video
+
+
+def quiet_native_logs() -> None:
+    """Keep FFmpeg's and OpenCV's own lines off stderr (a user's own setting wins).
+
+    OpenCV reads OPENCV_FFMPEG_LOGLEVEL once, when its FFmpeg backend first starts (a VideoCapture or
+    VideoWriter), so this must run before cv2 touches any video; importing this module does it."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+
+
+quiet_native_logs()
 
 
 def parse_time(value: str | None) -> float | None:
@@ -60,6 +77,7 @@ class Frame:
 
 
 def _open(path: Path) -> Any:
+    quiet_native_logs()
     import cv2
 
     if path.suffix.lower() in IMAGE_EXTENSIONS - VIDEO_LIKE_IMAGES:
@@ -116,7 +134,11 @@ def target_times(start: float, end: float, *, fps: float | None, max_frames: int
 
 
 class FrameSampler:
-    """Yield ``Frame``s at the target times, reading the video once; one decoded frame in memory."""
+    """Yield ``Frame``s at the target times, reading the video once; one decoded frame in memory.
+
+    After iterating, ``missing`` counts the target times no frame could be decoded for (the stream
+    ended early: a damaged file) and ``warning`` says so in a sentence; no frame at all raises
+    InputError."""
 
     def __init__(self, path: Path, *, fps: float | None = None, max_frames: int = 16,
                  start: float | None = None, end: float | None = None, info: VideoInfo | None = None) -> None:
@@ -131,18 +153,30 @@ class FrameSampler:
             raise InputError(f"{path}: the range {self.start:g}–{self.end:g} s holds no frames",
                              hint="make --end later than --start")
         self.times = target_times(self.start, self.end, fps=fps, max_frames=max_frames)
+        self.wanted = len(self.times)  # target times
+        self.missing = 0  # target times left without a frame when the stream ended
         self.decoded = 0  # frames grabbed (decoded by the codec), for the frames/s measurement
+        self._last = self.start  # time of the last frame yielded
+
+    @property
+    def warning(self) -> str | None:
+        """One sentence for stderr when some target times got no frame, else None."""
+        if not self.missing:
+            return None
+        got = self.wanted - self.missing
+        return (f"{self.path}: only {got} of {self.wanted} frames could be decoded (nothing after "
+                f"{self._last:.1f} s: the file looks damaged)")
 
     def __iter__(self) -> Iterator[Frame]:
         import cv2
 
         cap = _open(self.path)
+        pending = list(self.times)
         try:
             if self.start > 0:
                 cap.set(cv2.CAP_PROP_POS_MSEC, max(0.0, self.start * 1000 - 1000))
             # a frame is shown during [t, t + frame_len); the epsilon keeps float error out of the boundary
             frame_len = (1.0 / self.info.fps if self.info.fps > 0 else 0.0) - 1e-3
-            pending = list(self.times)
             while pending and cap.grab():
                 self.decoded += 1
                 t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
@@ -154,12 +188,19 @@ class FrameSampler:
                     continue
                 while pending and t + frame_len > pending[0]:
                     pending.pop(0)  # one frame serves every target it covers (fps above the video's)
+                self._last = t
                 yield Frame(time=t, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            if self.decoded == 0:
-                raise InputError(f"{self.path}: the video stream could not be decoded",
-                                 hint="convert it with ffmpeg (e.g. to H.264 mp4)")
         finally:
             cap.release()
+        self.missing = len(pending)
+        if self.missing == self.wanted:
+            raise self._nothing_decoded()
+
+    def _nothing_decoded(self) -> InputError:
+        declared = f"{self.decoded} of the {self.info.frames} frames it declares" if self.decoded else "no frame"
+        return InputError(f"{self.path}: no frames could be decoded",
+                          hint=f"the file looks damaged: FFmpeg read {declared}; repair or re-encode it, e.g. "
+                               "ffmpeg -i in.mp4 -c:v libx264 out.mp4")
 
 
 @dataclass
@@ -169,28 +210,22 @@ class Scene:
     end: float
 
 
-def detect_scenes(path: Path, *, threshold: float = 27.0, min_scene_len: float = 0.6,
-                  start: float | None = None, end: float | None = None, info: VideoInfo | None = None) -> list[Scene]:
-    """Cuts found by PySceneDetect's content detector; the whole video is one scene if none."""
-    from scenedetect import ContentDetector, open_video
-    from scenedetect.scene_manager import SceneManager
+def detect_scenes(path: Path, *, detector: str = "adaptive", threshold: float | None = None,
+                  min_scene_len: float = 0.6, start: float | None = None, end: float | None = None,
+                  info: VideoInfo | None = None, transitions: bool = True) -> list[Scene]:
+    """Scenes between ``start`` and ``end`` (the whole video is one scene if nothing cuts).
 
+    ``detector`` is one of PySceneDetect's: adaptive (default), content, histogram or hash, for hard
+    cuts; ``threshold`` is in that detector's own units (None: its default; higher finds fewer
+    cuts). With ``transitions``, fades through black and dissolves are one cut each (see
+    ``kvl_cli.media.scenes``)."""
+    from .scenes import check_detector, find_cuts
+
+    check_detector(detector, threshold)
     info = info or probe(path)
-    video = open_video(str(path))
-    fps = video.frame_rate or info.fps
-    manager = SceneManager()
-    manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=max(1, int(min_scene_len * fps))))
-    if start:
-        video.seek(start)
-    manager.detect_scenes(video, end_time=end, show_progress=False)
-    found = manager.get_scene_list(start_in_scene=True)
-    lo, hi = start or 0.0, min(end, info.duration) if end else info.duration
-    def secs(tc: Any) -> float:
-        value = getattr(tc, "seconds", None)  # scenedetect >= 0.7; get_seconds() before
-        return float(value if value is not None else tc.get_seconds())
-
-    scenes = [Scene(i + 1, secs(s), secs(e)) for i, (s, e) in enumerate(found)]
-    if not scenes:
-        scenes = [Scene(1, lo, hi)]
-    scenes[-1].end = max(scenes[-1].end, min(hi, info.duration))
-    return scenes
+    lo = start or 0.0
+    hi = min(end, info.duration) if end else info.duration
+    cuts = find_cuts(path, detector=detector, threshold=threshold, min_scene_len=min_scene_len, start=lo,
+                     end=hi, fps=info.fps, transitions=transitions)
+    bounds = [lo, *cuts, hi]  # find_cuts keeps every cut inside (lo, hi)
+    return [Scene(i + 1, a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
