@@ -19,6 +19,7 @@ from typing import Any
 
 from . import paths
 from .errors import ModelError
+from .model_paths import check_folder_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,8 +128,10 @@ class Installed:
 
 
 def install_folder(name: str, quant: str) -> Path:
+    """``<models>/<name>/<quant>``, one folder level each; a name that would nest or climb is refused."""
     safe = name.replace("hf:", "hf/").replace("/", "--", 2 if name.startswith("hf:") else 1)
-    return paths.models_dir() / safe / quant
+    origin = f"the model {name}"
+    return paths.models_dir() / check_folder_name(safe, origin) / check_folder_name(quant, origin)
 
 
 def installed_models() -> list[Installed]:
@@ -173,41 +176,57 @@ def resolve(model: str | None, mmproj: str | None) -> tuple[Path, Path, str]:
     model = model or os.environ.get("KVL_MODEL") or None
     mmproj = mmproj or os.environ.get("KVL_MMPROJ") or None
     if model is None:
-        entry = default_entry()
-        inst = find_installed(entry.name)
-        if inst is None:
-            others = installed_models()
-            if len(others) == 1:
-                inst = others[0]
-            else:
-                raise NoModelError(entry)
-        return inst.model_path, Path(mmproj).expanduser() if mmproj else inst.mmproj_path, inst.ref
+        return _resolve_default(mmproj)
     path = Path(model).expanduser()
     looks_like_path = path.suffix.lower() == ".gguf" or (os.sep in model and not model.startswith("hf:"))
     if path.exists() or looks_like_path:
-        if not path.exists():
-            raise ModelError(f"model file not found: {model}", hint="check the path, or pull a model with `kvl pull`")
-        if mmproj is None:
-            sibling = _sibling_projector(path)
-            if sibling is None:
-                raise ModelError(
-                    f"no vision projector for {path.name}",
-                    hint="pass --mmproj PATH (the mmproj-*.gguf file that belongs to this model) or set KVL_MMPROJ",
-                )
-            return path, sibling, path.name
-        proj = Path(mmproj).expanduser()
-        if not proj.exists():
-            raise ModelError(f"projector file not found: {mmproj}", hint="check the --mmproj path")
-        return path, proj, path.name
+        return _resolve_path(path, model, mmproj)
+    return _resolve_installed(model, mmproj)
+
+
+def _with_projector(inst: Installed, mmproj: str | None) -> tuple[Path, Path, str]:
+    return inst.model_path, Path(mmproj).expanduser() if mmproj else inst.mmproj_path, inst.ref
+
+
+def _resolve_default(mmproj: str | None) -> tuple[Path, Path, str]:
+    """No model named: the catalog's default once pulled, else the only installed model."""
+    entry = default_entry()
+    inst = find_installed(entry.name)
+    if inst is None:
+        others = installed_models()
+        if len(others) != 1:
+            raise NoModelError(entry)
+        inst = others[0]
+    return _with_projector(inst, mmproj)
+
+
+def _resolve_path(path: Path, model: str, mmproj: str | None) -> tuple[Path, Path, str]:
+    """A model given as a file: its projector from --mmproj, else the one mmproj*.gguf beside it."""
+    if not path.exists():
+        raise ModelError(f"model file not found: {model}", hint="check the path, or pull a model with `kvl pull`")
+    if mmproj is None:
+        sibling = _sibling_projector(path)
+        if sibling is None:
+            raise ModelError(
+                f"no vision projector for {path.name}",
+                hint="pass --mmproj PATH (the mmproj-*.gguf file that belongs to this model) or set KVL_MMPROJ",
+            )
+        return path, sibling, path.name
+    proj = Path(mmproj).expanduser()
+    if not proj.exists():
+        raise ModelError(f"projector file not found: {mmproj}", hint="check the --mmproj path")
+    return path, proj, path.name
+
+
+def _resolve_installed(model: str, mmproj: str | None) -> tuple[Path, Path, str]:
     inst = find_installed(model)
     if inst is None:
-        catalog = load_catalog()
         base = model.split(":")[0]
-        if base in catalog or model.startswith("hf:"):
+        if base in load_catalog() or model.startswith("hf:"):
             raise ModelError(f"model '{model}' is not installed", hint=f"run `kvl pull {model}`")
         raise ModelError(f"no model file or installed model named '{model}'",
                          hint="give a .gguf path, or see `kvl models` for installed names")
-    return inst.model_path, Path(mmproj).expanduser() if mmproj else inst.mmproj_path, inst.ref
+    return _with_projector(inst, mmproj)
 
 
 class NoModelError(ModelError):

@@ -7,6 +7,8 @@
 * Every file is checked against its sha256 (the catalog's, else the hub's LFS hash); a mismatch
   deletes the file. The pair counts as installed only when ``kvl-manifest.json`` is written,
   after both files verified.
+* No file lands outside its model's folder: names from flags, catalogs and listings are checked
+  before anything is downloaded (``model_paths``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import MANIFEST, CatalogEntry, FileSpec, Installed, install_folder, load_catalog
-from .errors import DiskError, KvlError, ModelError, NetworkError, UsageError
+from .environment import env_flag
+from .errors import DiskError, ModelError, NetworkError, UsageError
+from .hub_errors import OFFLINE_HINT, RESUME_HINT, hub_error
+from .model_paths import check_listed_name, check_repo_id, check_typed_name, file_in_folder
 
 NETWORK_TIMEOUT_S = float(os.environ.get("KVL_NETWORK_TIMEOUT", "15"))
 DISK_MARGIN = 256 * 2**20  # keep some room besides the files themselves
@@ -56,50 +61,25 @@ class PullPlan:
     def total(self) -> int:
         return sum(f.size or 0 for f in self.files)
 
+    def path(self, f: PlannedFile) -> Path:
+        """Where ``f`` lands: always inside the model's folder."""
+        return file_in_folder(self.folder, f.file, f"{self.repo}'s files")
+
     def remaining(self) -> int:
         """Bytes still to fetch: complete files are skipped, partial ones resume."""
         left = 0
         for f in self.files:
-            have = (self.folder / f.file).stat().st_size if (self.folder / f.file).exists() else 0
+            have = self.path(f).stat().st_size if self.path(f).exists() else 0
             left += max(0, (f.size or 0) - have)
         return left
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
-
-
-def _hub_error(exc: Exception, what: str) -> KvlError:
-    """Translate huggingface_hub/httpx errors into one sentence and exit code 6."""
-    from huggingface_hub import errors as hf
-
-    name = type(exc).__name__
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(exc, hf.OfflineModeIsEnabled) or (offline() and isinstance(exc, hf.LocalEntryNotFoundError)):
-        return NetworkError(f"cannot download {what}: offline mode (HF_HUB_OFFLINE=1)",
-                            hint="unset HF_HUB_OFFLINE, or use a model that is already pulled (`kvl models`)")
-    if isinstance(exc, hf.GatedRepoError) or status in (401, 403):
-        return NetworkError(f"{what}: access denied by the hub (HTTP {status or 401})",
-                            hint="set HF_TOKEN to a token that can read this repository")
-    if isinstance(exc, hf.RepositoryNotFoundError):
-        return NetworkError(f"{what}: repository not found on the hub",
-                            hint="check the name (hf:OWNER/REPO), or set HF_TOKEN for a private repository")
-    if isinstance(exc, hf.RevisionNotFoundError):
-        return NetworkError(f"{what}: revision not found on the hub", hint="check the revision")
-    # LocalEntryNotFoundError subclasses EntryNotFoundError: it means "no connection", so test it first
-    if isinstance(exc, hf.LocalEntryNotFoundError) or "Connect" in name or "Timeout" in name:
-        return NetworkError(f"cannot reach the hub to download {what} ({exc.__class__.__name__})",
-                            hint="check your connection, proxy or HF_ENDPOINT; `kvl pull` resumes where it stopped")
-    if isinstance(exc, hf.EntryNotFoundError) or status == 404:
-        return NetworkError(f"{what}: file not found in the repository",
-                            hint="run `kvl pull hf:OWNER/REPO` without --file to list its GGUF files")
-    if status:
-        return NetworkError(f"{what}: the hub answered HTTP {status}", hint="try again later")
-    return NetworkError(f"download of {what} failed: {exc}", hint="run `kvl pull` again: it resumes")
 
 
 def probe_endpoint() -> None:
@@ -114,12 +94,12 @@ def probe_endpoint() -> None:
             pass
     except OSError as exc:
         raise NetworkError(f"cannot reach the hub at {url.scheme}://{url.netloc} ({exc.strerror or exc})",
-                           hint="check your connection, proxy or HF_ENDPOINT; `kvl pull` resumes where it stopped") \
-            from None
+                           hint=RESUME_HINT) from None
 
 
 def repo_files(repo: str, revision: str = "main") -> dict[str, FileSpec]:
     """The repository's files with size and (LFS) sha256, from the hub's tree API."""
+    check_repo_id(repo)
     if offline():
         raise NetworkError(f"cannot list {repo}: offline mode (HF_HUB_OFFLINE=1)", hint="unset HF_HUB_OFFLINE")
     probe_endpoint()
@@ -129,11 +109,12 @@ def repo_files(repo: str, revision: str = "main") -> dict[str, FileSpec]:
     try:
         entries = list(api.list_repo_tree(repo, revision=revision, recursive=True, expand=False))
     except Exception as exc:  # huggingface_hub raises many types; all become one sentence
-        raise _hub_error(exc, repo) from None
+        raise hub_error(exc, repo, offline()) from None
     files: dict[str, FileSpec] = {}
     for e in entries:
         if getattr(e, "size", None) is None:
             continue  # a folder
+        check_listed_name(repo, str(e.path))
         lfs = getattr(e, "lfs", None)
         sha = getattr(lfs, "sha256", None) if lfs is not None else None
         if sha is None and isinstance(lfs, dict):
@@ -144,8 +125,11 @@ def repo_files(repo: str, revision: str = "main") -> dict[str, FileSpec]:
 
 def plan_catalog(entry: CatalogEntry, quant: str | None) -> PullPlan:
     q = entry.quant(quant)
+    folder = install_folder(entry.name, q.name)
     planned = [PlannedFile(role, entry.repo, entry.revision, spec.file, spec.size, spec.sha256)
                for role, spec in (("model", q.model), ("mmproj", q.mmproj))]
+    for f in planned:
+        file_in_folder(folder, f.file, f"the catalog entry {entry.name}")
     if not all(f.known for f in planned):
         listing = repo_files(entry.repo, entry.revision)
         for f in planned:
@@ -153,11 +137,14 @@ def plan_catalog(entry: CatalogEntry, quant: str | None) -> PullPlan:
                 raise NetworkError(f"{entry.repo} has no file {f.file}", hint="the catalog may be out of date")
             f.size = f.size or listing[f.file].size
             f.sha256 = f.sha256 or listing[f.file].sha256
-    return PullPlan(entry.name, q.name, entry.repo, entry.revision, install_folder(entry.name, q.name), planned,
-                    entry.license)
+    return PullPlan(entry.name, q.name, entry.repo, entry.revision, folder, planned, entry.license)
 
 
 def plan_hf(repo: str, file: str, mmproj: str, revision: str = "main") -> PullPlan:
+    check_typed_name(file, "--file")  # before any request: a bad name costs nothing
+    check_typed_name(mmproj, "--mmproj")
+    quant = Path(file).stem
+    folder = install_folder(f"hf:{repo}", quant)
     listing = repo_files(repo, revision)
     planned = []
     for role, name in (("model", file), ("mmproj", mmproj)):
@@ -166,16 +153,13 @@ def plan_hf(repo: str, file: str, mmproj: str, revision: str = "main") -> PullPl
             raise NetworkError(f"{repo} has no file {name}", hint=f"its GGUF files: {ggufs}")
         spec = listing[name]
         planned.append(PlannedFile(role, repo, revision, name, spec.size, spec.sha256))
-    quant = Path(file).stem
-    return PullPlan(f"hf:{repo}", quant, repo, revision, install_folder(f"hf:{repo}", quant), planned)
+    return PullPlan(f"hf:{repo}", quant, repo, revision, folder, planned)
 
 
 def resolve_plan(name: str | None, quant: str | None, file: str | None, mmproj: str | None,
                  revision: str | None = None) -> PullPlan:
     if name and name.startswith("hf:"):
-        repo = name[3:]
-        if repo.count("/") != 1:
-            raise UsageError(f"'{name}' is not hf:OWNER/REPO")
+        repo = check_repo_id(name[3:])
         if not file or not mmproj:
             raise UsageError("pulling from another repository needs --file and --mmproj",
                              hint=f"list its GGUF files with: kvl pull {name}")
@@ -218,7 +202,7 @@ def installed_plan(plan: PullPlan) -> Installed | None:
     except (OSError, ValueError):
         return None
     for f in plan.files:
-        path = plan.folder / f.file
+        path = plan.path(f)
         if not path.exists() or (f.size is not None and path.stat().st_size != f.size):
             return None
         if f.sha256 and data["files"][f.role].get("sha256") != f.sha256:
@@ -241,8 +225,8 @@ def download_file(plan: PullPlan, f: PlannedFile, tqdm_class: Any = None) -> Pat
     from huggingface_hub import hf_hub_download
 
     if offline():
-        raise NetworkError(f"cannot download {f.file}: offline mode (HF_HUB_OFFLINE=1)",
-                           hint="unset HF_HUB_OFFLINE, or use a model that is already pulled (`kvl models`)")
+        raise NetworkError(f"cannot download {f.file}: offline mode (HF_HUB_OFFLINE=1)", hint=OFFLINE_HINT)
+    expected = plan.path(f)
     plan.folder.mkdir(parents=True, exist_ok=True)
     probe_endpoint()
     try:
@@ -254,9 +238,12 @@ def download_file(plan: PullPlan, f: PlannedFile, tqdm_class: Any = None) -> Pat
         if getattr(exc, "errno", None) == 28:  # ENOSPC
             raise DiskError(f"the disk filled up while downloading {f.file}", hint="free some space and pull again") \
                 from None
-        raise _hub_error(exc, f.file) from None
+        raise hub_error(exc, f.file, offline()) from None
     except Exception as exc:
-        raise _hub_error(exc, f.file) from None
+        raise hub_error(exc, f.file, offline()) from None
+    if Path(path).resolve() != expected.resolve():
+        raise ModelError(f"{f.file} was saved as {path}, outside its expected place {expected}",
+                         hint="report this; the file was not installed")
     return Path(path)
 
 
@@ -279,7 +266,7 @@ def write_manifest(plan: PullPlan, digests: dict[str, str]) -> Installed:
     data = {
         "name": plan.name, "quant": plan.quant, "repo": plan.repo, "revision": plan.revision,
         "license": plan.license, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {f.role: {"file": f.file, "size": (plan.folder / f.file).stat().st_size,
+        "files": {f.role: {"file": f.file, "size": plan.path(f).stat().st_size,
                            "sha256": digests[f.role]} for f in plan.files},
     }
     tmp = plan.folder / f".{MANIFEST}.{os.getpid()}.tmp"

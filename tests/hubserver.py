@@ -65,66 +65,65 @@ class Handler(BaseHTTPRequestHandler):
             rng = self.headers.get("Range")
             st.requests.append(f"{self.command} {self.path}" + (f" Range={rng}" if rng else ""))
         path = self.path.split("?")[0]
-        m = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
-        if m:
-            repo = m.group(1)
-            if repo not in st.repos or repo in st.private:
-                return self._error(401 if repo in st.private else 404, "Repository not found")
-            items = [{"type": "file", "path": n, "size": len(d), "oid": "x" * 40,
-                      "lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}}
-                     for n, d in st.repos[repo].items()]
-            return self._send(200, json.dumps(items).encode(), {"Content-Type": "application/json"})
-        m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
-        if m:
-            repo, _rev, name = m.groups()
-            if repo in st.private:
-                return self._error(401, "Invalid credentials")
-            if repo not in st.repos:
-                return self._error(404, "Repository not found")
-            if name not in st.repos[repo]:
-                return self._error(404, "Entry not found")
-            data = st.repos[repo][name]
-            sha = hashlib.sha256(data).hexdigest()
-            # like the hub: an absolute redirect to a CDN (huggingface_hub only follows relative ones itself)
-            # (the hub answers on 127.0.0.1, its "CDN" on localhost: another host, as with the real one)
-            cdn = f"http://localhost:{self.server.server_address[1]}/cdn/{repo}/{name}"
-            return self._send(302, b"", {"Location": cdn, "X-Repo-Commit": COMMIT,
-                                         "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
-                                         "ETag": f'"{sha}"'})
-        m = re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", path)
-        if m:
-            repo, name = m.groups()
-            data = st.repos[repo][name]
-            if name in st.corrupt:
-                data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
-            start = 0
-            rng = self.headers.get("Range")
-            if rng and (rm := re.match(r"bytes=(\d+)-", rng)):
-                start = int(rm.group(1))
-            body = data[start:]
-            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
-            code = 206 if start else 200
-            if start:
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            cut = None
-            with st.lock:
-                if name in st.cut_after and self.command == "GET":
-                    cut = st.cut_after.pop(name)
-            self.send_response(code)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if cut is not None:
-                self.wfile.write(body[:cut])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(body)
-            return
+        if m := re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)", path):
+            return self._tree(m.group(1))
+        if m := re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path):
+            return self._resolve(m.group(1), m.group(3))
+        if m := re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", path):
+            return self._cdn(m.group(1), m.group(2))
         self._error(404, "not found")
+
+    def _tree(self, repo: str) -> None:
+        st = self.state
+        if repo not in st.repos or repo in st.private:
+            return self._error(401 if repo in st.private else 404, "Repository not found")
+        items = [{"type": "file", "path": n, "size": len(d), "oid": "x" * 40,
+                  "lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}}
+                 for n, d in st.repos[repo].items()]
+        self._send(200, json.dumps(items).encode(), {"Content-Type": "application/json"})
+
+    def _resolve(self, repo: str, name: str) -> None:
+        st = self.state
+        if repo in st.private:
+            return self._error(401, "Invalid credentials")
+        if repo not in st.repos:
+            return self._error(404, "Repository not found")
+        if name not in st.repos[repo]:
+            return self._error(404, "Entry not found")
+        data = st.repos[repo][name]
+        sha = hashlib.sha256(data).hexdigest()
+        # like the hub: an absolute redirect to a CDN (huggingface_hub only follows relative ones itself)
+        # (the hub answers on 127.0.0.1, its "CDN" on localhost: another host, as with the real one)
+        cdn = f"http://localhost:{self.server.server_address[1]}/cdn/{repo}/{name}"
+        self._send(302, b"", {"Location": cdn, "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha}"',
+                              "X-Linked-Size": str(len(data)), "ETag": f'"{sha}"'})
+
+    def _cdn(self, repo: str, name: str) -> None:
+        st = self.state
+        data = st.repos[repo][name]
+        if name in st.corrupt:
+            data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
+        rng = self.headers.get("Range")
+        start = int(rm.group(1)) if rng and (rm := re.match(r"bytes=(\d+)-", rng)) else 0
+        body = data[start:]
+        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        with st.lock:
+            cut = st.cut_after.pop(name) if name in st.cut_after and self.command == "GET" else None
+        self.send_response(206 if start else 200)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
 
 
 def start(state: HubState) -> tuple[ThreadingHTTPServer, str]:

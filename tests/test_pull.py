@@ -215,3 +215,105 @@ def test_first_use_pulls_with_auto_pull(kvl, hub, images, monkeypatch):
 def test_first_use_in_a_pipe_names_the_pull_command(kvl, hub, images):
     r = kvl("caption", images["jpg"])
     assert r.code == 4 and "run `kvl pull`" in r.err
+
+
+# ---- names that would leave the model's folder ------------------------------------------------------
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("kvl: error:")]
+
+
+@pytest.mark.parametrize("bad", ["../../evil.gguf", "/tmp/evil.gguf", "sub/../../evil.gguf", "C:/evil.gguf",
+                                 "..\\..\\evil.gguf", "sub//evil.gguf", "./evil.gguf", "evil\x00.gguf"])
+@pytest.mark.parametrize("flag", ["--file", "--mmproj"])
+def test_typed_file_names_cannot_leave_the_model_folder(kvl, hub, tmp_path, bad, flag):
+    args = {"--file": "toy-Q4_K_M.gguf", "--mmproj": "mmproj-toy-Q8_0.gguf", flag: bad}
+    r = kvl("pull", f"hf:{REPO}", *[x for kv in args.items() for x in kv])
+    assert r.code == 2, r.err
+    [line] = error_lines(r.err)
+    assert f"{flag} {bad!r} is not a file inside the repository" in line
+    assert "kvl pull hf:OWNER/REPO" in line  # says what to do
+    assert hub.requests == []  # refused before a single request
+    assert not list(tmp_path.rglob("evil*"))
+
+
+def test_a_listing_with_an_escaping_name_is_refused(kvl, hub, tmp_path):
+    evil = "kvl-test/evil-GGUF"
+    hub.add(evil, "../../../../evil.gguf", b"GGUF owned")
+    hub.add(evil, "toy-Q4_K_M.gguf", hub.repos[REPO]["toy-Q4_K_M.gguf"])
+    hub.add(evil, "mmproj-toy-Q8_0.gguf", hub.repos[REPO]["mmproj-toy-Q8_0.gguf"])
+    for args in ([], ["--file", "toy-Q4_K_M.gguf", "--mmproj", "mmproj-toy-Q8_0.gguf"]):
+        r = kvl("pull", f"hf:{evil}", *args)
+        assert r.code == 4, r.err
+        [line] = error_lines(r.err)
+        assert "lists a file named '../../../../evil.gguf': it climbs out with '..'" in line
+        assert "refusing the repository" in line and "another repository" in line
+        assert r.out == ""
+    assert not any("/resolve/" in q or "/cdn/" in q for q in hub.requests)
+    assert not list(tmp_path.rglob("evil*"))
+
+
+def test_a_catalog_entry_with_an_escaping_name_is_refused(kvl, hub, tmp_path, monkeypatch):
+    catalog = tmp_path / "evil-catalog"
+    catalog.mkdir()
+    (catalog / "evil.toml").write_text(f'''
+name = "evil"
+repo = "{REPO}"
+default = true
+default_quant = "Q4_K_M"
+[quants.Q4_K_M]
+model = {{ file = "../../../../../evil.gguf", size = 10, sha256 = "{"0" * 64}" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf" }}
+''')
+    monkeypatch.setenv("KVL_CATALOG", str(catalog))
+    r = kvl("pull")
+    assert r.code == 4, r.err
+    [line] = error_lines(r.err)
+    assert "refusing the file name '../../../../../evil.gguf' from the catalog entry evil" in line
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("name", ["hf:../..", "hf:a/b/c", "hf:owner/..", "hf:owner/repo\n", "hf:/etc"])
+def test_malformed_repository_names_are_usage_errors(kvl, hub, name):
+    r = kvl("pull", name, "--file", "toy-Q4_K_M.gguf", "--mmproj", "mmproj-toy-Q8_0.gguf")
+    assert r.code == 2, r.err
+    assert "is not hf:OWNER/REPO" in error_lines(r.err)[0]
+    assert kvl("pull", name).code == 2  # listing too
+    assert hub.requests == []
+
+
+def test_files_in_repository_subfolders_land_in_the_model_folder(kvl, hub, isolated):
+    hub.add(REPO, "Q4/toy-Q4_K_M.gguf", hub.repos[REPO]["toy-Q4_K_M.gguf"])
+    r = kvl("pull", f"hf:{REPO}", "--file", "Q4/toy-Q4_K_M.gguf", "--mmproj", "mmproj-toy-Q8_0.gguf", "--json")
+    assert r.code == 0, r.err
+    info = json.loads(r.out)
+    folder = isolated / "kvl" / "models" / "hf--kvl-test--toy-GGUF" / "toy-Q4_K_M"
+    assert info["model"] == str(folder / "Q4" / "toy-Q4_K_M.gguf") and Path(info["model"]).is_file()
+
+
+# ---- boolean environment flags --------------------------------------------------------------------
+
+
+def test_hf_hub_offline_takes_yes_and_no_words(kvl, hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "maybe")
+    r = kvl("pull")
+    assert r.code == 2 and "HF_HUB_OFFLINE='maybe' is not a yes/no value" in error_lines(r.err)[0]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "TRUE")
+    r = kvl("pull")
+    assert r.code == 6 and "offline mode" in r.err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "Off")
+    r = kvl("pull")
+    assert r.code == 0, r.err
+
+
+def test_kvl_auto_pull_takes_yes_and_no_words(kvl, hub, images, monkeypatch):
+    monkeypatch.setenv("KVL_AUTO_PULL", "sometimes")
+    r = kvl("caption", images["jpg"])
+    assert r.code == 2 and "KVL_AUTO_PULL='sometimes' is not a yes/no value" in r.err
+    monkeypatch.setenv("KVL_AUTO_PULL", "no")
+    r = kvl("caption", images["jpg"])
+    assert r.code == 4 and "run `kvl pull`" in r.err
+    monkeypatch.setenv("KVL_AUTO_PULL", "Yes")
+    r = kvl("caption", images["jpg"])
+    assert r.code == 0 and r.out == SCRIPTED_ANSWER + "\n", r.err

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from .. import hub
 from ..catalog import Installed, NoModelError, resolve
-from ..errors import KvlError
+from ..environment import env_flag
 from ..render import Renderer
 
 
@@ -63,7 +62,7 @@ def _pull_locked(plan: hub.PullPlan, force: bool, err: Console) -> Installed:
             return inst
     else:
         for f in plan.files:
-            (plan.folder / f.file).unlink(missing_ok=True)
+            plan.path(f).unlink(missing_ok=True)
         (plan.folder / hub.MANIFEST).unlink(missing_ok=True)
     err.print(f"[bold]{plan.name}[/] {plan.quant} from {plan.repo}@{plan.revision[:12]}")
     for f in plan.files:
@@ -140,7 +139,7 @@ def ensure_model(model: str | None, mmproj: str | None, renderer: Renderer, yes:
     try:
         return resolve(model, mmproj)
     except NoModelError as exc:
-        auto = yes or os.environ.get("KVL_AUTO_PULL", "").lower() in ("1", "true", "yes", "on")
+        auto = yes or env_flag("KVL_AUTO_PULL")
         interactive = sys.stdin.isatty() and sys.stderr.isatty()
         if not auto and not interactive:
             raise
@@ -149,8 +148,5 @@ def ensure_model(model: str | None, mmproj: str | None, renderer: Renderer, yes:
                 f"kvl: no model installed. Download {exc.entry.name} ({exc.size / 1e9:.1f} GB) now?",
                 default=True, err=True):
             raise
-        try:
-            run_pull(None, None, None, None, None, False, Console(stderr=True, highlight=False))
-        except KvlError:
-            raise
+        run_pull(None, None, None, None, None, False, Console(stderr=True, highlight=False))
         return resolve(model, mmproj)
