@@ -79,15 +79,11 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
 
     renderer = Renderer(OutputOptions(json=as_json))
     model_path, mmproj_path, name = ensure_model(model, mmproj, renderer, yes=yes)
-    p_max = max(parallels)
-    n_ctx = max(512, prompt_tokens + gen_tokens + 64, max(budgets) + 64)  # per sequence
-    if n_ctx * p_max > 262144:
-        raise UsageError(f"--parallel {p_max} × ({prompt_tokens}+{gen_tokens}) tokens is too large",
-                         hint="use fewer sequences or tokens")
-    opts = ModelOptions(model=str(model_path), mmproj=str(mmproj_path), ctx=n_ctx, threads=threads,
+    opts = ModelOptions(model=str(model_path), mmproj=str(mmproj_path), threads=threads,
+                        ctx=context_per_sequence(budgets, prompt_tokens, gen_tokens, max(parallels)),
                         gpu_layers=gpu_layers, repack=repack if repack is not None else env_flag("KVL_REPACK"),
                         image_min_tokens=None, image_max_tokens=max(budgets), yes=yes, cache=False)
-    config = opts.engine_config("ask", model_path, mmproj_path, parallel=p_max)
+    config = opts.engine_config("ask", model_path, mmproj_path, parallel=max(parallels))
     renderer.status("loading model")
     engine = Engine(config)
     out: dict[str, Any] = {
@@ -108,19 +104,17 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
                  f"model files {out['files_bytes'] / 1e9:.2f} GB"))
     if as_json:
         click.echo(json.dumps(out))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"kvl bench · {name} · {engine.threads} threads" + (" · GPU" if engine.gpu else ""),
-                  title_justify="left")
-    table.add_column("test")
-    table.add_column("result", justify="right")
-    table.add_column("", style="dim")
-    for r in rows:
-        table.add_row(*r)
-    Console(highlight=False).print(table)
+    else:
+        print_table(rows, f"kvl bench · {name} · {engine.threads} threads" + (" · GPU" if engine.gpu else ""))
     return 0
+
+
+def context_per_sequence(budgets: list[int], prompt_tokens: int, gen_tokens: int, p_max: int) -> int:
+    n_ctx = max(512, prompt_tokens + gen_tokens + 64, max(budgets) + 64)
+    if n_ctx * p_max > 262144:
+        raise UsageError(f"--parallel {p_max} × ({prompt_tokens}+{gen_tokens}) tokens is too large",
+                         hint="use fewer sequences or tokens")
+    return n_ctx
 
 
 Row = tuple[str, str, str]
@@ -154,3 +148,16 @@ def measure_decode(engine: Any, parallels: list[int], prompt_tokens: int, gen_to
         rows.append((f"generate tg{gen_tokens}" + (f" × {p} sequences" if p > 1 else ""),
                      f"{tg:.2f} tok/s", "all sequences together" if p > 1 else "one sequence"))
     return rows
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("test")
+    table.add_column("result", justify="right")
+    table.add_column("", style="dim")
+    for r in rows:
+        table.add_row(*r)
+    Console(highlight=False).print(table)

@@ -8,6 +8,7 @@ projector and tokenized prompts) live in ``media_handles``.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,10 +20,13 @@ _O = TypeVar("_O", bound="Owned")
 _DAMAGED_HINT = "the file may be damaged or from a newer llama.cpp: pull it again or upgrade llama-cpp-python"
 
 
+NativePtr = object  # a ctypes pointer (or, for a batch, struct) that only its handle passes to llama.cpp
+
+
 class Owned:
     """A native pointer and the function that frees it."""
 
-    def __init__(self, ptr: Any, free: Any) -> None:
+    def __init__(self, ptr: NativePtr, free: Callable[[NativePtr], object]) -> None:
         self.ptr = ptr
         self._free = free
 

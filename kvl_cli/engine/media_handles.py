@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import EngineError, ModelError
 from . import native
-from .handles import Context, Model, Owned
+from .handles import Context, Model, NativePtr, Owned
 from .types import EngineConfig, ImageInput
 
 
@@ -25,7 +25,7 @@ def default_marker() -> str:
 class Chunk:
     """A view of one chunk of a tokenized prompt (valid while its ``Chunks`` is open)."""
 
-    ptr: Any
+    ptr: NativePtr
     is_image: bool
     n_tokens: int
     n_pos: int
@@ -51,7 +51,7 @@ class Chunk:
 class Chunks(Owned):
     """A prompt tokenized by libmtmd: text chunks and one image chunk per image."""
 
-    def __init__(self, ptr: Any) -> None:
+    def __init__(self, ptr: NativePtr) -> None:
         mt = native.mtmd()
         super().__init__(ptr, mt.mtmd_input_chunks_free)
         image_type = mt.MTMD_INPUT_CHUNK_TYPE_IMAGE

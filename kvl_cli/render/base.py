@@ -1,0 +1,132 @@
+"""The renderer every output mode shares: progress on stderr, one-line errors, stats."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+
+from ..engine.types import Event, FinishReason, Phase, PhaseEvent, Result
+from ..environment import Environment
+from ..errors import KvlError
+
+PHASE_LABELS = {Phase.LOAD: "loading model", Phase.ENCODE: "encoding image", Phase.PREFILL: "reading prompt",
+                Phase.GENERATE: "thinking"}
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
+
+
+@dataclass
+class OutputOptions:
+    json: bool = False
+    show_thinking: bool | None = None  # None: on a terminal yes, in a pipe no
+    verbose: bool = False
+    color: bool | None = None
+
+
+@dataclass
+class _Progress:
+    """What the spinner says; its elapsed time is computed each time it is drawn."""
+
+    label: str = ""
+    started: float = field(default_factory=time.monotonic)
+    detail: str = ""
+
+    def set(self, label: str, detail: str = "") -> None:
+        if label != self.label:
+            self.started = time.monotonic()
+        self.label, self.detail = label, detail
+
+    def __rich__(self) -> RenderableType:
+        detail = f" {self.detail}" if self.detail else ""
+        text = f"{self.label}{detail} · {fmt_seconds(time.monotonic() - self.started)}"
+        return Spinner("dots", Text(text, style="cyan"))
+
+
+def phase_text(ev: PhaseEvent) -> tuple[str, str]:
+    label = PHASE_LABELS.get(ev.phase, ev.phase)
+    detail = f"{ev.index}/{ev.total}" if ev.phase is Phase.ENCODE and ev.total > 1 else ""
+    return label, detail
+
+
+class Renderer:
+    """Base: progress on stderr (when it is a terminal) and one-line errors."""
+
+    def __init__(self, opts: OutputOptions, env: Environment | None = None) -> None:
+        self.opts = opts
+        self.env = env or Environment()
+        self.out = self.env.stdout
+        self.err_stream = self.env.stderr
+        self.err = Console(file=self.err_stream, stderr=True, highlight=False, force_terminal=opts.color)
+        self.progress = _Progress()
+        self._status: Live | None = None
+        self.total = 1
+        self.failed = 0
+
+    # progress ---------------------------------------------------------------------------
+    def status(self, label: str, detail: str = "") -> None:
+        self.progress.set(label, detail)
+        if self.opts.verbose and not self.err.is_terminal:
+            self.err.print(f"kvl: {label} {detail}".rstrip())
+        if self.err.is_terminal and self._status is None:
+            self._status = Live(self.progress, console=self.err, transient=True, refresh_per_second=8)
+            self._status.start()
+
+    def stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def warn(self, message: str) -> None:
+        self.stop_status()
+        self.err.print(Text(f"kvl: warning: {message}", style="yellow"))
+
+    def error(self, label: str, error: KvlError) -> None:
+        self.failed += 1
+        self.stop_status()
+        self.err.print(Text(f"kvl: error: {error}", style="bold red"), soft_wrap=True)
+
+    # per input ----------------------------------------------------------------------------
+    def begin(self, label: str, index: int, total: int) -> None:
+        self.total = total
+
+    def event(self, ev: Event) -> None:
+        if isinstance(ev, PhaseEvent):
+            self.status(*phase_text(ev))
+
+    def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
+        self.stop_status()
+        if result.finish_reason is FinishReason.LENGTH and not result.answer:
+            self.warn(f"{label}: the model was still thinking when it reached --max-tokens "
+                      "(raise --max-tokens or set --think-budget)")
+        if self.opts.verbose:
+            self.err.print(Text(stats_line(result, meta), style="dim"))
+
+    def close(self) -> None:
+        self.stop_status()
+
+
+def stats_line(result: Result, meta: dict[str, Any]) -> str:
+    t, tm = result.tokens, result.timings
+    gen_rate = t.generated / tm.generate_s if tm.generate_s else 0.0
+    return (f"{t.image} image tokens ({', '.join(map(str, result.image_tokens)) or '-'}) · prompt {t.prompt} · "
+            f"thinking {t.thinking} · answer {t.answer} · encode {tm.encode_s:.1f} s · "
+            f"prefill {tm.prefill_s:.1f} s · generate {tm.generate_s:.1f} s ({gen_rate:.2f} tok/s) · "
+            f"{result.finish_reason.value}{_cache_note(result)}")
+
+
+def _cache_note(result: Result) -> str:
+    c = result.cached
+    parts = []
+    if c.prefix_tokens:
+        parts.append(f"{c.prefix_tokens} prompt tokens reused")
+    if c.images:
+        parts.append(f"{c.images} image{'s' if c.images > 1 else ''} from cache")
+    return f" · cache: {', '.join(parts)}" if parts else ""

@@ -1,0 +1,87 @@
+"""Output for scripts: the answer alone, streamed (a pipe or file), or one JSON object per input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.text import Text
+
+from ..engine.reasoning import Section
+from ..engine.types import Event, Result, TextEvent
+from ..environment import Environment
+from ..errors import KvlError
+from .base import OutputOptions, Renderer
+
+
+class PlainRenderer(Renderer):
+    """Pipe or file: the answer alone on stdout, streamed."""
+
+    def __init__(self, opts: OutputOptions, env: Environment | None = None) -> None:
+        super().__init__(opts, env)
+        self._thinking_open = False
+        self._wrote_answer = False
+
+    def begin(self, label: str, index: int, total: int) -> None:
+        super().begin(label, index, total)
+        self._wrote_answer = False
+        if total > 1:
+            self.out.write(("\n" if index > 1 else "") + f"==> {label} <==\n")
+            self.out.flush()
+
+    def event(self, ev: Event) -> None:
+        if isinstance(ev, TextEvent):
+            if ev.section is Section.THINKING:
+                if self.opts.show_thinking:
+                    self.stop_status()
+                    if not self._thinking_open:
+                        self.err.print(Text("thinking:", style="dim italic"))
+                        self._thinking_open = True
+                    self.err_stream.write(ev.text)
+                    self.err_stream.flush()
+                return
+            self.stop_status()
+            if self._thinking_open:
+                self.err_stream.write("\n")
+                self._thinking_open = False
+            self.out.write(ev.text)
+            self.out.flush()
+            self._wrote_answer = True
+            return
+        super().event(ev)
+
+    def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
+        if self._thinking_open:
+            self.err_stream.write("\n")
+            self._thinking_open = False
+        if self._wrote_answer:
+            self.out.write("\n")
+            self.out.flush()
+        super().end(label, result, meta)
+
+
+class JsonRenderer(Renderer):
+    """``--json``: one object per input, written when that input finishes."""
+
+    def event(self, ev: Event) -> None:
+        if not isinstance(ev, TextEvent):
+            super().event(ev)
+
+    def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
+        super().end(label, result, meta)
+        record = {
+            "input": label, **{k: v for k, v in meta.items() if not k.startswith("_")},
+            "answer": result.answer, "thinking": result.thinking,
+            "finish_reason": result.finish_reason.value, "tokens": result.tokens.to_dict(),
+            "image_tokens": result.image_tokens, "timings": result.timings.to_dict(),
+            "think_budget_hit": result.think_budget_hit, "cached": result.cached.to_dict(), "error": None,
+        }
+        self.write(record)
+
+    def error(self, label: str, error: KvlError) -> None:
+        super().error(label, error)
+        self.write({"input": label, "error": str(error), "exit_code": int(error.exit_code)})
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.out.flush()
