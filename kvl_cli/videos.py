@@ -36,7 +36,7 @@ class VideoArgs:
     end: float | None = None
     frames_per_scene: int = 3
     threshold: float | None = None  # None: the detector's own default
-    detector: str = "content"
+    detector: str = "adaptive"
     per_frame: int = 256  # image tokens per frame before fitting the context
 
 
@@ -132,7 +132,8 @@ def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args
     the number of scenes; raises the first scene's failure after the others are written."""
     renderer.status("finding scenes")
     t0 = time.perf_counter()
-    scenes = detect_scenes(path, threshold=args.threshold or 27.0, start=args.start, end=args.end, info=info)
+    scenes = detect_scenes(path, detector=args.detector, threshold=args.threshold, start=args.start, end=args.end,
+                           info=info)
     sink = SceneSink(label, scenes, writer, renderer, time.perf_counter() - t0)
     emitter = OrderedEmitter(sink)
     per_frame = frame_budget(args.frames_per_scene, args.per_frame, ctx, settings.max_tokens)
@@ -141,8 +142,11 @@ def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args
         # frames are decoded here, on the calling thread, while the workers encode and generate
         for pos, scene in enumerate(scenes):
             t1 = time.perf_counter()
-            frames = list(FrameSampler(path, max_frames=args.frames_per_scene, start=scene.start,
-                                       end=max(scene.end, scene.start + 1e-3), info=info))
+            sampler = FrameSampler(path, max_frames=args.frames_per_scene, start=scene.start,
+                                   end=max(scene.end, scene.start + 1e-3), info=info)
+            frames = list(sampler)
+            if sampler.warning:
+                renderer.warn(sampler.warning)
             if not frames:
                 emitter.settle(pos, None)
                 continue
