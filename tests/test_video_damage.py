@@ -3,6 +3,7 @@ missing is counted and said; FFmpeg's own lines never reach stderr."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -127,3 +128,12 @@ def test_the_damaged_file_really_is_noisy(damaged):
 def test_scenes_of_a_video_with_no_decodable_frame(damaged):
     scenes = detect_scenes(damaged["timescale0"])
     assert len(scenes) == 1  # nothing to cut; sampling its frames is what fails, with the sentence above
+
+
+def test_partly_decodable_video_answers_with_a_warning(scripted, damaged):
+    r = kvl_process(scripted, "video", damaged["zeroed"], "--json")
+    assert r.returncode == 0, r.stderr
+    assert not any(noise in r.stderr for noise in FFMPEG_NOISE), r.stderr
+    got = len(json.loads(r.stdout)["frames"])
+    assert 0 < got < 16
+    assert f"only {got} of 16 frames could be decoded" in " ".join(r.stderr.split())  # the renderer may wrap
