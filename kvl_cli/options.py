@@ -94,6 +94,8 @@ output_options = _stack(
     click.option("--verbose", "-v", count=True,
                  help="-v: phases, timings and token counts on stderr; -vv: llama.cpp's own logs too."),
     click.option("--debug", is_flag=True, help="Show the traceback of an error [env KVL_DEBUG=1]."),
+    click.option("--dry-run", is_flag=True, help="Print the exact prompt each input gives the model (special "
+                 "tokens as text, images as placeholders) and the settings; generate nothing."),
 )
 
 
@@ -178,6 +180,7 @@ class OutputFlags:
     as_json: bool
     verbose: int
     debug: bool
+    dry_run: bool
 
     def render_options(self, gen: GenerationOptions) -> OutputOptions:
         return OutputOptions(json=self.as_json, show_thinking=gen.show_thinking, verbose=self.verbose >= 1)

@@ -61,5 +61,6 @@ def ocr_prompt(fmt: str) -> str:
 
 
 def user_text(marker: str, n_images: int, instruction: str) -> str:
-    """Images first, then the instruction: the layout Kimi-VL was trained on."""
-    return marker * n_images + "\n" + instruction
+    """Images first, then the instruction right after the last one (no newline): the layout
+    Kimi-VL was trained on."""
+    return marker * n_images + instruction

@@ -50,11 +50,10 @@ def frame_budget(n_frames: int, per_frame: int, ctx: int, max_tokens: int) -> in
 
 def frames_request(marker: str, frames: list[Frame], label: str, instruction: str, per_frame: int,
                    settings: GenerationSettings) -> Request:
-    images, parts = [], []
-    for f in frames:
-        images.append(image_from_array(f.rgb, label=f"{label}@{f.time:.2f}", max_tokens=per_frame))
-        parts.append(f"{stamp(f.time)} {marker}")
-    return Request(user_text="\n".join(parts) + "\n" + instruction, images=images, settings=settings)
+    """Frame after frame, each its timestamp then its image, and the instruction right after the last."""
+    images = [image_from_array(f.rgb, label=f"{label}@{f.time:.2f}", max_tokens=per_frame) for f in frames]
+    text = "".join(f"{stamp(f.time)}{marker}" for f in frames) + instruction
+    return Request(user_text=text, images=images, settings=settings)
 
 
 def run_request(engine: Engine, request: Request, renderer: Renderer) -> Result:

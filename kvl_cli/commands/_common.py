@@ -32,7 +32,8 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
     """Run jobs for an image command and return its exit code."""
     m = common.model
     settings = common.gen.settings(task)
-    renderer = renderer_for(common, env or current_env())
+    env = env or current_env()
+    renderer = renderer_for(common, env)
     if not jobs and not problems:
         raise InputError("no input given", hint=f"try: kvl {task} photo.jpg")
     if not jobs:  # resolve the model only when something can run: a missing file should not ask for a model
@@ -52,6 +53,11 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
         # answer, room for the prompt's text), not --ctx times N
         need = (config.image_max_tokens or 1024) * max(len(j.refs) for j in jobs) + settings.max_tokens + 512
         config.n_ctx = min(config.n_ctx, -(-need // 256) * 256)
+    if common.out.dry_run:
+        from ..preview import preview_jobs
+
+        return int(exit_code(preview_jobs(jobs, problems, config, settings, meta, renderer, env,
+                                          as_json=common.out.as_json)))
     try:
         outcomes = run_jobs(lambda first: load_engine(config, renderer, cache=m.cache, encode_ahead=first), jobs,
                             problems, settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,

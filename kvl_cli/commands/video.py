@@ -10,11 +10,11 @@ from ..environment import Environment
 from ..errors import ExitCode, InputError, Interrupted, KvlError
 from ..media.images import InputRef, expand_inputs
 from ..media.scenes import DEFAULT_DETECTOR, DETECTORS, check_detector
-from ..media.video import FrameSampler, VideoInfo, parse_time, probe
+from ..media.video import FrameSampler, Scene, VideoInfo, detect_scenes, parse_time, probe
 from ..options import CommonOptions, common_options, generation_options, model_options, output_options
 from ..render import OutputOptions, Renderer, make_renderer
 from ..runner import load_engine
-from ..tasks import VIDEO_PROMPT
+from ..tasks import SCENE_PROMPT, VIDEO_PROMPT
 from ..videos import PROMPT_RESERVE, SceneWriter, VideoArgs, caption_scenes, frame_budget, frames_request, run_request
 from ._common import pass_env
 from .pull import ensure_model
@@ -73,6 +73,9 @@ class VideoRun:
             # each scene's sequence gets the cells one scene can use, not --ctx each
             need = self.args.frames_per_scene * (self.args.per_frame + 16) + self.settings.max_tokens + PROMPT_RESERVE
             self.config.n_ctx = min(self.config.n_ctx, -(-need // 256) * 256)
+        if self.common.out.dry_run:
+            self._preview(checked)
+            return int(ExitCode.PARTIAL if failures else 0)
         engine = load_engine(self.config, self.renderer, cache=m.cache)
         writer = SceneWriter(self.fmt, self.env.stdout, multiple=len(checked) > 1) if self.scenes else None
         done = 0
@@ -92,6 +95,39 @@ class VideoRun:
         if failures and done:
             return int(ExitCode.PARTIAL)
         return int(ExitCode.INPUT) if failures else 0
+
+    def _preview(self, checked: list[tuple[InputRef, VideoInfo]]) -> None:
+        """``--dry-run``: each video's prompt (each scene's, with --scenes), nothing generated."""
+        from ..engine.dryrun import PromptPreview
+        from ..engine.media_handles import default_marker
+        from ..preview import PreviewWriter
+
+        items = [(ref, info, scene) for ref, info in checked
+                 for scene in (self._scenes(ref, info) if self.scenes else [None])]
+        writer = PreviewWriter(self.env, self.config, self.settings, as_json=self.common.out.as_json,
+                               total=len(items))
+        with PromptPreview(self.config) as pp:
+            for ref, info, scene in items:
+                assert ref.path is not None
+                a = self.args
+                if scene is None:
+                    sampler = FrameSampler(ref.path, fps=a.fps, max_frames=a.max_frames, start=a.start, end=a.end,
+                                           info=info)
+                else:
+                    sampler = FrameSampler(ref.path, max_frames=a.frames_per_scene, start=scene.start,
+                                           end=max(scene.end, scene.start + 1e-3), info=info)
+                frames = list(sampler)
+                n_ctx, per = self.config.n_ctx, a.frames_per_scene if scene is not None else len(frames)
+                request = frames_request(default_marker(), frames, ref.label,
+                                         SCENE_PROMPT if scene is not None else self.instruction,
+                                         frame_budget(per, a.per_frame, n_ctx, self.settings.max_tokens), self.settings)
+                label = ref.label if scene is None else f"{ref.label} scene {scene.index}"
+                writer.write(label, pp.view(request), {**self.task_meta, "frames": [round(f.time, 3) for f in frames]})
+
+    def _scenes(self, ref: InputRef, info: VideoInfo) -> list[Scene]:
+        assert ref.path is not None
+        a = self.args
+        return detect_scenes(ref.path, detector=a.detector, threshold=a.threshold, start=a.start, end=a.end, info=info)
 
     def _one(self, engine: Any, ref: InputRef, info: VideoInfo, index: int, total: int,
              writer: SceneWriter | None) -> None:

@@ -98,7 +98,8 @@ class ImageEncoder:
             return 0
         done = 0
         for i in images:
-            chunk = prep.chunks[i]
+            chunk = prep.segments[i].image
+            assert chunk is not None
             key = self.keys.image(chunk)
             if key in self.early or (self.cache is not None and self.cache.has("embeddings", key)):
                 continue

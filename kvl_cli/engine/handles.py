@@ -87,14 +87,14 @@ class Model(Owned):
             n = llama.llama_tokenize(self.vocab, data, len(data), buf, -n, False, special)
         return list(buf[:n])
 
-    def piece(self, token: int) -> bytes:
-        """The bytes of one token (special tokens as empty: they are never shown)."""
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token (special tokens as empty unless ``special``: answers never show them)."""
         llama = native.llama()
         buf = ctypes.create_string_buffer(64)
-        n = llama.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        n = llama.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            n = llama.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
     def special_token(self, text: str) -> int | None:
@@ -172,6 +172,21 @@ class Context(Owned):
     def seq_cp(self, src: int, dst: int) -> None:
         """Copy a whole sequence (a stream: partial cross-stream copies abort in llama.cpp)."""
         native.llama().llama_memory_seq_cp(self._memory(), src, dst, -1, -1)
+
+    def eval_tokens(self, tokens: list[int], n_past: int, seq_id: int, n_batch: int, *, logits_last: bool) -> int:
+        """Evaluate prompt tokens into ``seq_id`` from ``n_past``, ``n_batch`` at a time (logits only
+        for the last token, when asked); returns the new n_past."""
+        with Batch(max(1, min(n_batch, len(tokens)))) as batch:
+            for start in range(0, len(tokens), n_batch):
+                batch.clear()
+                part = tokens[start:start + n_batch]
+                for j, tok in enumerate(part):
+                    last = logits_last and start + j == len(tokens) - 1
+                    batch.add(tok, n_past + start + j, seq_id, logits=last)
+                rc = self.decode(batch)
+                if rc != 0:
+                    raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}): {native.last_error()}")
+        return n_past + len(tokens)
 
     def seq_state(self, seq_id: int) -> bytes:
         llama = native.llama()

@@ -41,12 +41,6 @@ class Chunk:
         toks = native.mtmd().mtmd_input_chunk_get_tokens_text(self.ptr, ctypes.byref(n))
         return list(toks[: n.value])
 
-    def text_bytes(self) -> bytes:
-        """The text tokens as raw int32 bytes (cheap to hash)."""
-        n = ctypes.c_size_t(0)
-        toks = native.mtmd().mtmd_input_chunk_get_tokens_text(self.ptr, ctypes.byref(n))
-        return bytes(ctypes.string_at(toks, n.value * ctypes.sizeof(ctypes.c_int32)))
-
 
 class Chunks(Owned):
     """A prompt tokenized by libmtmd: text chunks and one image chunk per image."""
@@ -150,16 +144,6 @@ class Projector(Owned):
         new_n_past = native.llama().llama_pos(n_past)
         rc = mt.mtmd_helper_decode_image_chunk(self.ptr, ctx.ptr, chunk.ptr, arr, n_past, seq_id, n_batch,
                                                ctypes.byref(new_n_past), mt.mtmd_helper_post_decode_callback(), None)
-        if rc != 0:
-            raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}): {native.last_error()}")
-        return int(new_n_past.value)
-
-    def eval_text(self, ctx: Context, chunk: Chunk, n_past: int, seq_id: int, n_batch: int, logits_last: bool) -> int:
-        """Evaluate a text chunk into ``seq_id``; returns the new n_past."""
-        mt = native.mtmd()
-        new_n_past = native.llama().llama_pos(n_past)  # the helper adds to it rather than setting it
-        rc = mt.mtmd_helper_eval_chunk_single(self.ptr, ctx.ptr, chunk.ptr, n_past, seq_id, n_batch, logits_last,
-                                              ctypes.byref(new_n_past))
         if rc != 0:
             raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}): {native.last_error()}")
         return int(new_n_past.value)

@@ -48,14 +48,13 @@ class Prefill:
             save_key = self.keys.prefix(prep, boundary)
             yield PhaseEvent(Phase.PREFILL, 0, len(images))
             start, n_past = self._restore(prep, seq_id, save_key, start, boundary, timings, cached)
-        seen = sum(1 for i in images if i < start)
         for i in range(start, prep.n_chunks):
-            if prep.chunks[i].is_image:
-                seen += 1
-                n_past = yield from self._image(prep, i, seen, n_past, seq_id, timings, cached)
+            seg = prep.segments[i]
+            if seg.image is not None:
+                n_past = yield from self._image(prep, i, n_past, seq_id, timings, cached)
             else:
                 if i == 0 or i == prep.n_chunks - 1:
-                    yield PhaseEvent(Phase.PREFILL, seen, len(images))
+                    yield PhaseEvent(Phase.PREFILL, sum(1 for k in images if k < i), len(images))
                 n_past = self._text(prep, i, n_past, seq_id, timings)
             if i == boundary and save_key is not None and self.saved is not None:
                 t0 = time.perf_counter()
@@ -79,9 +78,10 @@ class Prefill:
         n_past = cached.prefix_tokens = prep.ends[start - 1] if start else 0
         return start, n_past
 
-    def _image(self, prep: PreparedPrompt, i: int, seen: int, n_past: int, seq_id: int, timings: Timings,
+    def _image(self, prep: PreparedPrompt, i: int, n_past: int, seq_id: int, timings: Timings,
                cached: CacheStats) -> Generator[Event, None, int]:
-        chunk = prep.chunks[i]
+        chunk, seen = prep.segments[i].image, prep.segments[i].image_index
+        assert chunk is not None
         n_images = len(prep.image_chunks)
         embd = self.encoder.lookup(chunk)
         if embd is None or not embd.from_cache:
@@ -102,6 +102,6 @@ class Prefill:
         t0 = time.perf_counter()
         self.before_decode()
         last = i == prep.n_chunks - 1
-        n_past = self.projector.eval_text(self.ctx, prep.chunks[i], n_past, seq_id, self.n_batch, last)
+        n_past = self.ctx.eval_tokens(prep.segments[i].tokens, n_past, seq_id, self.n_batch, logits_last=last)
         timings.prefill_s += time.perf_counter() - t0
         return n_past

@@ -4,7 +4,8 @@ tokenization with the images, and the chunk keys that caches and KV reuse match 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 from ..cache import file_identity, make_key
 from .handles import Model, apply_chat_template
@@ -33,18 +34,53 @@ def format_prompt(request: Request, template: bytes | None) -> str:
     return text
 
 
-def chunk_keys(chunks: Chunks) -> tuple[list[str], list[int]]:
-    """For each chunk: a hash of every token and image up to it, and the position after it."""
+# Kimi-VL was trained (its HF processor and chat template; vLLM's placeholder is the same) with each
+# image as <|media_start|>image<|media_content|> + embeddings + <|media_end|>. libmtmd writes only
+# <|media_start|> and <|media_end|> around the embeddings: kvl adds the rest itself.
+IMAGE_OPEN = "image<|media_content|>"
+
+
+@dataclass
+class Segment:
+    """A run of the prompt evaluated in one go: text tokens, or one image's embeddings."""
+
+    tokens: list[int] = field(default_factory=list)  # text (empty for an image)
+    image: Chunk | None = None
+    image_index: int = 0  # 1-based, for an image
+
+    @property
+    def n_pos(self) -> int:
+        return self.image.n_pos if self.image is not None else len(self.tokens)
+
+
+def layout(chunks: Chunks, image_open: list[int]) -> list[Segment]:
+    """libmtmd's chunks in Kimi-VL's trained layout: ``image_open`` after each <|media_start|>."""
+    segments: list[Segment] = []
+    n_images = 0
+    for chunk in chunks:
+        if not chunk.is_image:
+            segments.append(Segment(tokens=chunk.text_tokens()))
+            continue
+        if not segments or segments[-1].image is not None:
+            segments.append(Segment())
+        segments[-1].tokens += image_open
+        n_images += 1
+        segments.append(Segment(image=chunk, image_index=n_images))
+    return segments
+
+
+def segment_keys(segments: list[Segment]) -> tuple[list[str], list[int]]:
+    """For each segment: a hash of every token and image up to it, and the position after it."""
     h = hashlib.sha256()
     keys: list[str] = []
     ends: list[int] = []
     pos = 0
-    for chunk in chunks:
-        if chunk.is_image:
-            h.update(b"I" + (chunk.id or "").encode() + str(chunk.n_tokens).encode())
+    for seg in segments:
+        if seg.image is not None:
+            h.update(b"I" + (seg.image.id or "").encode() + str(seg.image.n_tokens).encode())
         else:
-            h.update(b"T" + chunk.text_bytes())
-        pos += chunk.n_pos
+            h.update(b"T" + struct.pack(f"<{len(seg.tokens)}i", *seg.tokens))
+        pos += seg.n_pos
         keys.append(h.hexdigest())
         ends.append(pos)
     return keys, ends
@@ -52,12 +88,13 @@ def chunk_keys(chunks: Chunks) -> tuple[list[str], list[int]]:
 
 @dataclass
 class PreparedPrompt:
-    """A request's prompt, tokenized: what prefill evaluates and the caches match on."""
+    """A request's prompt, tokenized and laid out: what prefill evaluates and the caches match on."""
 
     request: Request
-    chunks: Chunks
-    keys: list[str]  # per chunk: hash of everything up to it (see chunk_keys)
-    ends: list[int]  # per chunk: the position after it
+    chunks: Chunks  # owns the image chunks the segments point at
+    segments: list[Segment]
+    keys: list[str]  # per segment: hash of everything up to it (see segment_keys)
+    ends: list[int]  # per segment: the position after it
 
     @property
     def n_prompt(self) -> int:
@@ -65,15 +102,15 @@ class PreparedPrompt:
 
     @property
     def n_chunks(self) -> int:
-        return len(self.chunks)
+        return len(self.segments)
 
     @property
     def image_chunks(self) -> list[int]:
-        return [i for i, c in enumerate(self.chunks) if c.is_image]
+        return [i for i, seg in enumerate(self.segments) if seg.image is not None]
 
     @property
     def image_tokens(self) -> list[int]:
-        return [c.n_tokens for c in self.chunks if c.is_image]
+        return [seg.image.n_tokens for seg in self.segments if seg.image is not None]
 
     @property
     def no_think(self) -> bool:
@@ -84,11 +121,12 @@ class PreparedPrompt:
 
 
 def prepare(request: Request, model: Model, projector: Projector, template: bytes | None = None) -> PreparedPrompt:
-    """Format and tokenize ``request`` (with ``template``, default the model's own)."""
+    """Format, tokenize and lay out ``request`` (with ``template``, default the model's own)."""
     prompt = format_prompt(request, template if template is not None else model.chat_template())
     chunks = projector.tokenize(prompt, request.images)
-    keys, ends = chunk_keys(chunks)
-    return PreparedPrompt(request, chunks, keys, ends)
+    segments = layout(chunks, model.tokenize(IMAGE_OPEN, special=True))
+    keys, ends = segment_keys(segments)
+    return PreparedPrompt(request, chunks, segments, keys, ends)
 
 
 class CacheKeys:

@@ -1,0 +1,71 @@
+"""``--dry-run`` for every task: the prompt each input would give the model, and the settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from .engine.dryrun import PromptPreview, PromptView
+from .engine.media_handles import default_marker
+from .engine.types import EngineConfig, GenerationSettings, Request
+from .environment import Environment
+from .errors import InputError
+from .media.images import InputProblem, load_image
+from .render import Renderer
+from .runner import Job, JobOutcome, precheck_jobs
+from .tasks import user_text
+
+
+class PreviewWriter:
+    """Writes one input's prompt as text (or a JSON object) on stdout."""
+
+    def __init__(self, env: Environment, config: EngineConfig, settings: GenerationSettings, *, as_json: bool,
+                 total: int) -> None:
+        self.env, self.config, self.settings, self.as_json, self.total = env, config, settings, as_json, total
+        self.count = 0
+
+    def write(self, label: str, view: PromptView, meta: dict[str, Any]) -> None:
+        self.count += 1
+        settings = {**asdict(self.settings), "image_min_tokens": self.config.image_min_tokens,
+                    "image_max_tokens": self.config.image_max_tokens, "ctx": self.config.n_ctx}
+        if self.as_json:
+            rec = {"input": label, **meta, "prompt": view.text, "prompt_tokens": view.n_prompt,
+                   "image_tokens": view.image_tokens, "settings": settings}
+            self.env.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            head = (("\n" if self.count > 1 else "") + f"==> {label} <==\n") if self.total > 1 else ""
+            images = len(view.image_tokens)
+            self.env.stdout.write(
+                f"{head}{view.text}\n\nsettings: {' '.join(f'{k}={v}' for k, v in settings.items())}\n"
+                f"prompt: {view.n_prompt} tokens, {sum(view.image_tokens)} for {images} "
+                f"image{'s' if images != 1 else ''}\n")
+        self.env.stdout.flush()
+
+
+def preview(config: EngineConfig, items: list[tuple[str, Request, dict[str, Any]]], writer: PreviewWriter) -> None:
+    """Lay out each (label, request, meta) as the engine would and write it."""
+    with PromptPreview(config) as pp:
+        for label, request, meta in items:
+            writer.write(label, pp.view(request), meta)
+
+
+def preview_jobs(jobs: list[Job], problems: list[InputProblem], config: EngineConfig, settings: GenerationSettings,
+                 meta: dict[str, Any], renderer: Renderer, env: Environment, *, as_json: bool) -> list[JobOutcome]:
+    """``--dry-run`` for caption, ocr and ask: each job's prompt; bad inputs reported as in a run."""
+    jobs, outcomes = precheck_jobs(jobs, problems, renderer)
+    if not jobs:
+        return outcomes
+    writer = PreviewWriter(env, config, settings, as_json=as_json, total=len(jobs))
+    with PromptPreview(config) as pp:
+        for job in jobs:
+            try:
+                images = [load_image(ref, max_tokens=config.image_max_tokens) for ref in job.refs]
+            except InputError as exc:
+                renderer.error(job.label, exc)
+                outcomes.append(JobOutcome(job.label, error=exc))
+                continue
+            request = Request(user_text(default_marker(), len(images), job.instruction), images, job.system, settings)
+            writer.write(job.label, pp.view(request), {**meta, **job.meta})
+            outcomes.append(JobOutcome(job.label))
+    return outcomes
