@@ -48,8 +48,8 @@ ABSURD = {  # name: (header bytes, what the message says)
     "key length": (minimal_model(kvs=[gguf_string("k" * 70000) + struct.pack("<IB", 0, 1)]),
                    "a key of 70,000 bytes"),
     "string array length": (minimal_model(kvs=[ARCH, kv_array("tokenizer.ggml.tokens", STRING, ["a"], 2**61)]),
-                            "tokenizer.ggml.tokens claims 2,305,843,009,213,693,952 items"),
-    "number array length": (minimal_model(kvs=[ARCH, kv_array("x", U32, [1], 2**60)]), "x claims"),
+                            "'tokenizer.ggml.tokens' claims 2,305,843,009,213,693,952 items"),
+    "number array length": (minimal_model(kvs=[ARCH, kv_array("x", U32, [1], 2**60)]), "'x' claims"),
     "value type": (minimal_model(kvs=[ARCH, gguf_string("x") + struct.pack("<I", 99)]),
                    "unknown GGUF value type 99"),
     "array of arrays": (minimal_model(kvs=[ARCH, gguf_string("x") + struct.pack("<IIQ", ARRAY, ARRAY, 1)]),
@@ -66,6 +66,8 @@ ABSURD = {  # name: (header bytes, what the message says)
     "tensor name": (minimal_model(tensors=[tensor_info("w" * 100, [8])]), "a tensor name of 100 bytes"),
     "block rows": (minimal_model(tensors=[tensor_info("w", [8], ggml_type=12)]), "not whole blocks of 256"),
     "tensor offset": (minimal_model(tensors=[tensor_info("w", [8], offset=2**50)]), "past the end of the file"),
+    "newline in a name": (minimal_model(tensors=[tensor_info("w\nkvl: all good", [8, -1])]),
+                          "tensor 'w\\nkvl: all good' has a negative dimension"),
 }
 
 

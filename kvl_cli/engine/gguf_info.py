@@ -223,22 +223,22 @@ def _read_entry(cur: _Cursor, info: GGUFInfo) -> None:
         return
     itype = cur.unpack("<I")
     if itype == _STRING:
-        count = info.array_lengths[key] = cur.length(key, 8)
+        count = info.array_lengths[key] = cur.length(repr(key), 8)
         if count <= _KEEP_ARRAY_MAX:
             info.metadata[key] = [cur.string() for _ in range(count)]
         else:
             cur.skip_strings(count)
     elif itype in _SCALARS:
         width = struct.calcsize(_SCALARS[itype])
-        count = info.array_lengths[key] = cur.length(key, width)
+        count = info.array_lengths[key] = cur.length(repr(key), width)
         if count <= _KEEP_ARRAY_MAX:
             info.metadata[key] = [cur.value(itype) for _ in range(count)]
         else:
             cur.skip(width * count)
     elif itype == _ARRAY:
-        raise damaged(cur.path, f"{key} is an array of arrays, which llama.cpp does not read")
+        raise damaged(cur.path, f"{key!r} is an array of arrays, which llama.cpp does not read")
     else:
-        raise damaged(cur.path, f"unknown GGUF value type {itype} in {key}")
+        raise damaged(cur.path, f"unknown GGUF value type {itype} in {key!r}")
 
 
 def _alignment(info: GGUFInfo) -> int:
@@ -267,7 +267,7 @@ def _tensor_span(cur: _Cursor) -> tuple[str, int, int]:
     n = cur.length("a tensor name")
     if n > _NAME_MAX:
         raise damaged(cur.path, f"a tensor name of {n:,} bytes (llama.cpp allows {_NAME_MAX})")
-    name = cur.take(n).decode("utf-8", errors="replace")
+    name = repr(cur.take(n).decode("utf-8", errors="replace"))  # quoted: a name may hold a newline
     n_dims = cur.unpack("<I")
     if n_dims > _MAX_DIMS:
         raise damaged(cur.path, f"tensor {name} has {n_dims:,} dimensions (at most {_MAX_DIMS})")
