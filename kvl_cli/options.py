@@ -18,7 +18,9 @@ from click.core import ParameterSource
 from . import batch
 from .engine.types import EngineConfig, GenerationSettings
 from .environment import env_flag
+from .errors import UsageError
 from .render import OutputOptions
+from .schema import AnswerSchema, choices_schema, load_schema
 from .tasks import DEFAULTS
 
 F = Callable[..., Any]
@@ -84,6 +86,11 @@ generation_options = _stack(
                  help="End the thinking after N tokens and let the answer follow [caption 512, ocr 256, "
                  "ask unlimited]."),
     click.option("--no-think", is_flag=True, help="Skip the thinking: answer at once (same as --think-budget 0)."),
+    click.option("--schema", metavar="FILE|JSON", default=None,
+                 help="Answer as JSON that follows this JSON Schema (a file or inline JSON): the thinking stays "
+                 "free, the answer after it is constrained and validated; stdout gets the JSON document."),
+    click.option("--choices", metavar="A,B,...", default=None,
+                 help="Answer with exactly one of these (shorthand for an enum schema); stdout gets the choice."),
     click.option("--show-thinking/--hide-thinking", default=None,
                  help="Show the model's thinking [default: shown on a terminal; in a pipe it goes to stderr "
                  "only when asked]."),
@@ -167,12 +174,23 @@ class GenerationOptions:
     think_budget: int | None
     no_think: bool
     show_thinking: bool | None
+    schema: str | None
+    choices: str | None
 
-    def settings(self, task: str) -> GenerationSettings:
+    def answer_schema(self) -> AnswerSchema | None:
+        """``--schema`` or ``--choices`` (checked now: a bad schema is exit 2 before anything loads)."""
+        if self.schema is not None and self.choices is not None:
+            raise UsageError("--schema and --choices do not go together", hint="give one of them")
+        if self.schema is not None:
+            return load_schema(self.schema)
+        return choices_schema(self.choices) if self.choices is not None else None
+
+    def settings(self, task: str, answer: AnswerSchema | None = None) -> GenerationSettings:
         d = DEFAULTS[task]
         budget = 0 if self.no_think else (self.think_budget if self.think_budget is not None else d.think_budget)
         return GenerationSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-                                  max_tokens=self.max_tokens or d.max_tokens, think_budget=budget)
+                                  max_tokens=self.max_tokens or d.max_tokens, think_budget=budget,
+                                  grammar=answer.grammar() if answer is not None else None)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
     try:
         rows += measure_encode(engine, budgets, renderer, out)
         rows += measure_decode(engine, parallels, prompt_tokens, gen_tokens, renderer, out)
+        rows += measure_grammar(engine, renderer, out)
     finally:
         renderer.stop_status()
         engine.close()
@@ -148,6 +149,25 @@ def measure_decode(engine: Any, parallels: list[int], prompt_tokens: int, gen_to
         rows.append((f"generate tg{gen_tokens}" + (f" × {p} sequences" if p > 1 else ""),
                      f"{tg:.2f} tok/s", "all sequences together" if p > 1 else "one sequence"))
     return rows
+
+
+def measure_grammar(engine: Any, renderer: Any, out: dict[str, Any]) -> list[Row]:
+    """--schema's cost per answer token against a generated token's time (tg, one sequence)."""
+    from ..engine.bench import bench_grammar
+
+    renderer.status("sampling under a grammar")
+    g = bench_grammar(engine)
+    tg = next((d["gen_tokens_per_s"] for d in out["decode"] if d["parallel"] == 1), 0.0)
+    token_ms = 1000 / tg if tg else 0.0
+    g["token_ms"] = round(token_ms, 3)
+    out["grammar"] = g
+
+    def share(ms: float) -> str:
+        return f"{100 * ms / token_ms:.1f}% of a generated token" if token_ms else ""
+
+    extra_ok, extra_no = g["accepted_ms"] - g["plain_ms"], g["refused_ms"] - g["plain_ms"]
+    return [("grammar: token allowed", f"+{extra_ok:.2f} ms", share(extra_ok)),
+            ("grammar: token refused, resampled", f"+{extra_no:.2f} ms", share(extra_no))]
 
 
 def print_table(rows: list[Row], title: str) -> None:

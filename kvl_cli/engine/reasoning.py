@@ -71,6 +71,15 @@ class ReasoningSplitter:
             self._pending = ""
         return out
 
+    def would_start_answer(self, data: bytes) -> bool:
+        """Whether ``data`` (bytes not yet decoded, a partial character included), fed now, would
+        begin the answer without any thinking first."""
+        if self.section is not Section.START:
+            return False
+        stripped = (self._pending.encode("utf-8") + data).lstrip()
+        marker = THINK_OPEN.encode("utf-8")
+        return bool(stripped) and not stripped.startswith(marker) and not marker.startswith(stripped)
+
     def close_thinking(self) -> list[tuple[Section, str]]:
         """The engine ended the thinking (budget spent): flush it and switch to the answer."""
         out: list[tuple[Section, str]] = []

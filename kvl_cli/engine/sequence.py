@@ -7,6 +7,7 @@ import enum
 import time
 from collections.abc import Iterator
 
+from .grammar import ConstrainedSampler
 from .handles import Context, Model, Sampler
 from .prompt import PreparedPrompt
 from .reasoning import THINK_CLOSE, ReasoningSplitter, Section
@@ -31,7 +32,7 @@ class Sequence:
         self.im_end = im_end
         self.state = SeqState.PREFILLING
         self.finish: FinishReason | None = None
-        self.sampler: Sampler | None = None
+        self.sampler: Sampler | ConstrainedSampler | None = None
         self.splitter = ReasoningSplitter(start_in_answer=prep.no_think)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.tokens = Tokens(prompt=prep.n_prompt, image=sum(prep.image_tokens))
@@ -47,6 +48,8 @@ class Sequence:
         """The prompt is in: generation starts from its last logits."""
         self.n_past = n_past
         self.sampler = Sampler(self.settings)
+        if self.splitter.section is Section.ANSWER:
+            self._constrain()  # no thinking: the answer starts at once
         self.state = SeqState.GENERATING
         self.t_gen = time.perf_counter()
 
@@ -58,8 +61,7 @@ class Sequence:
         """Sample one token from the logits at ``logits_index``; stream it; set what to feed next."""
         if self._at_limit(ctx):
             return
-        assert self.sampler is not None
-        token = self.sampler.sample(ctx, logits_index)
+        token = self._sample(ctx, logits_index)
         if self.model.is_eog(token) or token == self.im_end:
             self.end(FinishReason.STOP)
             return
@@ -68,6 +70,8 @@ class Sequence:
         for section, delta in self.splitter.feed(self.decoder.decode(self.model.piece(token))):
             yield TextEvent(section, delta)
         self._count(before)
+        if before is not Section.ANSWER and self.splitter.section is Section.ANSWER:
+            self._constrain()  # the thinking closed: the answer follows the grammar from the next token
         self.feed = [token]
         if self.tokens.generated >= self.settings.max_tokens:
             self.end(FinishReason.LENGTH)  # no need to evaluate a token nothing will follow
@@ -75,6 +79,23 @@ class Sequence:
         budget = self.settings.think_budget
         if budget is not None and self.splitter.section is Section.THINKING and self.thought >= budget:
             yield from self._close_thinking(ctx)
+
+    def _sample(self, ctx: Context, logits_index: int) -> int:
+        assert self.sampler is not None
+        token = self.sampler.sample(ctx, logits_index)
+        grammar_pending = self.settings.grammar and not isinstance(self.sampler, ConstrainedSampler)
+        held = self.decoder.getstate()[0]  # bytes of a character not complete yet
+        if grammar_pending and self.splitter.would_start_answer(held + self.model.piece(token)):
+            self._constrain()  # the model answers without thinking: that answer follows the grammar too
+            token = self.sampler.sample(ctx, logits_index)
+        return token
+
+    def _constrain(self) -> None:
+        """From now on the answer is sampled under the request's grammar (if it has one)."""
+        if self.settings.grammar and not isinstance(self.sampler, ConstrainedSampler):
+            if self.sampler is not None:
+                self.sampler.close()
+            self.sampler = ConstrainedSampler(self.settings, self.model, self.settings.grammar)
 
     def _at_limit(self, ctx: Context) -> bool:
         if self.tokens.generated >= self.settings.max_tokens:
@@ -107,6 +128,7 @@ class Sequence:
             self.end(FinishReason.CONTEXT)
             return
         self.feed += close
+        self._constrain()
 
     def flush(self) -> Iterator[Event]:
         """The end of the stream: text held back (a possible marker) goes out."""

@@ -53,6 +53,7 @@ class GenerationSettings:
     seed: int | None = None
     max_tokens: int = 4096
     think_budget: int | None = None  # None: unlimited; 0 = no thinking at all
+    grammar: str | None = None  # GBNF the answer must follow (the thinking before it is free)
 
 
 @dataclass
