@@ -7,7 +7,7 @@ The command line is one client of this library::
 
     with Engine(EngineConfig(model=Path("model.gguf"), mmproj=Path("mmproj.gguf"))) as engine:
         image = load_image(InputRef("photo.jpg", path=Path("photo.jpg")), max_tokens=1024)
-        request = Request(user_text=engine.marker + "\\nDescribe this image.", images=[image])
+        request = Request(user_text=engine.marker + "Describe this image.", images=[image])
         for event in engine.generate(request):
             ...  # PhaseEvent, TextEvent (thinking or answer delta), DoneEvent(result)
 """

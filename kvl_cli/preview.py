@@ -36,6 +36,8 @@ class PreviewWriter:
         else:
             head = (("\n" if self.count > 1 else "") + f"==> {label} <==\n") if self.total > 1 else ""
             images = len(view.image_tokens)
+            if settings["grammar"]:  # the whole GBNF is in --json; here, its size
+                settings["grammar"] = f"<{len(settings['grammar'].splitlines())} rules>"
             self.env.stdout.write(
                 f"{head}{view.text}\n\nsettings: {' '.join(f'{k}={v}' for k, v in settings.items())}\n"
                 f"prompt: {view.n_prompt} tokens, {sum(view.image_tokens)} for {images} "
