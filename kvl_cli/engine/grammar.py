@@ -121,8 +121,6 @@ class ConstrainedSampler:
         self.chain = Sampler(settings)
         self.model = model
         self.n_vocab = model.n_vocab
-        key = str(model.path)
-        self.utf8 = _TABLES.get(key) or _TABLES.setdefault(key, Utf8Table(model))
         self.pending = b""  # the bytes of the answer's last character, when it is not complete yet
         llama = native.llama()
         self._cands = (llama.llama_token_data * self.n_vocab)()
@@ -142,6 +140,14 @@ class ConstrainedSampler:
         if not self.model.is_eog(token):
             self.pending = _tail(self.pending + self.model.piece(token))
         return token
+
+    @property
+    def utf8(self) -> Utf8Table:
+        """Built on the first refusal (about a second on a 163,840-token vocabulary), once per model."""
+        key = str(self.model.path)
+        if key not in _TABLES:
+            _TABLES[key] = Utf8Table(self.model)
+        return _TABLES[key]
 
     def _fits(self, token: int) -> bool:
         if self.model.is_eog(token):
