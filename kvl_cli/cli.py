@@ -22,6 +22,7 @@ COMMANDS = {
     "cache": "kvl_cli.commands.cache:cache",
     "bench": "kvl_cli.commands.bench:bench",
     "doctor": "kvl_cli.commands.doctor:doctor",
+    "serve": "kvl_cli.commands.serve:serve",
 }
 SHORT_HELP = {
     "caption": "Describe images.",
@@ -33,6 +34,7 @@ SHORT_HELP = {
     "cache": "Show or clear the cache of image embeddings and prompts.",
     "bench": "Measure load, image encode, prefill and generation speed on this machine.",
     "doctor": "Show the engine, hardware and model files kvl sees.",
+    "serve": "Serve the model over OpenAI's chat-completions API (the CLI uses it).",
 }
 
 

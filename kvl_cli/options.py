@@ -56,6 +56,9 @@ model_options = _stack(
                  help="Most tokens per image (larger images are scaled down) [caption/ask 1024, ocr 2048]."),
     click.option("--cache/--no-cache", default=True, show_default=True,
                  help="Reuse image embeddings and evaluated prompts from the disk cache (`kvl cache info`)."),
+    click.option("--server/--no-server", default=True, show_default=True,
+                 help="Answer through a running `kvl serve` of the same model when there is one (images; "
+                 "nothing loads here); --no-server always runs in this process."),
 )
 
 GPU_PARALLEL = 4  # batches on a GPU: generating several answers together costs little more than one
@@ -118,6 +121,7 @@ class ModelOptions:
     image_max_tokens: int | None
     yes: bool
     cache: bool
+    server: bool = True  # use a running `kvl serve` of the same model (see serve.client)
 
     def image_tokens(self, task: str) -> int:
         """Most tokens per image: the flag, else the task's default."""

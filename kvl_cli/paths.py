@@ -43,3 +43,17 @@ def config_file() -> Path:
     from platformdirs import user_config_path
 
     return user_config_path(APP, appauthor=False) / "config.toml"
+
+
+def runtime_dir() -> Path:
+    """Records of running ``kvl serve`` processes (one JSON file per server)."""
+    base = home()
+    if base is not None:
+        return base / "run"
+    import warnings
+
+    from platformdirs import user_runtime_path
+
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR: platformdirs falls back to /tmp/runtime-UID, and warns
+        warnings.simplefilter("ignore")
+        return user_runtime_path(APP, appauthor=False)

@@ -58,8 +58,14 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
 
         return int(exit_code(preview_jobs(jobs, problems, config, settings, meta, renderer, env,
                                           as_json=common.out.as_json)))
+    remote = None
+    if m.server:  # a running `kvl serve` of the same model answers: nothing loads here
+        from ..serve.client import remote_engine
+
+        remote = remote_engine(config, meta)
     try:
-        outcomes = run_jobs(lambda first: load_engine(config, renderer, cache=m.cache, encode_ahead=first), jobs,
+        outcomes = run_jobs(remote or (lambda first: load_engine(config, renderer, cache=m.cache, encode_ahead=first)),
+                            jobs,
                             problems, settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,
                             meta=meta, parallel=parallel)
     finally:

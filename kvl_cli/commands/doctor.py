@@ -76,14 +76,27 @@ def collect() -> dict[str, Any]:
     report["repack"] = env_flag("KVL_REPACK")
     report["settings"] = settings()
     report["paths"] = {"models": str(paths.models_dir()), "cache": str(paths.cache_dir()),
-                       "config": str(paths.config_file())}
+                       "config": str(paths.config_file()), "runtime": str(paths.runtime_dir())}
     report["installed"] = [{"name": m.ref, "folder": str(m.folder), "size": m.size} for m in installed_models()]
     try:
         model, mmproj, name = resolve(None, None)
         report["model"] = {"name": name, "model": str(model), "mmproj": str(mmproj)}
     except KvlError as exc:
         report["model"] = {"error": str(exc)}
+    report["servers"] = servers()
     return report
+
+
+def servers() -> list[dict[str, Any]]:
+    """Running ``kvl serve`` processes (their records in the runtime folder) and what /health says."""
+    from ..serve import record
+
+    rows = []
+    for rec in record.running():
+        health = record.health(rec, timeout=1.0) or {"status": "not answering"}
+        rows.append({"url": rec.url, "pid": rec.pid, "model": rec.model_name, "status": health.get("status"),
+                     "running": health.get("running"), "queued": health.get("queued"), "auth": bool(rec.api_key)})
+    return rows
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,5 +138,10 @@ def doctor(as_json: bool, debug: bool) -> int:
     model = report["model"]
     table.add_row("model", f"{model['name']}\n{model['model']}\n{model['mmproj']}" if "name" in model
                   else f"[yellow]{model['error']}[/]")
+    for srv in report["servers"]:
+        busy = f", {srv['running']} running, {srv['queued']} queued" if srv["status"] == "ok" else ""
+        table.add_row("server", f"{srv['url']} (pid {srv['pid']}, {srv['model']}): {srv['status']}{busy}")
+    if not report["servers"]:
+        table.add_row("server", "none running (kvl serve)")
     Console().print(table)
     return 0

@@ -87,11 +87,12 @@ class Engine:
                 raise ev.error
             yield ev
 
-    def generate_many(self, requests: Iterable[Request], parallel: int | None = None) -> Iterator[Tagged]:
+    def generate_many(self, requests: Iterable[Request | None], parallel: int | None = None) -> Iterator[Tagged]:
         """Run requests, up to ``parallel`` at once (default: every sequence of every worker).
 
         Yields ``(index, event)``; a request that fails yields ``FailedEvent`` and the others go on.
-        Requests are pulled from ``requests`` on the calling thread, only when a sequence is free.
+        Requests are pulled from ``requests`` on the calling thread, only when a sequence is free (a
+        ``None``: nothing to start now, asked again after the next step; see ``Request``).
         With one sequence per worker and one worker, each answer streams as it is made.
         """
         total = parallel or self.n_seq * len(self.workers)

@@ -13,19 +13,22 @@ from .media_handles import Chunk, Chunks, Projector
 from .reasoning import THINK_CLOSE, THINK_OPEN
 from .types import DEFAULT_SYSTEM_PROMPT, EngineConfig, Request
 
+ROLES = ("system", "user", "assistant")
+
 
 def kimi_format(messages: list[tuple[str, str]]) -> str:
     """Kimi-VL's chat format, written out: the fallback when llama.cpp does not know the template."""
     return "".join(
-        f"<|im_{'system' if r == 'system' else 'user'}|>{r}<|im_middle|>{c}<|im_end|>" for r, c in messages
+        f"<|im_{r if r in ROLES else 'user'}|>{r}<|im_middle|>{c}<|im_end|>" for r, c in messages
     ) + "<|im_assistant|>assistant<|im_middle|>"
 
 
 def format_prompt(request: Request, template: bytes | None) -> str:
     """The chat prompt from the model's own template, ending where the assistant starts; with no
-    thinking (``think_budget == 0``) an empty thinking block is already written there."""
+    thinking (``think_budget == 0``) an empty thinking block is already written there. Earlier turns
+    (``request.messages``) come between the system prompt and the last user message."""
     system = request.system if request.system is not None else DEFAULT_SYSTEM_PROMPT
-    messages = [("system", system), ("user", request.user_text)]
+    messages = [("system", system), *request.messages, ("user", request.user_text)]
     text = apply_chat_template(template, messages)
     if text is None:
         text = kimi_format(messages)

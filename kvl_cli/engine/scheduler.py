@@ -1,6 +1,7 @@
 """One context's batching loop: admit requests into free sequences, prefill them, decode every
 running sequence together (one ``llama_decode`` carries a token for each), retire the finished,
-fail the broken, and end them all on Ctrl-C with their text kept."""
+fail the broken, end a cancelled one at its next step, and end them all on Ctrl-C with their text
+kept."""
 
 from __future__ import annotations
 
@@ -13,19 +14,13 @@ from .prefill import Prefill
 from .prefix import ResidentPrefixes
 from .prompt import PreparedPrompt
 from .sequence import Sequence
-from .types import AnyEvent, DoneEvent, Event, FailedEvent, Phase, PhaseEvent, Request
+from .types import AnyEvent, DoneEvent, Event, FailedEvent, FinishReason, Phase, PhaseEvent, Request
 
 Tagged = tuple[int, AnyEvent]
 
 
-def tag(index: int, gen: Generator[Event, None, int]) -> Generator[Tagged, None, int]:
-    """Yield ``gen``'s events tagged with ``index``; return what ``gen`` returns."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return int(stop.value or 0)
-        yield index, ev
+class _Cancelled(Exception):
+    """A request's ``cancel`` was set while its prompt was being evaluated."""
 
 
 def _tag_all(index: int, events: Iterator[Event]) -> Iterator[Tagged]:
@@ -48,9 +43,9 @@ class Scheduler:
         self.active: list[Sequence] = []
         self.free: list[int] = []
 
-    def run(self, source: Iterable[tuple[int, Request]], slots: int) -> Generator[Tagged, None, None]:
+    def run(self, source: Iterable[tuple[int, Request | None]], slots: int) -> Generator[Tagged, None, None]:
         """Yield ``(index, event)`` for every request pulled from ``source`` (lazily, one per free
-        sequence, so a long batch is never all in memory)."""
+        sequence, so a long batch is never all in memory; a ``None`` request: nothing to start now)."""
         slots = max(1, min(slots, self.ctx.n_seq))
         requests = iter(source)
         self.free = list(reversed(range(slots)))
@@ -73,13 +68,15 @@ class Scheduler:
 
     # -- admit ------------------------------------------------------------------------------------
 
-    def _admit(self, requests: Iterator[tuple[int, Request]]) -> Generator[Tagged, None, bool]:
+    def _admit(self, requests: Iterator[tuple[int, Request | None]]) -> Generator[Tagged, None, bool]:
         """Start requests while sequences are free; returns whether ``requests`` is used up."""
         while self.free:
             nxt = next(requests, None)
             if nxt is None:
                 return True
             index, request = nxt
+            if request is None:
+                return False  # nothing to start now: the running sequences go on
             try:
                 prep = self.prepare(request)
             except KvlError as exc:
@@ -92,12 +89,18 @@ class Scheduler:
         seq = Sequence(index, seq_id, prep, self.model, self.im_end)
         try:
             try:
-                n_past = yield from tag(index, self.prefill.run(prep, seq_id, seq.timings, seq.cached))
+                n_past = yield from self._prefill(seq, prep)
             finally:
                 prep.close()
         except KvlError as exc:
             self._release(seq_id)
             yield index, FailedEvent(exc)
+            return
+        except _Cancelled:
+            self._release(seq_id)
+            seq.end(FinishReason.CANCELLED)
+            yield index, DoneEvent(seq.result())
+            seq.close()
             return
         except KeyboardInterrupt:
             self.resident.forget(seq_id)
@@ -111,10 +114,26 @@ class Scheduler:
         else:
             yield from self._retire(seq)
 
+    def _prefill(self, seq: Sequence, prep: PreparedPrompt) -> Generator[Tagged, None, int]:
+        """The prompt into the sequence; a cancel is looked at between its phases (images)."""
+        run = self.prefill.run(prep, seq.seq_id, seq.timings, seq.cached)
+        while True:
+            if prep.request.cancelled:
+                run.close()
+                raise _Cancelled()
+            try:
+                ev = next(run)
+            except StopIteration as stop:
+                return int(stop.value or 0)
+            yield seq.index, ev
+
     # -- decode -----------------------------------------------------------------------------------
 
     def _decode(self, batch: Batch) -> Generator[Tagged, None, bool]:
         """One decode for every running sequence, then a token for each. False: interrupted."""
+        yield from self._cancel()
+        if not self.active:
+            return True
         try:
             where = self._fill(batch)
             self.before_decode()
@@ -143,6 +162,13 @@ class Scheduler:
             for j, tok in enumerate(seq.feed):
                 where[seq.seq_id] = batch.add(tok, seq.n_past + j, seq.seq_id, logits=j == len(seq.feed) - 1)
         return where
+
+    def _cancel(self) -> Iterator[Tagged]:
+        """End every running sequence whose request was cancelled: its text kept, its cells freed."""
+        for seq in [s for s in self.active if s.prep.request.cancelled]:
+            self.active.remove(seq)
+            seq.end(FinishReason.CANCELLED)
+            yield from self._retire(seq)
 
     # -- retire -----------------------------------------------------------------------------------
 

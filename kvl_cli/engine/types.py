@@ -7,6 +7,7 @@ usable (and ``kvl --help`` stays fast) without loading llama.cpp.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,10 +59,23 @@ class GenerationSettings:
 
 @dataclass
 class Request:
+    """One answer to make. A source of requests (``Engine.generate_many``) may also yield ``None``:
+    nothing new to start now (a server's empty queue); the running answers go on and the source is
+    asked again after their next step."""
+
     user_text: str  # with one media marker (``Engine.marker``) per image, in order
-    images: list[ImageInput] = field(default_factory=list)
+    images: list[ImageInput] = field(default_factory=list)  # every image of ``messages`` and ``user_text``, in order
     system: str | None = None
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    # earlier turns of a conversation, before ``user_text``: (role "user" or "assistant", text with markers)
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    # set from any thread to end the answer early: at the scheduler's next step it ends as CANCELLED
+    # (after the image being encoded, during the prompt) and its sequence is free for the next request
+    cancel: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 class Phase(str, enum.Enum):
@@ -78,6 +92,7 @@ class FinishReason(str, enum.Enum):
     LENGTH = "length"  # --max-tokens reached
     CONTEXT = "context"  # the context window is full
     INTERRUPTED = "interrupted"  # Ctrl-C: what was generated is kept
+    CANCELLED = "cancelled"  # the request's ``cancel`` was set (a client went away): what was generated is kept
 
 
 @dataclass

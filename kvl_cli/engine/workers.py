@@ -68,7 +68,7 @@ class Worker:
         """Before a decode: take the threads this worker may use now."""
         self.ctx.set_threads(self.budget.share())
 
-    def run(self, source: Iterable[tuple[int, Request]], slots: int) -> Generator[Tagged, None, None]:
+    def run(self, source: Iterable[tuple[int, Request | None]], slots: int) -> Generator[Tagged, None, None]:
         return self.scheduler.run(source, slots)
 
 
@@ -79,7 +79,7 @@ class WorkerPool:
         self.workers = workers
         self.budget = budget
 
-    def run(self, source: Iterator[tuple[int, Request]], slots: int) -> Iterator[Tagged]:
+    def run(self, source: Iterator[tuple[int, Request | None]], slots: int) -> Iterator[Tagged]:
         """Yield every worker's ``(index, event)``; ``slots`` sequences per worker."""
         run = _PoolRun(source, len(self.workers))
         self.budget.begin(len(self.workers))
@@ -101,15 +101,15 @@ def _wait(futures: list[Future[None]]) -> None:
 class _PoolRun:
     """The messages of one pool run: workers ask for requests ("need") and send events."""
 
-    def __init__(self, source: Iterator[tuple[int, Request]], n: int) -> None:
+    def __init__(self, source: Iterator[tuple[int, Request | None]], n: int) -> None:
         self.source = source
         self.exhausted = False
         self.events: queue.Queue[tuple[str, int, object]] = queue.Queue()
-        self.inboxes: list[queue.Queue[tuple[int, Request] | None]] = [queue.Queue() for _ in range(n)]
+        self.inboxes: list[queue.Queue[tuple[int, Request | None] | None]] = [queue.Queue() for _ in range(n)]
         self.stop = threading.Event()
         self.running = set(range(n))
 
-    def _feed(self, k: int) -> Iterator[tuple[int, Request]]:
+    def _feed(self, k: int) -> Iterator[tuple[int, Request | None]]:
         while True:
             self.events.put(("need", k, None))
             item = self.inboxes[k].get()

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..environment import Environment
+from ..errors import UsageError
+from ..limits import max_input_bytes
+from ..options import GPU_PARALLEL, ModelOptions, model_options, take
+from ._common import pass_env, renderer_for
+
+DEFAULT_PORT = 8411
+
+
+def _drop(name: str):  # type: ignore[no-untyped-def]
+    """Leave one of the shared options out of this command (``--server``: this *is* the server)."""
+    def apply(cmd: click.Command) -> click.Command:
+        cmd.params = [p for p in cmd.params if p.name != name]
+        return cmd
+    return apply
+
+
+@_drop("server")
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default: only this machine can connect).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port to listen on (0: any free port; the record in kvl's runtime folder says which).")
+@click.option("--api-key", envvar="KVL_API_KEY", default=None,
+              help="Refuse requests without 'Authorization: Bearer KEY' (401) [env KVL_API_KEY]; "
+              "'random' makes one and prints it.")
+@click.option("--allow-files", "allow_files", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Let requests name file:// images inside DIR (repeatable); none by default.")
+@click.option("--parallel", "-P", type=click.IntRange(1, 64), default=None,
+              help=f"Answers generated together, sharing each decode [default: {GPU_PARALLEL} with a GPU, 2 on a CPU].")
+@click.option("--queue", type=click.IntRange(0, 10_000), default=64, show_default=True,
+              help="Requests that may wait for a free sequence; beyond that: 503 with Retry-After.")
+@click.option("--max-tokens", type=click.IntRange(1), default=8192, show_default=True,
+              help="max_tokens for a request that does not say (thinking included).")
+@click.option("--stop", "stop_", is_flag=True, help="Stop the running server(s) (with --port: that one) and exit.")
+@model_options
+@click.option("--verbose", "-v", count=True, help="-v: more server logs; -vv: llama.cpp's own logs too.")
+@pass_env
+def serve(env: Environment, host: str, port: int, api_key: str | None, allow_files: tuple[Path, ...],
+          parallel: int | None, queue: int, max_tokens: int, stop_: bool, verbose: int, **kwargs: Any) -> int:
+    """Serve the model over OpenAI's chat-completions API, loaded once, with the CLI's disk caches.
+
+    POST /v1/chat/completions (text and image_url parts, streaming with the thinking in
+    reasoning_content), GET /v1/models, GET /health. caption, ocr and ask use a running server of
+    the same model (nothing loads; --no-server to run in-process). Needs: pip install 'kvl[serve]'.
+
+    \b
+      kvl serve                                   http://127.0.0.1:8411/v1
+      kvl serve --port 9000 --api-key random
+      kvl serve --stop
+    """
+    if stop_:
+        return stop_servers(env, port if _given("port") else None)
+    m = take(ModelOptions, {**kwargs, "server": False})
+    try:
+        from ..serve import server
+    except ImportError as exc:
+        raise UsageError(f"kvl serve needs the server packages ({exc.name} is missing)",
+                         hint="pip install 'kvl[serve]'") from None
+    if api_key == "random":
+        api_key = secrets.token_urlsafe(24)
+        env.stderr.write(f"kvl serve: API key: {api_key}\n")
+    cfg = _config(env, m, verbose, parallel)
+    cfg.host, cfg.port, cfg.api_key, cfg.queue = host, port, api_key or None, queue
+    cfg.allow_files = [p.resolve() for p in allow_files]
+    cfg.defaults.max_tokens = max_tokens
+    server.setup_logging(env.stderr, verbose >= 1)
+    return server.run(cfg, env.stderr)
+
+
+def _given(name: str) -> bool:
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+
+
+def _config(env: Environment, m: ModelOptions, verbose: int, parallel: int | None):  # type: ignore[no-untyped-def]
+    from ..options import CommonOptions, GenerationOptions, OutputFlags
+    from ..serve.protocol import Defaults
+    from ..serve.server import ServeConfig
+    from .pull import ensure_model
+
+    out = OutputFlags(as_json=False, verbose=verbose, debug=False, dry_run=False)
+    gen = GenerationOptions(temperature=0.8, top_p=1.0, top_k=0, seed=None, max_tokens=None, think_budget=None,
+                            no_think=False, show_thinking=False, schema=None, choices=None)
+    renderer = renderer_for(CommonOptions(m, gen, out), env)
+    model, mmproj, name = ensure_model(m.model, m.mmproj, renderer, yes=m.yes)
+    renderer.close()
+    parallel = parallel or (GPU_PARALLEL if m.uses_gpu else 2)
+    engine = m.engine_config("ask", model, mmproj, verbose=verbose, parallel=parallel, lanes=1)
+    image_max = int(engine.image_max_tokens or 1024)
+    defaults = Defaults(image_max_tokens=image_max)
+    return ServeConfig(engine=engine, model_name=name, parallel=parallel, cache=m.cache, defaults=defaults,
+                       max_body=max_input_bytes() * 4 // 3 + 1_000_000)
+
+
+def stop_servers(env: Environment, port: int | None) -> int:
+    from ..serve import record
+
+    servers = [r for r in record.running() if port is None or r.port == port]
+    if not servers:
+        env.stderr.write("kvl serve: no server is running" + (f" on port {port}" if port else "") + "\n")
+        return 0
+    code = 0
+    for rec in servers:
+        if record.stop(rec):
+            env.stderr.write(f"kvl serve: stopped {rec.url} (pid {rec.pid})\n")
+        else:
+            env.stderr.write(f"kvl serve: {rec.url} (pid {rec.pid}) did not stop within 30 s\n")
+            code = 1
+    return code
