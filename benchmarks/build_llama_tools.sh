@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama-bench and llama-mtmd-cli from the llama.cpp that the pinned
+# Build llama-bench, llama-mtmd-cli and llama-server from the llama.cpp that the pinned
 # llama-cpp-python vendors (its sdist), so the benchmark compares kvl against
 # the very same ggml code.
 #
@@ -21,6 +21,6 @@ fi
 build="$work/llama.cpp-build-$ver"
 cmake -S "$src/vendor/llama.cpp" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF ${CMAKE_ARGS:-} >/dev/null
-cmake --build "$build" --target llama-bench llama-mtmd-cli -j "$(nproc)" >/dev/null
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" --target llama-bench llama-mtmd-cli llama-server -j "$(nproc)" >/dev/null
 echo "$build/bin"

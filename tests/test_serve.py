@@ -156,6 +156,15 @@ def test_a_broken_image_is_400_and_a_prompt_too_long_is_context_length_exceeded(
     assert "Traceback" not in server.log_text()
 
 
+def test_a_grammar_llama_cpp_cannot_parse_is_400_and_the_server_goes_on(server):
+    status, _, body = chat(server.port, {"messages": [{"role": "user", "content": "x"}],
+                                         "kvl": {"grammar": "root ::= ("}})
+    assert status == 400 and body["error"]["code"] == "invalid_grammar"
+    status, _, body = chat(server.port, {"messages": [{"role": "user", "content": "x"}],
+                                         "kvl": {"grammar": 'root ::= "yes" | "no"'}})
+    assert status == 200 and body["choices"][0]["message"]["content"] in ("yes", "no")
+
+
 def test_models_health_and_unknown_routes(server):
     status, models = get(server.port, "/v1/models")
     assert status == 200 and models["data"][0]["object"] == "model"

@@ -107,3 +107,15 @@ def test_without_earlier_turns_the_prompt_is_unchanged():
     assert kimi_format([("system", "S"), ("user", "U")]) == (
         "<|im_system|>system<|im_middle|>S<|im_end|><|im_user|>user<|im_middle|>U<|im_end|>"
         "<|im_assistant|>assistant<|im_middle|>")
+
+
+def test_a_request_whose_grammar_breaks_fails_alone(engine):
+    from kvl_cli.engine.types import FailedEvent
+    from kvl_cli.errors import UsageError
+
+    bad = Request(user_text="Hi", settings=GenerationSettings(temperature=0, grammar="root ::= ("))
+    good = Request(user_text="Hi", settings=GenerationSettings(temperature=0))
+    outcomes = {i: ev for i, ev in engine.generate_many([bad, good, good], parallel=2)
+                if isinstance(ev, (DoneEvent, FailedEvent))}
+    assert isinstance(outcomes[0], FailedEvent) and isinstance(outcomes[0].error, UsageError)
+    assert outcomes[1].result.answer == outcomes[2].result.answer == SCRIPTED_ANSWER

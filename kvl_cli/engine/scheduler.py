@@ -108,7 +108,8 @@ class Scheduler:
             raise
         seq.start(n_past)
         yield index, PhaseEvent(Phase.GENERATE)
-        yield from _tag_all(index, seq.step(self.ctx, -1))
+        if not (yield from self._step(seq, -1)):
+            return
         if seq.finish is None:
             self.active.append(seq)
         else:
@@ -145,9 +146,10 @@ class Scheduler:
                 seq.n_past += len(seq.feed)
                 seq.feed = []
             for seq in list(self.active):
-                yield from _tag_all(seq.index, seq.step(self.ctx, where[seq.seq_id]))
-                if seq.finish is not None:
+                ok = yield from self._step(seq, where[seq.seq_id])
+                if not ok or seq.finish is not None:
                     self.active.remove(seq)
+                if ok and seq.finish is not None:
                     yield from self._retire(seq)
         except KeyboardInterrupt:
             yield from self._interrupt_all()
@@ -162,6 +164,17 @@ class Scheduler:
             for j, tok in enumerate(seq.feed):
                 where[seq.seq_id] = batch.add(tok, seq.n_past + j, seq.seq_id, logits=j == len(seq.feed) - 1)
         return where
+
+    def _step(self, seq: Sequence, logits_index: int) -> Generator[Tagged, None, bool]:
+        """A token for ``seq``. A request that fails here (its answer grammar) fails alone: False."""
+        try:
+            yield from _tag_all(seq.index, seq.step(self.ctx, logits_index))
+        except KvlError as exc:
+            self._release(seq.seq_id)
+            seq.close()
+            yield seq.index, FailedEvent(exc)
+            return False
+        return True
 
     def _cancel(self) -> Iterator[Tagged]:
         """End every running sequence whose request was cancelled: its text kept, its cells freed."""

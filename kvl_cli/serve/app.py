@@ -98,6 +98,8 @@ class Api:
     async def chat(self, request: Request) -> Response:
         call = parse_chat(await read_json(request, self.settings.max_body), self.settings.defaults)
         self.service.check_room()  # a full queue is refused before the images are read
+        if call.settings.grammar and call.schema is None:
+            await asyncio.to_thread(self.service.check_grammar, call.settings.grammar)
         req = await asyncio.to_thread(build_request, call, self.settings.marker, self.settings.allow_files)
         job = Job(req, asyncio.get_running_loop())
         self.service.submit(job)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ..engine.engine import Engine
 from ..engine.types import AnyEvent, DoneEvent, FailedEvent, Request
 from ..errors import KvlError
-from .errors import ApiError, busy, internal
+from .errors import ApiError, bad_request, busy, internal
 
 log = logging.getLogger("kvl.serve")
 IDLE_WAIT_S = 0.5  # with nothing running, how long the engine thread waits on the queue before looking up
@@ -97,6 +97,17 @@ class Service:
         if len(self._waiting) >= self.queue_size:
             raise busy(self.retry_after())
 
+    def check_grammar(self, gbnf: str) -> None:
+        """ApiError 400 if llama.cpp cannot parse ``gbnf`` (before the request waits its turn)."""
+        from ..engine.grammar import Grammar
+
+        if self.engine is None or not self.engine.workers:
+            return
+        try:
+            Grammar(self.engine.workers[0].model, gbnf).close()
+        except KvlError as exc:
+            raise bad_request(f"kvl.grammar: {exc.message}", param="kvl.grammar", code="invalid_grammar") from None
+
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the queue's work spread over the sequences."""
         return max(1, min(120, round(self._avg_s * (len(self._waiting) + 1) / max(1, self.parallel))))
@@ -150,6 +161,7 @@ class Service:
 
     def _serve(self, engine: Engine) -> None:
         while not self._stopping.is_set():
+            self._count = 0  # generate_many numbers its requests from 0
             try:
                 for index, ev in engine.generate_many(self._feed(), self.parallel):
                     self._dispatch(index, ev)
@@ -157,8 +169,9 @@ class Service:
                 pass
             except Exception:  # a bug: the running requests fail, the server goes on
                 log.exception("the engine loop failed")
-                for job in self._running.values():
-                    job.send(internal())
+            for job in self._running.values():  # requests the loop left without an end
+                job.send(ApiError(503, "the server is stopping", type="server_error", code="unavailable")
+                         if self._stopping.is_set() else internal())
             self._running.clear()
 
     def _feed(self) -> Iterator[Request | None]:
