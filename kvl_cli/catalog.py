@@ -204,6 +204,7 @@ def _resolve_path(path: Path, model: str, mmproj: str | None) -> tuple[Path, Pat
     """A model given as a file: its projector from --mmproj, else the one mmproj*.gguf beside it."""
     if not path.exists():
         raise ModelError(f"model file not found: {model}", hint="check the path, or pull a model with `kvl pull`")
+    _check_gguf(path)  # /etc/passwd is "not a GGUF file", not a model that lacks a projector
     if mmproj is None:
         sibling = _sibling_projector(path)
         if sibling is None:
@@ -216,6 +217,21 @@ def _resolve_path(path: Path, model: str, mmproj: str | None) -> tuple[Path, Pat
     if not proj.exists():
         raise ModelError(f"projector file not found: {mmproj}", hint="check the --mmproj path")
     return path, proj, path.name
+
+
+def _check_gguf(path: Path) -> None:
+    """The file starts like a GGUF file (4 bytes read; the header is checked in full at load)."""
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not a GGUF file", hint="give the path of the .gguf file")
+    if not path.is_file():  # a FIFO or a device: opening it could block, and llama.cpp maps files
+        raise ModelError(f"{path} is not a GGUF file (not a regular file)", hint="give a .gguf model file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}", hint="check the file's permissions") from None
+    if magic != b"GGUF":
+        raise ModelError(f"{path} is not a GGUF file", hint="give a .gguf model file (llama.cpp format)")
 
 
 def _resolve_installed(model: str, mmproj: str | None) -> tuple[Path, Path, str]:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
@@ -54,6 +54,7 @@ class Environment:
     stderr_isatty: bool | None = None
     no_color: bool | None = None  # None: from NO_COLOR (https://no-color.org: any non-empty value)
     _stdin_data: bytes | None = field(default=None, init=False, repr=False)
+    _stdin_error: InputError | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.stdin_isatty is None:
@@ -67,12 +68,20 @@ class Environment:
 
     def read_stdin(self) -> bytes:
         """All of stdin (an image, a list of paths, a question), read once however often it is
-        asked for; empty when it cannot be read."""
+        asked for; empty when it cannot be read. More than ``KVL_MAX_INPUT_BYTES`` is refused
+        (InputError "oversized", every time it is asked for) without holding more than that."""
+        from .limits import read_limited
+
+        if self._stdin_error is not None:
+            raise self._stdin_error
         if self._stdin_data is None:
             try:
-                self._stdin_data = self.stdin.read()
+                self._stdin_data = read_limited(self.stdin, "stdin")
             except (OSError, ValueError):
                 self._stdin_data = b""
+            except InputError as exc:
+                self._stdin_error = exc
+                raise
         return self._stdin_data
 
     def read_stdin_text(self) -> str:

@@ -2,6 +2,12 @@
 
 A bad input is reported (one line on stderr, or a JSON object with ``error``) and the others
 still run; the exit code then says that some failed. Usable without Click.
+
+Every input has its place in the order, failed ones included: an input that fails its check before
+the model loads (missing, empty, not an image, oversized) is written where it stands, like one that
+fails later. Failures that come before the first good input (all of them, when nothing can run)
+are written at once, before the model loads; a failure after a good input waits for the inputs
+before it, so stderr and stdout (text or JSON) read in the order the inputs were given.
 """
 
 from __future__ import annotations
@@ -59,113 +65,172 @@ def load_engine(config: EngineConfig, renderer: Renderer, *, cache: bool = True,
     return engine
 
 
+Slot = Job | InputProblem  # an input to run, or one that already failed
+
+
+def in_order(jobs: list[Job], problems: list[InputProblem]) -> list[Slot]:
+    """Jobs and the problems found while expanding the arguments, merged in input order: a problem
+    goes before the job at its place ``at`` (a problem without a place goes first)."""
+    pending = sorted(problems, key=lambda p: -1 if p.at is None else p.at)  # stable: equal places keep their order
+    slots: list[Slot] = []
+    for pos, job in enumerate(jobs):
+        while pending and (pending[0].at or 0) <= pos:
+            slots.append(pending.pop(0))
+        slots.append(job)
+    return slots + pending
+
+
+def check(slot: Slot) -> Slot:
+    """The job if every image passes its header check, else the problem in its place. A pipe or
+    stdin is read here, once, and kept for the job."""
+    if isinstance(slot, InputProblem):
+        return slot
+    try:
+        for ref in slot.refs:
+            precheck_image(ref)
+    except InputError as exc:
+        return InputProblem(slot.label, exc)
+    return slot
+
+
+def prepare(jobs: list[Job], problems: list[InputProblem]) -> list[Slot]:
+    """Every input in order, each job header-checked before anything loads (a job that fails
+    becomes the problem in its place)."""
+    return [check(slot) for slot in in_order(jobs, problems)]
+
+
+def runnable(slots: list[Slot]) -> list[Job]:
+    return [slot for slot in slots if isinstance(slot, Job)]
+
+
 def precheck_jobs(jobs: list[Job], problems: list[InputProblem],
                   renderer: Renderer) -> tuple[list[Job], list[JobOutcome]]:
-    """Header-check every image before the model loads; report each problem at once."""
-    failed = [JobOutcome(p.label, error=p.error) for p in problems]
-    for p in problems:
-        renderer.error(p.label, p.error)
+    """Header-check every image before the model loads; report each failure, in input order."""
     good: list[Job] = []
-    for job in jobs:
-        try:
-            for ref in job.refs:
-                precheck_image(ref)
-        except InputError as exc:
-            renderer.error(job.label, exc)
-            failed.append(JobOutcome(job.label, error=exc))
-            continue
-        good.append(job)
+    failed: list[JobOutcome] = []
+    for slot in map(check, in_order(jobs, problems)):
+        if isinstance(slot, Job):
+            good.append(slot)
+        else:
+            renderer.error(slot.label, slot.error)
+            failed.append(JobOutcome(slot.label, error=slot.error))
     return good, failed
 
 
 class JobSink:
     """Writes a batch's inputs through the renderer and keeps their outcomes (see ``ordered``)."""
 
-    def __init__(self, jobs: list[Job], renderer: Renderer, meta: dict[str, Any]) -> None:
-        self.jobs = jobs
+    def __init__(self, slots: list[Slot], renderer: Renderer, meta: dict[str, Any]) -> None:
+        self.slots = slots
         self.renderer = renderer
         self.meta = meta
         self.outcomes: list[JobOutcome] = []
+        self.begun = 0
 
     def begin(self, pos: int) -> None:
-        self.renderer.begin(self.jobs[pos].label, pos + 1, len(self.jobs))
+        # the index counts answers begun, so the first header has no blank line before it even
+        # when failed inputs came first (as `head a b` prints after "cannot open")
+        self.begun += 1
+        self.renderer.begin(self.slots[pos].label, self.begun, len(self.slots))
 
     def event(self, pos: int, ev: Event) -> None:
         self.renderer.event(ev)
 
     def progress(self, pos: int, ev: PhaseEvent) -> None:
         label, _ = phase_text(ev)
-        self.renderer.status(label, f"{self.jobs[pos].label} · {len(self.outcomes)}/{len(self.jobs)} done")
+        self.renderer.status(label, f"{self.slots[pos].label} · {len(self.outcomes)}/{len(self.slots)} done")
 
     def done(self, pos: int, outcome: Outcome) -> None:
-        job = self.jobs[pos]
+        slot = self.slots[pos]
         if isinstance(outcome, KvlError):
-            self.renderer.error(job.label, outcome)
-            self.outcomes.append(JobOutcome(job.label, error=outcome))
+            self.renderer.error(slot.label, outcome)
+            self.outcomes.append(JobOutcome(slot.label, error=outcome))
             return
-        self.renderer.end(job.label, outcome, {**self.meta, **job.meta})
-        self.outcomes.append(JobOutcome(job.label, result=outcome))
+        meta = slot.meta if isinstance(slot, Job) else {}
+        self.renderer.end(slot.label, outcome, {**self.meta, **meta})
+        self.outcomes.append(JobOutcome(slot.label, result=outcome))
 
 
 class JobRequests:
     """Each job's images decoded when the engine asks for its request (so a long batch is never
-    all in memory), the first one ahead of the load."""
+    all in memory), the first one ahead of the load; what an input kept (a pipe's bytes) is let go
+    once its request is built."""
 
-    def __init__(self, jobs: list[Job], settings: GenerationSettings, image_max_tokens: int | None) -> None:
-        self.jobs = jobs
+    def __init__(self, slots: list[Slot], settings: GenerationSettings, image_max_tokens: int | None) -> None:
+        self.slots = slots
         self.settings = settings
         self.image_max_tokens = image_max_tokens
         self._ahead: dict[int, list[ImageInput]] = {}
 
+    def _job(self, pos: int) -> Job:
+        job = self.slots[pos]
+        assert isinstance(job, Job)
+        return job
+
     def request(self, pos: int, marker: str) -> Request:
-        images = self._ahead.pop(pos, None)
-        if images is None:
-            images = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self.jobs[pos].refs]
-        return self._build(pos, images, marker)
+        job = self._job(pos)
+        try:
+            images = self._ahead.pop(pos, None)
+            if images is None:
+                images = [load_image(ref, max_tokens=self.image_max_tokens) for ref in job.refs]
+        finally:
+            for ref in job.refs:
+                ref.release()
+        return self._build(job, images, marker)
 
     def first(self) -> Request | None:
         """The first job's request, decoded now so the engine can encode it while loading (its images
         are kept for the job); None if they are bad (reported when the job runs)."""
+        pos = next(i for i, slot in enumerate(self.slots) if isinstance(slot, Job))
         try:
-            self._ahead[0] = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self.jobs[0].refs]
+            self._ahead[pos] = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self._job(pos).refs]
         except InputError:
             return None
-        return self._build(0, self._ahead[0], default_marker())
+        return self._build(self._job(pos), self._ahead[pos], default_marker())
 
-    def _build(self, pos: int, images: list[ImageInput], marker: str) -> Request:
-        job = self.jobs[pos]
+    def _build(self, job: Job, images: list[ImageInput], marker: str) -> Request:
         return Request(user_text=user_text(marker, len(images), job.instruction), images=images,
                        system=job.system, settings=self.settings)
 
     def stream(self, marker: str, emitter: OrderedEmitter) -> Iterator[tuple[int, Request]]:
-        for pos in range(len(self.jobs)):
+        for pos, slot in enumerate(self.slots):
+            if not isinstance(slot, Job):
+                continue  # settled before the load
             try:
                 yield pos, self.request(pos, marker)
             except InputError as exc:
                 emitter.settle(pos, exc)
 
 
-def run_jobs(engine_factory: Callable[[Request | None], Engine], jobs: list[Job], problems: list[InputProblem], *,
-             settings: GenerationSettings, renderer: Renderer, image_max_tokens: int | None,
+def run_jobs(engine_factory: Callable[[Request | None], Engine], slots: list[Slot], *, settings: GenerationSettings,
+             renderer: Renderer, image_max_tokens: int | None,
              meta: dict[str, Any], parallel: int = 1) -> list[JobOutcome]:
-    """Run every job, writing results in input order; one outcome per input (failed ones included).
+    """Run every job of ``slots`` (from ``prepare``), writing results in input order; one outcome
+    per input (failed ones included, in their place; with no job, only those, and no engine).
     Raises ``Interrupted`` on Ctrl-C, after writing what finished.
 
     With ``parallel`` > 1, up to that many jobs are worked on at once; the first in order streams
     live, the others are written whole when their turn comes.
     """
-    jobs, outcomes = precheck_jobs(jobs, problems, renderer)
-    if not jobs:
-        return outcomes
-    requests = JobRequests(jobs, settings, image_max_tokens)
-    engine = engine_factory(requests.first())
-    sink = JobSink(jobs, renderer, {**meta, "load_s": round(engine.load_seconds, 3)})
+    sink = JobSink(slots, renderer, dict(meta))
     emitter = OrderedEmitter(sink)
+    for pos, slot in enumerate(slots):
+        if isinstance(slot, InputProblem):
+            emitter.settle(pos, slot.error)  # written now if no good input comes before it
+    if not runnable(slots):
+        return sink.outcomes
+    requests = JobRequests(slots, settings, image_max_tokens)
+    try:
+        engine = engine_factory(requests.first())
+    except BaseException:
+        emitter.flush()  # the failures found so far, in order, before the load's own error
+        raise
+    sink.meta["load_s"] = round(engine.load_seconds, 3)
     try:
         run_ordered(engine, requests.stream(engine.marker, emitter), emitter, parallel)
     finally:
         renderer.close()
-    return outcomes + sink.outcomes
+    return sink.outcomes
 
 
 def exit_code(outcomes: list[JobOutcome]) -> ExitCode:

@@ -17,8 +17,9 @@ from typing import IO
 from .engine.engine import Engine
 from .engine.types import DoneEvent, Event, GenerationSettings, PhaseEvent, Request, Result
 from .errors import KvlError
+from .media import video_sandbox
 from .media.images import image_from_array
-from .media.video import Frame, FrameSampler, Scene, VideoInfo, detect_scenes, stamp, subtitle_time
+from .media.video import Frame, Scene, VideoInfo, stamp, subtitle_time
 from .ordered import OrderedEmitter, Outcome, run_ordered
 from .render import Renderer
 from .tasks import SCENE_PROMPT
@@ -131,8 +132,8 @@ def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args
     the number of scenes; raises the first scene's failure after the others are written."""
     renderer.status("finding scenes")
     t0 = time.perf_counter()
-    scenes = detect_scenes(path, detector=args.detector, threshold=args.threshold, start=args.start, end=args.end,
-                           info=info)
+    scenes = video_sandbox.scenes(path, info, detector=args.detector, threshold=args.threshold, start=args.start,
+                                  end=args.end)
     sink = SceneSink(label, scenes, writer, renderer, time.perf_counter() - t0)
     emitter = OrderedEmitter(sink)
     per_frame = frame_budget(args.frames_per_scene, args.per_frame, ctx, settings.max_tokens)
@@ -141,9 +142,9 @@ def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args
         # frames are decoded here, on the calling thread, while the workers encode and generate
         for pos, scene in enumerate(scenes):
             t1 = time.perf_counter()
-            sampler = FrameSampler(path, max_frames=args.frames_per_scene, start=scene.start,
-                                   end=max(scene.end, scene.start + 1e-3), info=info)
-            frames = list(sampler)
+            sampler = video_sandbox.sample(path, info, max_frames=args.frames_per_scene, start=scene.start,
+                                           end=max(scene.end, scene.start + 1e-3))
+            frames = sampler.frames
             if sampler.warning:
                 renderer.warn(sampler.warning)
             if not frames:

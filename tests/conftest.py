@@ -43,7 +43,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(var, str(home / var.lower()))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     for var in ("KVL_MODEL", "KVL_MMPROJ", "KVL_DEBUG", "KVL_AUTO_PULL", "KVL_REPACK", "HF_TOKEN", "HF_ENDPOINT",
-                "HF_HUB_OFFLINE", "NO_COLOR", "KVL_MAX_IMAGE_PIXELS", "KVL_CATALOG"):
+                "HF_HUB_OFFLINE", "NO_COLOR", "KVL_MAX_IMAGE_PIXELS", "KVL_CATALOG",
+                "KVL_MAX_INPUT_BYTES", "KVL_SANDBOX"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     return home

@@ -127,7 +127,6 @@ def test_animated_gif_counts_as_a_video(kvl, scripted, tmp_path):
     ("empty", "the file is empty"),
     ("garbage", "not a video kvl can read"),
     ("start", "is past the end of the video"),
-    ("range", "holds no frames"),
 ])
 def test_bad_video_input(kvl, scripted, clip, images, tmp_path, case, expect):
     extra: list[str] = []
@@ -140,10 +139,8 @@ def test_bad_video_input(kvl, scripted, clip, images, tmp_path, case, expect):
     elif case == "garbage":
         target = tmp_path / "g.mp4"
         target.write_bytes(b"\x00\x01garbage" * 100)
-    elif case == "start":
-        extra = ["--start", "0:30"]
     else:
-        extra = ["--start", "4", "--end", "3"]
+        extra = ["--start", "0:30"]
     r = kvl("video", target, *extra, *scripted.args())
     assert r.code == 3, r.err
     assert expect in r.err and "Traceback" not in r.err

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..batch import read_list, select
+from ..batch import in_shard, read_list, select
 from ..environment import Environment
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..media.images import InputProblem, InputRef, expand_inputs
-from ..options import BatchOptions, CommonOptions
+from ..options import BatchOptions, CommonOptions, ModelOptions
 from ..render import Renderer, make_renderer
-from ..runner import Job, exit_code, load_engine, precheck_jobs, run_jobs
+from ..runner import Job, exit_code, load_engine, prepare, run_jobs, runnable
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+    from ..engine.types import Request
 
 pass_env = click.make_pass_decorator(Environment, ensure=True)
 
@@ -31,21 +35,22 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
                    meta: dict[str, Any], parallel: int | None = 1, env: Environment | None = None) -> int:
     """Run jobs for an image command and return its exit code."""
     m = common.model
+    check_image_tokens(m, task)
     settings = common.gen.settings(task)
     env = env or current_env()
     renderer = renderer_for(common, env)
     if not jobs and not problems:
         raise InputError("no input given", hint=f"try: kvl {task} photo.jpg")
-    if not jobs:  # resolve the model only when something can run: a missing file should not ask for a model
-        _, failed = precheck_jobs([], problems, renderer)
-        renderer.close()
-        return int(exit_code(failed))
+    slots = prepare(jobs, problems)  # every input checked, in order, before a model is looked for
+    if not runnable(slots):  # a missing or broken file should not ask for a model
+        return int(exit_code(run_jobs(_no_engine, slots, settings=settings, renderer=renderer, image_max_tokens=None,
+                                      meta=meta)))
     from .pull import ensure_model
 
     model, mmproj, model_name = ensure_model(m.model, m.mmproj, renderer, yes=m.yes)
     meta = {"task": task, "model": model_name, **meta, "image_max_tokens": m.image_tokens(task),
             "temperature": settings.temperature, "seed": settings.seed}
-    parallel = max(1, min(parallel or m.default_parallel(), len(jobs)))
+    parallel = max(1, min(parallel or m.default_parallel(), len(runnable(slots))))
     lanes, per_lane = m.plan_parallel(parallel)
     config = m.engine_config(task, model, mmproj, verbose=common.out.verbose, parallel=per_lane, lanes=lanes)
     if parallel > 1:
@@ -65,12 +70,34 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
         remote = remote_engine(config, meta)
     try:
         outcomes = run_jobs(remote or (lambda first: load_engine(config, renderer, cache=m.cache, encode_ahead=first)),
-                            jobs,
-                            problems, settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,
+                            slots,
+                            settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,
                             meta=meta, parallel=parallel)
     finally:
         renderer.close()
     return int(exit_code(outcomes))
+
+
+def _no_engine(first: Request | None) -> Engine:
+    raise AssertionError("no input can run: no engine is made")
+
+
+MIN_IMAGE_TOKENS = 8  # below this libmtmd cannot build Kimi-VL's projector graph (it fails to load)
+
+
+def check_image_tokens(m: ModelOptions, task: str) -> None:
+    """--image-min-tokens / --image-max-tokens that libmtmd would refuse, refused before anything
+    loads and named (measured on the toy pair, whose patch size and merge are the real projector's:
+    a maximum under 8, or a minimum over the maximum, fails the projector's load)."""
+    most = m.image_tokens(task)
+    name = "--image-max-tokens" if m.image_max_tokens is not None else f"{task}'s image token budget"
+    if most < MIN_IMAGE_TOKENS:
+        raise UsageError(f"--image-max-tokens {most} is below {MIN_IMAGE_TOKENS}, the fewest tokens the vision "
+                         "projector can give an image", hint=f"use --image-max-tokens {MIN_IMAGE_TOKENS} or more")
+    least = m.image_min_tokens
+    if least is not None and least > most:
+        raise UsageError(f"--image-min-tokens {least} is more than {name} ({most})",
+                         hint=f"lower --image-min-tokens to {most} or less, or raise --image-max-tokens")
 
 
 def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
@@ -79,7 +106,8 @@ def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
 
 def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
                  env: Environment) -> tuple[list[InputRef], list[InputProblem]]:
-    """Arguments plus --from, then --skip-done and --shard; says on stderr what it skipped."""
+    """Arguments plus --from, then --skip-done and --shard; says on stderr what it skipped. Each
+    problem keeps its place among the inputs that remain."""
     args = list(inputs)
     stdin: bytes | None = None
     if b.from_file:
@@ -92,9 +120,11 @@ def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
                     if line.strip() and not line.strip().startswith("#")]
         elif stdin:
             args = ["-"]
-    refs, problems = expand_inputs(args, stdin=stdin if stdin is not None else _lazy_stdin(args, env))
+    refs, problems = expand_inputs(args, stdin=env.read_stdin)
     if b.skip_done or b.shard:
-        refs, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard)
+        kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard)
+        problems = _replace_problems(problems, refs, kept, b.shard)
+        refs = kept
         notes = []
         if n_done:
             notes.append(f"{n_done} already done in {b.skip_done}")
@@ -105,9 +135,15 @@ def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
     return refs, problems
 
 
-def _lazy_stdin(args: list[str], env: Environment) -> bytes | None:
-    """stdin's bytes when an argument is ``-`` (read once, whoever asks)."""
-    return env.read_stdin() if "-" in args else None
+def _replace_problems(problems: list[InputProblem], refs: list[InputRef], kept: list[InputRef],
+                      shard: tuple[int, int] | None) -> list[InputProblem]:
+    """Problems among the inputs ``select`` kept: each in its shard only, its place counted again."""
+    kept_ids = {id(ref) for ref in kept}
+    before = [0]  # kept inputs before each place in ``refs``
+    for ref in refs:
+        before.append(before[-1] + (id(ref) in kept_ids))
+    return [InputProblem(p.label, p.error, None if p.at is None else before[p.at]) for p in problems
+            if shard is None or in_shard(p.label, shard)]
 
 
 def _is_text(data: bytes) -> bool:

@@ -51,7 +51,7 @@ def ask(env: Environment, args: tuple[str, ...], question: str | None, **kwargs:
         from .video import ask_video
 
         return ask_video(inputs[0], q, common, env)
-    refs, problems = expand_inputs(inputs, stdin=env.read_stdin() if "-" in inputs else None)
+    refs, problems = expand_inputs(inputs, stdin=env.read_stdin)
     label = refs[0].label if len(refs) == 1 else ", ".join(r.label for r in refs)
     jobs = [Job(label=label, refs=refs, instruction=q, meta={"question": q, "images": [r.label for r in refs]})]
     if problems:  # one prompt needs every image: a missing one fails the question

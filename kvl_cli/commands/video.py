@@ -7,38 +7,50 @@ from typing import Any
 import click
 
 from ..environment import Environment
-from ..errors import ExitCode, InputError, Interrupted, KvlError
-from ..media.images import InputRef, expand_inputs
+from ..errors import ExitCode, InputError, Interrupted, KvlError, UsageError
+from ..limits import is_regular
+from ..media import video_sandbox
+from ..media.images import InputProblem, InputRef, expand_inputs
 from ..media.scenes import DEFAULT_DETECTOR, DETECTORS, check_detector
-from ..media.video import FrameSampler, Scene, VideoInfo, detect_scenes, parse_time, probe
+from ..media.video import Scene, VideoInfo, parse_time
 from ..options import CommonOptions, common_options, generation_options, model_options, output_options
 from ..render import OutputOptions, Renderer, make_renderer
 from ..runner import load_engine
 from ..tasks import SCENE_PROMPT, VIDEO_PROMPT
 from ..videos import PROMPT_RESERVE, SceneWriter, VideoArgs, caption_scenes, frame_budget, frames_request, run_request
-from ._common import pass_env
+from ._common import check_image_tokens, pass_env
 from .pull import ensure_model
 
 SCENE_THINK_BUDGET = 256  # a scene caption needs little deliberation
 
 
-def probe_all(inputs: list[str], renderer: Renderer) -> tuple[list[tuple[InputRef, VideoInfo]], int]:
-    """Every video probed before the model loads; problems reported at once. (checked, failures)"""
+Probed = tuple[InputRef, VideoInfo] | InputProblem  # a video ready to run, or one that failed
+
+
+def probe_all(inputs: list[str]) -> list[Probed]:
+    """Every video probed (in the decoder process) before the model loads, in input order; the
+    ones that failed keep their place (reported when their turn comes, as in a batch)."""
     refs, problems = expand_inputs(inputs, video=True)
-    failures = 0
-    for p in problems:
-        renderer.error(p.label, p.error)
-        failures += 1
-    checked = []
-    for ref in refs:
+    slots: list[Probed] = [p for p in problems if p.at is None]
+    for pos, ref in enumerate([*refs, None]):
+        slots += [p for p in problems if p.at == pos]
+        if ref is None:
+            break
         try:
-            if ref.path is None:
-                raise InputError(f"{ref.label}: videos must be files", hint="save the stream to a file first")
-            checked.append((ref, probe(ref.path)))
+            if ref.path is None or not is_regular(ref.path):  # probed, then read again: a pipe cannot be
+                raise InputError(f"{ref.label}: a video must be a regular file, not a stream",
+                                 hint="save the stream to a file first")
+            slots.append((ref, video_sandbox.probe(ref.path)))
         except InputError as exc:
-            renderer.error(ref.label, exc)
-            failures += 1
-    return checked, failures
+            slots.append(InputProblem(ref.label, exc))
+    return slots
+
+
+def run_exit_code(done: int, failures: list[KvlError]) -> int:
+    """0, 5 when some videos failed, else the first failure's own code (8 for a prompt too long)."""
+    if not failures:
+        return 0
+    return int(ExitCode.PARTIAL) if done else int(failures[0].exit_code)
 
 
 class VideoRun:
@@ -59,11 +71,23 @@ class VideoRun:
         self.parallel = (parallel or m.default_parallel()) if scenes else 1
         self.args = replace(args, per_frame=m.image_tokens("video"))
 
+    def _failed(self, slot: Probed, failures: list[KvlError]) -> bool:
+        """Report ``slot`` if it is a failure (whether it was)."""
+        if not isinstance(slot, InputProblem):
+            return False
+        self.renderer.error(slot.label, slot.error)
+        failures.append(slot.error)
+        return True
+
     def run(self, inputs: list[str]) -> int:
-        checked, failures = probe_all(inputs, self.renderer)
+        check_image_tokens(self.common.model, "video")
+        slots, failures = probe_all(inputs), list[KvlError]()
+        checked = [slot for slot in slots if not isinstance(slot, InputProblem)]
+        while slots and self._failed(slots[0], failures):  # failures before the first good video: at once
+            slots.pop(0)
         if not checked:
             self.renderer.close()
-            return int(ExitCode.INPUT)
+            return run_exit_code(0, failures)
         m = self.common.model
         model, mmproj, self.model_name = ensure_model(m.model, m.mmproj, self.renderer, yes=m.yes)
         lanes, per_lane = m.plan_parallel(self.parallel)
@@ -74,27 +98,36 @@ class VideoRun:
             need = self.args.frames_per_scene * (self.args.per_frame + 16) + self.settings.max_tokens + PROMPT_RESERVE
             self.config.n_ctx = min(self.config.n_ctx, -(-need // 256) * 256)
         if self.common.out.dry_run:
+            slots = [slot for slot in slots if not self._failed(slot, failures)]
             self._preview(checked)
             return int(ExitCode.PARTIAL if failures else 0)
         engine = load_engine(self.config, self.renderer, cache=m.cache)
-        writer = SceneWriter(self.fmt, self.env.stdout, multiple=len(checked) > 1) if self.scenes else None
-        done = 0
         try:
-            for index, (ref, info) in enumerate(checked, 1):
-                try:
-                    self._one(engine, ref, info, index, len(checked), writer)
-                    done += 1
-                except KvlError as exc:
-                    if exc.exit_code is ExitCode.INTERRUPTED:
-                        raise
-                    self.renderer.error(ref.label, exc)
-                    failures += 1
+            done = self._each(engine, slots, checked, failures)
         finally:
             self.renderer.close()
             engine.close()
-        if failures and done:
-            return int(ExitCode.PARTIAL)
-        return int(ExitCode.INPUT) if failures else 0
+        return run_exit_code(done, failures)
+
+    def _each(self, engine: Any, slots: list[Probed], checked: list[tuple[InputRef, VideoInfo]],
+              failures: list[KvlError]) -> int:
+        """Every video in input order (a failed one reported in its place); how many succeeded."""
+        writer = SceneWriter(self.fmt, self.env.stdout, multiple=len(checked) > 1) if self.scenes else None
+        done = 0
+        for slot in slots:
+            if isinstance(slot, InputProblem):
+                self._failed(slot, failures)
+                continue
+            ref, info = slot
+            try:
+                self._one(engine, ref, info, checked.index(slot) + 1, len(checked), writer)
+                done += 1
+            except KvlError as exc:
+                if exc.exit_code is ExitCode.INTERRUPTED:
+                    raise
+                self.renderer.error(ref.label, exc)
+                failures.append(exc)
+        return done
 
     def _preview(self, checked: list[tuple[InputRef, VideoInfo]]) -> None:
         """``--dry-run``: each video's prompt (each scene's, with --scenes), nothing generated."""
@@ -111,12 +144,12 @@ class VideoRun:
                 assert ref.path is not None
                 a = self.args
                 if scene is None:
-                    sampler = FrameSampler(ref.path, fps=a.fps, max_frames=a.max_frames, start=a.start, end=a.end,
-                                           info=info)
+                    sampled = video_sandbox.sample(ref.path, info, fps=a.fps, max_frames=a.max_frames, start=a.start,
+                                                   end=a.end)
                 else:
-                    sampler = FrameSampler(ref.path, max_frames=a.frames_per_scene, start=scene.start,
-                                           end=max(scene.end, scene.start + 1e-3), info=info)
-                frames = list(sampler)
+                    sampled = video_sandbox.sample(ref.path, info, max_frames=a.frames_per_scene, start=scene.start,
+                                                   end=max(scene.end, scene.start + 1e-3))
+                frames = sampled.frames
                 n_ctx, per = self.config.n_ctx, a.frames_per_scene if scene is not None else len(frames)
                 request = frames_request(default_marker(), frames, ref.label,
                                          SCENE_PROMPT if scene is not None else self.instruction,
@@ -127,7 +160,8 @@ class VideoRun:
     def _scenes(self, ref: InputRef, info: VideoInfo) -> list[Scene]:
         assert ref.path is not None
         a = self.args
-        return detect_scenes(ref.path, detector=a.detector, threshold=a.threshold, start=a.start, end=a.end, info=info)
+        return video_sandbox.scenes(ref.path, info, detector=a.detector, threshold=a.threshold, start=a.start,
+                                    end=a.end)
 
     def _one(self, engine: Any, ref: InputRef, info: VideoInfo, index: int, total: int,
              writer: SceneWriter | None) -> None:
@@ -140,8 +174,8 @@ class VideoRun:
         self.renderer.status("decoding video")
         t0 = time.perf_counter()
         a = self.args
-        sampler = FrameSampler(ref.path, fps=a.fps, max_frames=a.max_frames, start=a.start, end=a.end, info=info)
-        frames = list(sampler)
+        sampler = video_sandbox.sample(ref.path, info, fps=a.fps, max_frames=a.max_frames, start=a.start, end=a.end)
+        frames = sampler.frames
         decode_s = time.perf_counter() - t0
         if sampler.warning:
             self.renderer.warn(sampler.warning)
@@ -212,6 +246,8 @@ def video(env: Environment, inputs: tuple[str, ...], scenes: bool, fmt: str, fra
     check_detector(detector, threshold)
     args = VideoArgs(fps=fps, max_frames=max_frames, start=parse_time(start), end=parse_time(end),
                      frames_per_scene=frames_per_scene, detector=detector, threshold=threshold)
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise UsageError(f"--end {end} is not after --start {start}", hint="give an --end later than --start")
     run = VideoRun(common, args, env, instruction=prompt or VIDEO_PROMPT, scenes=scenes, fmt=fmt, parallel=parallel)
     return run.run(list(inputs))
 
