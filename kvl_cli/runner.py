@@ -24,6 +24,7 @@ from .errors import ExitCode, InputError, KvlError, UsageError
 from .media.images import InputProblem, InputRef, load_image, precheck_image
 from .ordered import OrderedEmitter, Outcome, run_ordered
 from .render import Renderer, phase_text
+from .schema import AnswerGate, AnswerSchema
 from .tasks import user_text
 
 
@@ -120,10 +121,12 @@ def precheck_jobs(jobs: list[Job], problems: list[InputProblem],
 class JobSink:
     """Writes a batch's inputs through the renderer and keeps their outcomes (see ``ordered``)."""
 
-    def __init__(self, slots: list[Slot], renderer: Renderer, meta: dict[str, Any]) -> None:
+    def __init__(self, slots: list[Slot], renderer: Renderer, meta: dict[str, Any],
+                 gate: AnswerGate | None = None) -> None:
         self.slots = slots
         self.renderer = renderer
         self.meta = meta
+        self.gate = gate or AnswerGate(None)  # --schema: the answer is held back until it validates
         self.outcomes: list[JobOutcome] = []
         self.begun = 0
 
@@ -134,7 +137,8 @@ class JobSink:
         self.renderer.begin(self.slots[pos].label, self.begun, len(self.slots))
 
     def event(self, pos: int, ev: Event) -> None:
-        self.renderer.event(ev)
+        if self.gate.passes(ev):
+            self.renderer.event(ev)
 
     def progress(self, pos: int, ev: PhaseEvent) -> None:
         label, _ = phase_text(ev)
@@ -142,13 +146,27 @@ class JobSink:
 
     def done(self, pos: int, outcome: Outcome) -> None:
         slot = self.slots[pos]
+        meta = slot.meta if isinstance(slot, Job) else {}
+        if isinstance(outcome, Result):
+            outcome, meta = self._checked(outcome, meta)
         if isinstance(outcome, KvlError):
             self.renderer.error(slot.label, outcome)
             self.outcomes.append(JobOutcome(slot.label, error=outcome))
             return
-        meta = slot.meta if isinstance(slot, Job) else {}
         self.renderer.end(slot.label, outcome, {**self.meta, **meta})
         self.outcomes.append(JobOutcome(slot.label, result=outcome))
+
+    def _checked(self, result: Result, meta: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+        """With --schema: the validated answer, streamed now, and its data; or the reason there is none."""
+        if result.interrupted:
+            return result, meta
+        try:
+            result, answer, extra = self.gate.check(result)
+        except KvlError as exc:
+            return exc, meta
+        if answer is not None:
+            self.renderer.event(answer)
+        return result, {**meta, **extra}
 
 
 class JobRequests:
@@ -204,7 +222,7 @@ class JobRequests:
 
 def run_jobs(engine_factory: Callable[[Request | None], Engine], slots: list[Slot], *, settings: GenerationSettings,
              renderer: Renderer, image_max_tokens: int | None,
-             meta: dict[str, Any], parallel: int = 1) -> list[JobOutcome]:
+             meta: dict[str, Any], parallel: int = 1, answer: AnswerSchema | None = None) -> list[JobOutcome]:
     """Run every job of ``slots`` (from ``prepare``), writing results in input order; one outcome
     per input (failed ones included, in their place; with no job, only those, and no engine).
     Raises ``Interrupted`` on Ctrl-C, after writing what finished.
@@ -212,7 +230,7 @@ def run_jobs(engine_factory: Callable[[Request | None], Engine], slots: list[Slo
     With ``parallel`` > 1, up to that many jobs are worked on at once; the first in order streams
     live, the others are written whole when their turn comes.
     """
-    sink = JobSink(slots, renderer, dict(meta))
+    sink = JobSink(slots, renderer, dict(meta), AnswerGate(answer))
     emitter = OrderedEmitter(sink)
     for pos, slot in enumerate(slots):
         if isinstance(slot, InputProblem):

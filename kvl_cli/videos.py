@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .engine.engine import Engine
 from .engine.types import DoneEvent, Event, GenerationSettings, PhaseEvent, Request, Result
@@ -22,6 +22,7 @@ from .media.images import image_from_array
 from .media.video import Frame, Scene, VideoInfo, stamp, subtitle_time
 from .ordered import OrderedEmitter, Outcome, run_ordered
 from .render import Renderer
+from .schema import AnswerGate
 from .tasks import SCENE_PROMPT
 
 PROMPT_RESERVE = 512  # tokens kept for the instruction and timestamps besides the frames
@@ -57,14 +58,24 @@ def frames_request(marker: str, frames: list[Frame], label: str, instruction: st
     return Request(user_text=text, images=images, settings=settings)
 
 
-def run_request(engine: Engine, request: Request, renderer: Renderer) -> Result:
+def run_request(engine: Engine, request: Request, renderer: Renderer,
+                gate: AnswerGate | None = None) -> tuple[Result, dict[str, Any]]:
+    """One request streamed to ``renderer``: its result and, with --schema, the ``data`` field
+    (a constrained answer is shown only once it validates; a KvlError says why it did not)."""
+    gate = gate or AnswerGate(None)
     result = None
     for ev in engine.generate(request):
-        renderer.event(ev)
+        if gate.passes(ev):
+            renderer.event(ev)
         if isinstance(ev, DoneEvent):
             result = ev.result
     assert result is not None
-    return result
+    if result.interrupted:
+        return result, {}
+    result, answer, extra = gate.check(result)
+    if answer is not None:
+        renderer.event(answer)
+    return result, extra
 
 
 class SceneWriter:
@@ -75,12 +86,12 @@ class SceneWriter:
         if fmt == "vtt":
             out.write("WEBVTT\n\n")
 
-    def write(self, file: str, scene: Scene, caption: str, thinking: str) -> None:
+    def write(self, file: str, scene: Scene, caption: str, thinking: str, extra: dict[str, Any] | None = None) -> None:
         self.n += 1
         text = " ".join(caption.split())
         if self.fmt == "jsonl":
             rec = {"file": file, "scene": scene.index, "start": round(scene.start, 3), "end": round(scene.end, 3),
-                   "caption": caption, "thinking": thinking or None}
+                   "caption": caption, "thinking": thinking or None, **(extra or {})}
             self.out.write(json.dumps(rec, ensure_ascii=False) + "\n")
         elif self.fmt == "srt":
             self.out.write(f"{self.n}\n{subtitle_time(scene.start)} --> {subtitle_time(scene.end)}\n{text}\n\n")
@@ -96,8 +107,9 @@ class SceneSink:
     """Writes one video's scene captions in scene order (see ``ordered``); keeps the first failure."""
 
     def __init__(self, label: str, scenes: list[Scene], writer: SceneWriter, renderer: Renderer,
-                 detect_s: float) -> None:
+                 detect_s: float, gate: AnswerGate | None = None) -> None:
         self.label, self.scenes, self.writer, self.renderer = label, scenes, writer, renderer
+        self.gate = gate or AnswerGate(None)
         self.detect_s = detect_s
         self.started: dict[int, tuple[int, float]] = {}  # scene position -> frames, start time
         self.error: KvlError | None = None
@@ -114,11 +126,17 @@ class SceneSink:
 
     def done(self, pos: int, outcome: Outcome) -> None:
         self.renderer.stop_status()
+        extra: dict[str, Any] = {}
+        if isinstance(outcome, Result) and not outcome.interrupted:
+            try:
+                outcome, _, extra = self.gate.check(outcome)
+            except KvlError as exc:
+                outcome = exc
         if isinstance(outcome, KvlError):
             self.error = self.error or outcome
             return
         scene = self.scenes[pos]
-        self.writer.write(self.label, scene, outcome.answer, outcome.thinking)
+        self.writer.write(self.label, scene, outcome.answer, outcome.thinking, extra)
         if self.renderer.opts.verbose:
             n_frames, t1 = self.started.get(pos, (0, time.perf_counter()))
             self.renderer.err.print(f"[dim]scene {scene.index}/{len(self.scenes)}: {n_frames} frames, "
@@ -127,14 +145,14 @@ class SceneSink:
 
 def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args: VideoArgs,
                    settings: GenerationSettings, renderer: Renderer, writer: SceneWriter, ctx: int,
-                   parallel: int = 1) -> int:
+                   parallel: int = 1, gate: AnswerGate | None = None) -> int:
     """Caption each scene, several at once with ``parallel`` > 1, written in scene order. Returns
     the number of scenes; raises the first scene's failure after the others are written."""
     renderer.status("finding scenes")
     t0 = time.perf_counter()
     scenes = video_sandbox.scenes(path, info, detector=args.detector, threshold=args.threshold, start=args.start,
                                   end=args.end)
-    sink = SceneSink(label, scenes, writer, renderer, time.perf_counter() - t0)
+    sink = SceneSink(label, scenes, writer, renderer, time.perf_counter() - t0, gate)
     emitter = OrderedEmitter(sink)
     per_frame = frame_budget(args.frames_per_scene, args.per_frame, ctx, settings.max_tokens)
 

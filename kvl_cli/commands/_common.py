@@ -36,7 +36,8 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
     """Run jobs for an image command and return its exit code."""
     m = common.model
     check_image_tokens(m, task)
-    settings = common.gen.settings(task)
+    answer = common.gen.answer_schema()
+    settings = common.gen.settings(task, answer)
     env = env or current_env()
     renderer = renderer_for(common, env)
     if not jobs and not problems:
@@ -72,7 +73,7 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
         outcomes = run_jobs(remote or (lambda first: load_engine(config, renderer, cache=m.cache, encode_ahead=first)),
                             slots,
                             settings=settings, renderer=renderer, image_max_tokens=config.image_max_tokens,
-                            meta=meta, parallel=parallel)
+                            meta=meta, parallel=parallel, answer=answer)
     finally:
         renderer.close()
     return int(exit_code(outcomes))

@@ -16,6 +16,7 @@ from ..media.video import Scene, VideoInfo, parse_time
 from ..options import CommonOptions, common_options, generation_options, model_options, output_options
 from ..render import OutputOptions, Renderer, make_renderer
 from ..runner import load_engine
+from ..schema import AnswerGate
 from ..tasks import SCENE_PROMPT, VIDEO_PROMPT
 from ..videos import PROMPT_RESERVE, SceneWriter, VideoArgs, caption_scenes, frame_budget, frames_request, run_request
 from ._common import check_image_tokens, pass_env
@@ -62,7 +63,9 @@ class VideoRun:
         self.common, self.args, self.env, self.scenes, self.fmt = common, args, env, scenes, fmt
         self.instruction = instruction
         self.task_meta = task_meta or {"task": "video"}
-        self.settings = common.gen.settings("video")
+        self.answer = common.gen.answer_schema()
+        self.gate = AnswerGate(self.answer)
+        self.settings = common.gen.settings("video", self.answer)
         if scenes and common.gen.think_budget is None and not common.gen.no_think:
             self.settings = replace(self.settings, think_budget=SCENE_THINK_BUDGET)
         opts = common.out.render_options(common.gen)
@@ -168,7 +171,7 @@ class VideoRun:
         assert ref.path is not None
         if writer is not None:
             caption_scenes(engine, ref.path, ref.label, info, self.args, self.settings, self.renderer, writer,
-                           self.config.n_ctx, self.parallel)
+                           self.config.n_ctx, self.parallel, self.gate)
             return
         self.renderer.begin(ref.label, index, total)
         self.renderer.status("decoding video")
@@ -181,8 +184,8 @@ class VideoRun:
             self.renderer.warn(sampler.warning)
         per_frame = frame_budget(len(frames), a.per_frame, self.config.n_ctx, self.settings.max_tokens)
         request = frames_request(engine.marker, frames, ref.label, self.instruction, per_frame, self.settings)
-        result = run_request(engine, request, self.renderer)
-        meta = {**self.task_meta, "model": self.model_name, "frames": [round(f.time, 3) for f in frames],
+        result, extra = run_request(engine, request, self.renderer, self.gate)
+        meta = {**self.task_meta, **extra, "model": self.model_name, "frames": [round(f.time, 3) for f in frames],
                 "tokens_per_frame": per_frame, "decode_s": round(decode_s, 3), "decoded_frames": sampler.decoded}
         self.renderer.end(ref.label, result, meta)
         if result.interrupted:
