@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
 
 import click
 
 from . import __version__
+from .engine import stop
 from .environment import Environment, env_flag
-from .errors import ExitCode, Interrupted, KvlError, UsageError
+from .errors import EngineError, ExitCode, Interrupted, KvlError, OutputClosed, Terminated, UsageError
+from .outstream import checked
+from .safetext import one_line
+from .signals import STOP_SIGNALS, stop_signals
 
 COMMANDS = {
     "caption": "kvl_cli.commands.caption:caption",
@@ -50,6 +58,12 @@ class LazyGroup(click.Group):
             ctx.default_map = _config_defaults(name, cmd)
         return cmd
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # before Click turns it into Abort and prints an empty line
+            raise Interrupted() from exc
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, SHORT_HELP[name]) for name in COMMANDS]
         with formatter.section("Commands"):
@@ -71,7 +85,8 @@ def cli() -> None:
 
     The answer goes to stdout; progress, thinking and errors to stderr. Exit codes: 0 ok,
     1 internal error, 2 bad usage, 3 bad input, 4 model problem, 5 some inputs failed,
-    6 network, 7 disk, 8 prompt too long for the context, 130 interrupted.
+    6 network, 7 disk (or stdout could not be written), 8 prompt too long for the context,
+    130 interrupted (Ctrl-C), 141 stdout closed (`kvl … | head`), 143 terminated (SIGTERM).
     """
 
 
@@ -112,37 +127,106 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> None:
     """Entry point: run the command, map every failure to a documented exit code. ``env``: the
     streams to use (tests pass their own; default: the process's)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    stop.reset()
+    with stop_signals(), _checked_stdout(env) as env:
+        try:
+            rv = cli.main(args=args, prog_name="kvl", standalone_mode=False, obj=env)
+            code = int(rv) if isinstance(rv, int) else 0
+            env.stdout.flush()  # the end of the output not written is a failure of the run
+        except BaseException as exc:  # noqa: B036 - every way out becomes an exit code, here only
+            code = exit_code_for(exc, debug=_debug(args))
+    _exit(code, at_once=argv is None and code in STOPPED_CODES)
+
+
+@contextlib.contextmanager
+def _checked_stdout(env: Environment | None) -> Iterator[Environment]:
+    """The run's Environment with stdout checked (``outstream``); the process's own stdout too, for
+    what commands write with ``click.echo``."""
+    saved = sys.stdout
+    if env is None:
+        if sys.stdout is not None:
+            sys.stdout = checked(sys.stdout)
+        env = Environment()
+    else:
+        env.stdout = checked(env.stdout)
     try:
-        rv = cli.main(args=args, prog_name="kvl", standalone_mode=False, obj=env or Environment())
-        code = int(rv) if isinstance(rv, int) else 0
-    except BaseException as exc:  # noqa: B036 - every way out becomes an exit code, here only
-        code = exit_code_for(exc, debug=_debug(args))
+        yield env
+    finally:
+        sys.stdout = saved
+
+
+def _exit(code: int, *, at_once: bool = False) -> None:
+    """Exit with ``code``. Output that could not be written is dropped (the run already said so)
+    rather than failing again at the interpreter's exit. The process ends at once, without
+    Python's teardown, when a native load was left running on a helper thread (Ctrl-C during the
+    load: nothing may wait for it or free it) and, ``at_once``, when kvl itself (not a test calling
+    ``main``) was stopped: everything is written and said by then, and tearing down the
+    interpreter over 11 GB of model would hold the shell's prompt back for another half second."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    if at_once or stop.abandoned():
+        os._exit(code)
     sys.exit(code)
 
 
 def exit_code_for(exc: BaseException, *, debug: bool) -> int:
     """Say what went wrong (one line on stderr) and return its documented exit code."""
-    if isinstance(exc, (Interrupted, click.exceptions.Abort, KeyboardInterrupt)):
-        click.echo(("\n" if isinstance(exc, KeyboardInterrupt) else "") + "kvl: interrupted", err=True)
-        return ExitCode.INTERRUPTED
     if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
     if isinstance(exc, click.ClickException):
-        exc.show()
+        _show_click_error(exc)
         return exc.exit_code
-    if isinstance(exc, BrokenPipeError):
-        # the reader went away (`kvl ... | head`): not an error of ours
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return ExitCode.OK
+    if isinstance(exc, (OutputClosed, BrokenPipeError)):
+        return ExitCode.OUTPUT_CLOSED  # the reader went away (`kvl … | head`): nobody to tell
+    if _stopped(exc):
+        return _say_stopped(exc)
     if not isinstance(exc, Exception):
         raise exc  # SystemExit and the like: not ours to map
     if debug:
         traceback.print_exc()
     if isinstance(exc, KvlError):
-        click.echo(f"kvl: error: {exc}", err=True)
+        _say(f"kvl: error: {exc}")
         return exc.exit_code
     if not debug:  # the one catch-all: a bug, reported with its type
-        click.echo(f"kvl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
-                   "and report it)", err=True)
+        _say(f"kvl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)")
     return ExitCode.ERROR
+
+
+STOPPED_CODES = (ExitCode.INTERRUPTED, ExitCode.TERMINATED, ExitCode.OUTPUT_CLOSED)
+
+
+def _stopped(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM, or native work that failed because one of them stopped it."""
+    if isinstance(exc, (Interrupted, click.exceptions.Abort, KeyboardInterrupt)):
+        return True
+    return isinstance(exc, EngineError) and stop.reason() in STOP_SIGNALS
+
+
+def _say_stopped(exc: BaseException) -> int:
+    terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated) or stop.reason() == signal.SIGTERM
+    if terminated:
+        _say("kvl: terminated")
+        return ExitCode.TERMINATED
+    tty = sys.stderr is not None and sys.stderr.isatty()
+    _say("kvl: interrupted", after_ctrl_c=tty)
+    return ExitCode.INTERRUPTED
+
+
+def _say(line: str, *, after_ctrl_c: bool = False) -> None:
+    """One line on stderr, escaped (a file name in it may hold anything); a stderr that cannot be
+    written is not an error of its own."""
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(("\n" if after_ctrl_c else "") + one_line(line), err=True)
+
+
+def _show_click_error(exc: click.ClickException) -> None:
+    """Click's usage message, each line escaped (it quotes what the user typed)."""
+    buf = io.StringIO()
+    exc.show(file=buf)
+    for line in buf.getvalue().splitlines():
+        _say(line)

@@ -19,6 +19,8 @@ class ExitCode(enum.IntEnum):
     DISK = 7  # not enough disk space, or a file could not be written
     CONTEXT = 8  # the prompt does not fit the context window
     INTERRUPTED = 130  # Ctrl-C: what was already printed or written is kept
+    OUTPUT_CLOSED = 141  # stdout's reader went away (`kvl … | head`): stopped at once, quietly (128 + SIGPIPE)
+    TERMINATED = 143  # SIGTERM: stopped like Ctrl-C, what was written is kept (128 + SIGTERM)
 
 
 class KvlError(Exception):
@@ -63,6 +65,20 @@ class EngineError(KvlError):
     """The native engine refused or failed an operation."""
 
     exit_code = ExitCode.ERROR
+
+
+class OutputError(DiskError):
+    """Writing to stdout failed (a full disk, an I/O error): what was written before is whole lines."""
+
+
+class OutputClosed(KvlError):
+    """stdout's reader went away (a closed pipe): nothing more can be said there."""
+
+    exit_code = ExitCode.OUTPUT_CLOSED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that it stops kvl the same way."""
 
 
 class Interrupted(KvlError):

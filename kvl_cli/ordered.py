@@ -3,7 +3,7 @@
 Several inputs are worked on at once (CPU workers, GPU sequences), but what a person or a script
 reads follows the inputs' order. The input at the head of the order streams live; the others are
 buffered and replayed when their turn comes. Inputs that fail before they reach the engine take
-their place in the order too. On Ctrl-C or an error, everything finished is still written.
+their place in the order too. On Ctrl-C, SIGTERM or an error, everything finished is still written.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from .engine import stop
 from .engine.engine import Engine
-from .engine.types import DoneEvent, Event, FailedEvent, PhaseEvent, Request, Result, TextEvent
-from .errors import Interrupted, KvlError
+from .engine.types import AnyEvent, DoneEvent, Event, FailedEvent, PhaseEvent, Request, Result, TextEvent
+from .errors import Interrupted, KvlError, OutputClosed, OutputError
+from .signals import STOP_SIGNALS
 
 Outcome = Result | KvlError
 
@@ -88,7 +90,10 @@ def run_ordered(engine: Engine, requests: Iterator[tuple[int, Request]], emitter
                 parallel: int | None = None) -> None:
     """Run ``(position, request)`` pairs through the engine, writing through ``emitter`` in order.
 
-    Raises ``Interrupted`` on Ctrl-C (or when an answer was cut by it), after writing what finished.
+    Raises ``Interrupted`` on Ctrl-C or SIGTERM (or when an answer was cut by one), after writing
+    what finished. An input that fails once a stop was asked for failed because of it (its native
+    work was stopped): it is left unwritten, like one that never started, so a resumed batch runs
+    it again. When stdout cannot be written, nothing more is tried.
     """
     order: list[int] = []  # the engine's request index -> position
 
@@ -101,17 +106,29 @@ def run_ordered(engine: Engine, requests: Iterator[tuple[int, Request]], emitter
     try:
         try:
             for index, ev in engine.generate_many(numbered(), parallel):
-                pos = order[index]
-                if isinstance(ev, FailedEvent):
-                    emitter.settle(pos, ev.error)
-                elif isinstance(ev, DoneEvent):
-                    interrupted = interrupted or ev.result.interrupted
-                    emitter.settle(pos, ev.result)
-                elif isinstance(ev, (PhaseEvent, TextEvent)):
-                    emitter.event(pos, ev)
-        finally:
+                interrupted = _route(emitter, order[index], ev) or interrupted
+        except (OutputError, OutputClosed):
+            raise
+        except BaseException:
             emitter.flush()
+            raise
+        emitter.flush()
     except KeyboardInterrupt:
         raise Interrupted() from None
-    if interrupted:
+    if interrupted or stop.reason() in STOP_SIGNALS:  # the workers took the Ctrl-C: it ended their run
         raise Interrupted()
+
+
+def _route(emitter: OrderedEmitter, pos: int, ev: AnyEvent) -> bool:
+    """Hand one engine event to the emitter; True when it ends an input as interrupted."""
+    if isinstance(ev, FailedEvent):
+        if stop.reason() in STOP_SIGNALS:
+            emitter.settle(pos, None)
+            return True
+        emitter.settle(pos, ev.error)
+    elif isinstance(ev, DoneEvent):
+        emitter.settle(pos, ev.result)
+        return ev.result.interrupted
+    elif isinstance(ev, (PhaseEvent, TextEvent)):
+        emitter.event(pos, ev)
+    return False

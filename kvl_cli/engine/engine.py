@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..cache import DiskCache
 from ..errors import ModelError
-from . import loader
+from . import loader, stop
 from .encoder import EarlyEncodes, ImageEncoder
 from .gguf_info import read_gguf_info
 from .handles import Model
@@ -95,6 +95,7 @@ class Engine:
         ``None``: nothing to start now, asked again after the next step; see ``Request``).
         With one sequence per worker and one worker, each answer streams as it is made.
         """
+        stop.reset()  # a stop asked for an earlier run (a library caller's Ctrl-C) does not stop this one
         total = parallel or self.n_seq * len(self.workers)
         if len(self.workers) == 1 or total <= 1:
             self.budget.begin(1)  # the other workers are idle: this one's decodes take every core

@@ -21,6 +21,7 @@ from . import native
 from .gguf_info import read_gguf_info
 from .handles import Context, Model, Owned, backend_init
 from .media_handles import Projector
+from .stoppable import StoppableContext
 from .types import EngineConfig
 
 EarlyWork = Callable[[Projector, Model, int], None]  # (projector, vocabulary model, n_embd)
@@ -84,7 +85,8 @@ def _main_load(config: EngineConfig, plan: _Plan, made: list[Owned],
                projectors: Future[list[Projector]] | None) -> Loaded:
     model = Model(config.model, gpu_layers=config.n_gpu_layers if plan.gpu_build else 0, repack=config.repack)
     made.insert(0, model)  # first in the list: freed last
-    contexts = [_keep(made, Context(model, config, max(1, config.parallel), plan.threads)) for _ in range(plan.workers)]
+    contexts: list[Context] = [_keep(made, StoppableContext(model, config, max(1, config.parallel), plan.threads))
+                               for _ in range(plan.workers)]
     if projectors is not None:
         mctxs = projectors.result()
     else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EngineError, ModelError
-from . import native
+from . import native, stop
 from .handles import Context, Model, NativePtr, Owned
 from .types import EngineConfig, ImageInput
 
@@ -79,6 +79,8 @@ class Projector(Owned):
         params.n_threads = threads
         params.print_timings = config.verbose
         params.warmup = False  # the first real image allocates what it needs; a warm-up only costs time on CPU
+        if not use_gpu:  # the encoder computes in segments and can stop between them (see ``stop``)
+            params.cb_eval = stop.encoder_eval_callback()
         if config.image_min_tokens is not None:
             params.image_min_tokens = config.image_min_tokens
         if config.image_max_tokens is not None:
@@ -130,9 +132,14 @@ class Projector(Owned):
         return bmp
 
     def encode(self, chunk: Chunk, n_embd: int) -> bytes:
-        """Run the vision encoder on an image chunk; its embeddings as float32 bytes."""
+        """Run the vision encoder on an image chunk; its embeddings as float32 bytes.
+
+        A long native call (10-20 s on a CPU): off the main thread, so Ctrl-C is taken at once; a
+        stop ends it at its next segment (``stop``), and its unfinished output is never returned."""
         mt = native.mtmd()
-        if mt.mtmd_encode_chunk(self.ptr, chunk.ptr) != 0:
+        rc = stop.run_native(mt.mtmd_encode_chunk, self.ptr, chunk.ptr)
+        stop.raise_if_stopped()
+        if rc != 0:
             raise EngineError(native.last_error("unknown error"))
         return bytes(ctypes.string_at(mt.mtmd_get_output_embd(self.ptr), chunk.n_tokens * n_embd * 4))
 
@@ -145,5 +152,6 @@ class Projector(Owned):
         rc = mt.mtmd_helper_decode_image_chunk(self.ptr, ctx.ptr, chunk.ptr, arr, n_past, seq_id, n_batch,
                                                ctypes.byref(new_n_past), mt.mtmd_helper_post_decode_callback(), None)
         if rc != 0:
+            stop.raise_if_stopped()  # a stop aborted the decode
             raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}): {native.last_error()}")
         return int(new_n_past.value)

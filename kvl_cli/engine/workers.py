@@ -9,11 +9,14 @@ images, rendering) runs on the calling thread only.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..cache import DiskCache
+from ..errors import Terminated
+from . import stop
 from .encoder import EarlyEncodes, ImageEncoder
 from .handles import Context, Model
 from .media_handles import Projector
@@ -144,7 +147,8 @@ class _PoolRun:
         try:
             while self.running:
                 yield from self._handle(budget, *self.events.get())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            stop.request(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)  # native work too
             self.stop_all()
             while self.running:
                 yield from self._handle(budget, *self.events.get())
