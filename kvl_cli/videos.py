@@ -22,6 +22,7 @@ from .media.images import image_from_array
 from .media.video import Frame, Scene, VideoInfo, stamp, subtitle_time
 from .ordered import OrderedEmitter, Outcome, run_ordered
 from .render import Renderer
+from .safetext import escape_controls, json_safe, one_line
 from .schema import AnswerGate
 from .tasks import SCENE_PROMPT
 
@@ -83,24 +84,33 @@ class SceneWriter:
 
     def __init__(self, fmt: str, out: IO[str], multiple: bool) -> None:
         self.fmt, self.out, self.multiple, self.n = fmt, out, multiple, 0
+        # the model's text: byte-exact in a pipe, its control characters escaped on a terminal
+        self.shown = escape_controls if _isatty(out) else str
         if fmt == "vtt":
             out.write("WEBVTT\n\n")
 
     def write(self, file: str, scene: Scene, caption: str, thinking: str, extra: dict[str, Any] | None = None) -> None:
         self.n += 1
-        text = " ".join(caption.split())
+        text = self.shown(" ".join(caption.split()))
         if self.fmt == "jsonl":
             rec = {"file": file, "scene": scene.index, "start": round(scene.start, 3), "end": round(scene.end, 3),
                    "caption": caption, "thinking": thinking or None, **(extra or {})}
-            self.out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.out.write(json_safe(json.dumps(rec, ensure_ascii=False)) + "\n")
         elif self.fmt == "srt":
             self.out.write(f"{self.n}\n{subtitle_time(scene.start)} --> {subtitle_time(scene.end)}\n{text}\n\n")
         elif self.fmt == "vtt":
             self.out.write(f"{subtitle_time(scene.start, '.')} --> {subtitle_time(scene.end, '.')}\n{text}\n\n")
         else:
-            prefix = f"{file} " if self.multiple else ""
+            prefix = f"{one_line(file)} " if self.multiple else ""
             self.out.write(f"{prefix}[{subtitle_time(scene.start, '.')} → {subtitle_time(scene.end, '.')}] {text}\n")
         self.out.flush()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 class SceneSink:

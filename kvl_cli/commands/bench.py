@@ -171,8 +171,9 @@ def measure_grammar(engine: Any, renderer: Any, out: dict[str, Any]) -> list[Row
 
 
 def print_table(rows: list[Row], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..render.base import make_console
 
     table = Table(title=title, title_justify="left")
     table.add_column("test")
@@ -180,4 +181,4 @@ def print_table(rows: list[Row], title: str) -> None:
     table.add_column("", style="dim")
     for r in rows:
         table.add_row(*r)
-    Console(highlight=False).print(table)
+    make_console().print(table)

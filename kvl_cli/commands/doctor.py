@@ -113,8 +113,9 @@ def doctor(as_json: bool, debug: bool) -> int:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from ..render.base import make_console
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -143,5 +144,5 @@ def doctor(as_json: bool, debug: bool) -> int:
         table.add_row("server", f"{srv['url']} (pid {srv['pid']}, {srv['model']}): {srv['status']}{busy}")
     if not report["servers"]:
         table.add_row("server", "none running (kvl serve)")
-    Console().print(table)
+    make_console(highlight=True).print(table)
     return 0

@@ -49,8 +49,9 @@ def models(ctx: click.Context, as_json: bool, debug: bool) -> int:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from ..render.base import make_console
 
     table = Table(box=None, pad_edge=False)
     table.add_column("name", no_wrap=True)
@@ -61,7 +62,7 @@ def models(ctx: click.Context, as_json: bool, debug: bool) -> int:
     for r in rows:
         status = ("verified" if r["installed"] else "not installed") + (" · default" if r["default"] else "")
         table.add_row(r["name"], r["quant"], hub.human(r["size"]), status, r["path"] or "-")
-    console = Console()
+    console = make_console(highlight=True)
     console.print(table)
     if not all(r["installed"] for r in rows):
         console.print("[dim]pull one with: kvl pull [NAME] [--quant QUANT][/]")

@@ -13,6 +13,7 @@ from .. import hub
 from ..catalog import Installed, NoModelError, resolve
 from ..environment import env_flag
 from ..render import Renderer
+from ..render.base import make_console
 
 
 def _progress(console: Console) -> Progress:
@@ -125,7 +126,7 @@ def pull(name: str | None, quant: str | None, file: str | None, mmproj: str | No
     """
     if name and name.startswith("hf:") and not file and not mmproj:
         return list_repo(name, revision, as_json)
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     inst = run_pull(name, quant, file, mmproj, revision, force, err)
     if as_json:
         click.echo(json.dumps({"name": inst.name, "quant": inst.quant, "folder": str(inst.folder),
@@ -148,5 +149,5 @@ def ensure_model(model: str | None, mmproj: str | None, renderer: Renderer, yes:
                 f"kvl: no model installed. Download {exc.entry.name} ({exc.size / 1e9:.1f} GB) now?",
                 default=True, err=True):
             raise
-        run_pull(None, None, None, None, None, False, Console(stderr=True, highlight=False))
+        run_pull(None, None, None, None, None, False, make_console(stderr=True))
         return resolve(model, mmproj)

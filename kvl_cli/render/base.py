@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -14,9 +15,21 @@ from rich.text import Text
 from ..engine.types import Event, FinishReason, Phase, PhaseEvent, Result
 from ..environment import Environment
 from ..errors import KvlError
+from ..safetext import one_line
 
 PHASE_LABELS = {Phase.LOAD: "loading model", Phase.ENCODE: "encoding image", Phase.PREFILL: "reading prompt",
                 Phase.GENERATE: "thinking"}
+
+
+def make_console(file: IO[str] | None = None, *, stderr: bool = False, force_terminal: bool | None = None,
+                 no_color: bool | None = None, highlight: bool = False) -> Console:
+    """A rich Console that honours NO_COLOR (https://no-color.org) fully: no colour and no attribute
+    (bold, dim, italic) either; rich's own ``no_color`` drops colours only. ``no_color`` None: from
+    the environment."""
+    if no_color is None:
+        no_color = bool(os.environ.get("NO_COLOR"))
+    return Console(file=file, stderr=stderr, highlight=highlight, force_terminal=force_terminal,
+                   color_system=None if no_color else "auto")
 
 
 def fmt_seconds(s: float) -> str:
@@ -64,7 +77,7 @@ class Renderer:
         self.env = env or Environment()
         self.out = self.env.stdout
         self.err_stream = self.env.stderr
-        self.err = Console(file=self.err_stream, stderr=True, highlight=False, force_terminal=opts.color)
+        self.err = make_console(self.err_stream, stderr=True, force_terminal=opts.color, no_color=self.env.no_color)
         self.progress = _Progress()
         self._status: Live | None = None
         self.total = 1
@@ -72,9 +85,10 @@ class Renderer:
 
     # progress ---------------------------------------------------------------------------
     def status(self, label: str, detail: str = "") -> None:
+        detail = one_line(detail)  # it may name an input
         self.progress.set(label, detail)
         if self.opts.verbose and not self.err.is_terminal:
-            self.err.print(f"kvl: {label} {detail}".rstrip())
+            self.err.print(Text(f"kvl: {label} {detail}".rstrip()), soft_wrap=True)
         if self.err.is_terminal and self._status is None:
             self._status = Live(self.progress, console=self.err, transient=True, refresh_per_second=8)
             self._status.start()
@@ -86,12 +100,12 @@ class Renderer:
 
     def warn(self, message: str) -> None:
         self.stop_status()
-        self.err.print(Text(f"kvl: warning: {message}", style="yellow"))
+        self.err.print(Text(f"kvl: warning: {one_line(message)}", style="yellow"), soft_wrap=True)
 
     def error(self, label: str, error: KvlError) -> None:
         self.failed += 1
         self.stop_status()
-        self.err.print(Text(f"kvl: error: {error}", style="bold red"), soft_wrap=True)
+        self.err.print(Text(f"kvl: error: {one_line(str(error))}", style="bold red"), soft_wrap=True)
 
     # per input ----------------------------------------------------------------------------
     def begin(self, label: str, index: int, total: int) -> None:

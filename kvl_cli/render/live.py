@@ -1,11 +1,13 @@
-"""Output for a person at a terminal: one rich live view with the thinking and the answer."""
+"""Output for a person at a terminal: one rich live view with the thinking and the answer.
+
+The model's text is untrusted: its control characters are shown escaped (``safetext``)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.panel import Panel
@@ -15,7 +17,8 @@ from ..engine.reasoning import Section
 from ..engine.types import DoneEvent, Event, Phase, PhaseEvent, Result, TextEvent
 from ..environment import Environment
 from ..errors import KvlError
-from .base import OutputOptions, Renderer, fmt_seconds, phase_text
+from ..safetext import escape_controls, one_line
+from .base import OutputOptions, Renderer, fmt_seconds, make_console, phase_text
 
 THINKING_PANEL_LINES = 8
 
@@ -25,7 +28,7 @@ class LiveRenderer(Renderer):
 
     def __init__(self, opts: OutputOptions, env: Environment | None = None) -> None:
         super().__init__(opts, env)
-        self.console = Console(file=self.out, highlight=False, force_terminal=opts.color)
+        self.console = make_console(self.out, force_terminal=opts.color, no_color=self.env.no_color)
         self._live: Live | None = None
         self._reset("", 1, 1)
 
@@ -104,7 +107,7 @@ class LiveRenderer(Renderer):
             return self.progress
         width = max(20, self.console.width - 4)
         lines: list[str] = []
-        for para in self.thinking.splitlines() or [""]:
+        for para in escape_controls(self.thinking).splitlines() or [""]:
             lines += [para[i:i + width] for i in range(0, max(len(para), 1), width)]
         tail = "\n".join(lines[-THINKING_PANEL_LINES:])
         return Panel(Text(tail, style="dim italic"), title=title, title_align="left", border_style="dim",
@@ -113,12 +116,12 @@ class LiveRenderer(Renderer):
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
         if self.total > 1 and self.label:
-            parts.append(Text(("\n" if self.index > 1 else "") + f"==> {self.label} <==", style="bold"))
+            parts.append(Text(("\n" if self.index > 1 else "") + f"==> {one_line(self.label)} <==", style="bold"))
         thinking = self._thinking_renderable()
         if thinking is not None:
             parts.append(thinking)
         if self.answer:
-            parts.append(Markdown(self.answer))
+            parts.append(Markdown(escape_controls(self.answer)))  # the model's text: never raw to a terminal
         return Group(*parts)
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:

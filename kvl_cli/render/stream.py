@@ -1,4 +1,9 @@
-"""Output for scripts: the answer alone, streamed (a pipe or file), or one JSON object per input."""
+"""Output for scripts: the answer alone, streamed (a pipe or file), or one JSON object per input.
+
+In a pipe the answer is written byte-exact; on a terminal (``--no-color`` on one) its control
+characters are shown escaped, as is thinking on a terminal's stderr (``safetext``). Input names in
+``==> name <==`` lines are always escaped to one line. Each JSON record is one write of a whole
+line, then a flush, so a failure (a full disk) never leaves an earlier record cut."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from ..engine.reasoning import Section
 from ..engine.types import Event, Result, TextEvent
 from ..environment import Environment
 from ..errors import KvlError
+from ..safetext import escape_controls, json_safe, one_line
 from .base import OutputOptions, Renderer
 
 
@@ -21,12 +27,14 @@ class PlainRenderer(Renderer):
         super().__init__(opts, env)
         self._thinking_open = False
         self._wrote_answer = False
+        self._answer_text = escape_controls if self.env.stdout_isatty else str
+        self._thinking_text = escape_controls if self.env.stderr_isatty else str
 
     def begin(self, label: str, index: int, total: int) -> None:
         super().begin(label, index, total)
         self._wrote_answer = False
         if total > 1:
-            self.out.write(("\n" if index > 1 else "") + f"==> {label} <==\n")
+            self.out.write(("\n" if index > 1 else "") + f"==> {one_line(label)} <==\n")
             self.out.flush()
 
     def event(self, ev: Event) -> None:
@@ -37,14 +45,14 @@ class PlainRenderer(Renderer):
                     if not self._thinking_open:
                         self.err.print(Text("thinking:", style="dim italic"))
                         self._thinking_open = True
-                    self.err_stream.write(ev.text)
+                    self.err_stream.write(self._thinking_text(ev.text))
                     self.err_stream.flush()
                 return
             self.stop_status()
             if self._thinking_open:
                 self.err_stream.write("\n")
                 self._thinking_open = False
-            self.out.write(ev.text)
+            self.out.write(self._answer_text(ev.text))
             self.out.flush()
             self._wrote_answer = True
             return
@@ -83,5 +91,5 @@ class JsonRenderer(Renderer):
         self.write({"input": label, "error": str(error), "exit_code": int(error.exit_code)})
 
     def write(self, record: dict[str, Any]) -> None:
-        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.out.write(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
         self.out.flush()
