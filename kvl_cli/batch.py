@@ -5,15 +5,20 @@
   so ``kvl caption --json --skip-done out.jsonl photos/ >> out.jsonl`` resumes an interrupted run.
   A missing file means nothing is done yet; a half-written last line (the run was killed while
   writing it) is ignored.
+  Resuming into that same file (``>> out.jsonl``) after a run cut in the middle of a line starts a
+  new line first, so the first new record is not glued onto the cut one.
 * ``--shard K/N``: keep the inputs whose name hashes to K of N. Each machine runs the same command
-  with its own K; the N shards cover every input exactly once, whatever order the files are listed in.
+  with its own K; the N shards cover every input exactly once, whatever order the files are listed in
+  and however a path is spelled (``fx/a.png`` and ``./fx/a.png`` are one input; URLs as given).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import IO
 
 import click
 
@@ -53,9 +58,18 @@ def parse_shard(ctx: click.Context | None, param: click.Parameter | None, value:
     return k, n
 
 
+def input_key(label: str) -> str:
+    """The name an input is known by across runs and machines: a local path normalised
+    (``./fx//a.png`` is ``fx/a.png``), a URL or ``-`` as given."""
+    if label == "-" or label.startswith(("http://", "https://")):
+        return label
+    return os.path.normpath(label)
+
+
 def in_shard(label: str, shard: tuple[int, int]) -> bool:
     k, n = shard
-    return int.from_bytes(hashlib.sha256(label.encode("utf-8")).digest()[:8], "big") % n == k - 1
+    key = input_key(label).encode("utf-8", errors="surrogateescape")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % n == k - 1
 
 
 def done_inputs(path: str) -> set[str]:
@@ -74,8 +88,35 @@ def done_inputs(path: str) -> set[str]:
                 continue  # a line cut short when the earlier run was killed
             if (isinstance(rec, dict) and isinstance(rec.get("input"), str) and rec.get("error") is None
                     and rec.get("finish_reason") not in (None, "interrupted")):
-                done.add(rec["input"])
+                done.add(input_key(rec["input"]))
     return done
+
+
+def start_new_line(skip_done: str, out: IO[str]) -> None:
+    """``--skip-done FILE … >> FILE`` after a run cut in the middle of a line: write a newline
+    first, so the first new record starts a line of its own (the cut one stays ignored)."""
+    try:
+        fd = out.fileno()
+        here, there = os.fstat(fd), os.stat(Path(skip_done).expanduser())
+        appending = bool(_append_flag(fd)) or os.lseek(fd, 0, os.SEEK_CUR) == there.st_size
+    except (OSError, ValueError, AttributeError):  # not a file (a pipe, a terminal, a test's buffer)
+        return
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino) or not there.st_size or not appending:
+        return
+    with open(Path(skip_done).expanduser(), "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+    out.write("\n")
+    out.flush()
+
+
+def _append_flag(fd: int) -> int:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
 
 
 def select(refs: list[InputRef], *, skip_done: str | None,
@@ -84,7 +125,7 @@ def select(refs: list[InputRef], *, skip_done: str | None,
     done = done_inputs(skip_done) if skip_done else set()
     kept, n_done, n_other = [], 0, 0
     for ref in refs:
-        if ref.label in done:
+        if input_key(ref.label) in done:
             n_done += 1
         elif shard is not None and not in_shard(ref.label, shard):
             n_other += 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import DiskCache, cap_from_env
+from .engine import stop
 from .engine.engine import Engine
 from .engine.media_handles import default_marker
 from .engine.types import EngineConfig, Event, GenerationSettings, ImageInput, PhaseEvent, Request, Result
@@ -60,7 +61,9 @@ def open_cache(enabled: bool = True) -> DiskCache | None:
 def load_engine(config: EngineConfig, renderer: Renderer, *, cache: bool = True,
                 encode_ahead: Request | None = None) -> Engine:
     renderer.status("loading model", "and encoding the first image" if encode_ahead is not None else "")
-    engine = Engine(config, cache=open_cache(cache), encode_ahead=encode_ahead)
+    disk_cache = open_cache(cache)
+    # on a helper thread: Ctrl-C is answered at once, and a load it cuts short is left to the exit
+    engine = stop.run_native(lambda: Engine(config, cache=disk_cache, encode_ahead=encode_ahead), abandon=True)
     for warning in engine.warnings:
         renderer.warn(warning)
     return engine
@@ -155,6 +158,7 @@ class JobSink:
             return
         self.renderer.end(slot.label, outcome, {**self.meta, **meta})
         self.outcomes.append(JobOutcome(slot.label, result=outcome))
+
 
     def _checked(self, result: Result, meta: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
         """With --schema: the validated answer, streamed now, and its data; or the reason there is none."""

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..batch import in_shard, read_list, select
+from ..batch import in_shard, read_list, select, start_new_line
 from ..environment import Environment
 from ..errors import InputError, UsageError
 from ..media.images import InputProblem, InputRef, expand_inputs
@@ -133,6 +133,8 @@ def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
             notes.append(f"{n_other} left to the other shards (this is {b.shard[0]}/{b.shard[1]})")
         if notes:
             env.stderr.write(f"kvl: skipping {', '.join(notes)}; {len(refs)} to run\n")
+    if b.skip_done and (refs or problems):
+        start_new_line(b.skip_done, env.stdout)
     return refs, problems
 
 

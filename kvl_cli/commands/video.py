@@ -109,7 +109,9 @@ class VideoRun:
             done = self._each(engine, slots, checked, failures)
         finally:
             self.renderer.close()
-            engine.close()
+        # not on Ctrl-C or an error: freeing the model takes a second or two, and kvl should say why it
+        # stopped at once (the process's exit frees it)
+        engine.close()
         return run_exit_code(done, failures)
 
     def _each(self, engine: Any, slots: list[Probed], checked: list[tuple[InputRef, VideoInfo]],
