@@ -4,6 +4,7 @@ from typing import Any
 
 import click
 
+from ..distributed.options import ray_from, ray_options
 from ..environment import Environment
 from ..options import (
     BatchOptions,
@@ -24,6 +25,7 @@ from ._common import batch_inputs, pass_env, per_image_jobs, run_image_task
               help="How much to say.")
 @model_options
 @batch_options
+@ray_options
 @generation_options
 @output_options
 @pass_env
@@ -40,7 +42,13 @@ def caption(env: Environment, inputs: tuple[str, ...], detail: str, **kwargs: An
       find photos -name '*.jpg' | kvl caption --json --skip-done caps.jsonl >> caps.jsonl
     """
     b = take(BatchOptions, kwargs)
+    ray = ray_from(kwargs)
     common = common_options(kwargs)
+    if ray is not None:
+        from ..distributed import run_on_ray
+
+        return run_on_ray("caption", inputs, ray, common, env, batch=b,
+                          meta={"detail": detail}, instruction=caption_prompt(detail))
     refs, problems = batch_inputs(inputs, b, env)
     if not refs and not problems and (b.skip_done or b.shard):
         return 0  # everything is done or belongs to other shards

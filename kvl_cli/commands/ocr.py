@@ -4,6 +4,7 @@ from typing import Any
 
 import click
 
+from ..distributed.options import ray_from, ray_options
 from ..environment import Environment
 from ..options import (
     BatchOptions,
@@ -24,6 +25,7 @@ from ._common import batch_inputs, pass_env, per_image_jobs, run_image_task
               help="Plain text, or Markdown keeping headings, lists and tables.")
 @model_options
 @batch_options
+@ray_options
 @generation_options
 @output_options
 @pass_env
@@ -39,7 +41,13 @@ def ocr(env: Environment, inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> i
       kvl ocr --json scans/*.png | jq -r .answer
     """
     b = take(BatchOptions, kwargs)
+    ray = ray_from(kwargs)
     common = common_options(kwargs)
+    if ray is not None:
+        from ..distributed import run_on_ray
+
+        return run_on_ray("ocr", inputs, ray, common, env, batch=b,
+                          meta={"format": fmt}, instruction=ocr_prompt(fmt))
     refs, problems = batch_inputs(inputs, b, env)
     if not refs and not problems and (b.skip_done or b.shard):
         return 0  # everything is done or belongs to other shards

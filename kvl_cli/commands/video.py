@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..distributed.options import ray_from, ray_video_options
 from ..environment import Environment
 from ..errors import ExitCode, InputError, Interrupted, KvlError, UsageError
 from ..limits import is_regular
@@ -225,6 +226,7 @@ def video_options(f: Any) -> Any:
               "2 on a CPU with 2+ cores, 4 with a GPU].")
 @click.option("--prompt", default=None, help="Instruction instead of the default summary request.")
 @video_options
+@ray_video_options
 @model_options
 @generation_options
 @output_options
@@ -246,6 +248,7 @@ def video(env: Environment, inputs: tuple[str, ...], scenes: bool, fmt: str, fra
       kvl video --start 1:00 --end 2:30 --fps 0.5 talk.webm
     """
     common = common_options(kwargs)
+    ray = ray_from(kwargs, video=True)
     if common.out.as_json and scenes:
         fmt = "jsonl"
     check_detector(detector, threshold)
@@ -253,6 +256,10 @@ def video(env: Environment, inputs: tuple[str, ...], scenes: bool, fmt: str, fra
                      frames_per_scene=frames_per_scene, detector=detector, threshold=threshold)
     if args.start is not None and args.end is not None and args.end <= args.start:
         raise UsageError(f"--end {end} is not after --start {start}", hint="give an --end later than --start")
+    if ray is not None:
+        from ..distributed import run_on_ray
+
+        return run_on_ray("video", inputs, ray, common, env, video=args, scenes=scenes, fmt=fmt, parallel=parallel)
     run = VideoRun(common, args, env, instruction=prompt or VIDEO_PROMPT, scenes=scenes, fmt=fmt, parallel=parallel)
     return run.run(list(inputs))
 
