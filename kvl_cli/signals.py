@@ -3,7 +3,8 @@ stops native work at once.
 
 * SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) where Python raises KeyboardInterrupt for
   Ctrl-C, so a batch stops the same way: what was written stays, and kvl says "terminated" (exit
-  143; Ctrl-C: "interrupted", 130).
+  143; Ctrl-C: "interrupted", 130). Neither is raised inside a function that native code called
+  (ctypes would drop it): it is delivered again once the main thread is back in kvl's code.
 * Python runs those handlers only when the main thread is back in the interpreter; a vision
   encoder or a prompt evaluation in native code would keep it for seconds. ``signal.set_wakeup_fd``
   has the C-level handler write the signal's number to a pipe the moment it arrives; a watcher
@@ -15,6 +16,7 @@ A signal that was ignored when kvl started (``nohup``, a background job) stays i
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -26,11 +28,34 @@ from .engine import stop
 from .errors import Terminated
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REDELIVER_S = 0.02
+_pending: dict[str, int | None] = {"signum": None}
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    stop.request(signal.SIGTERM)
-    raise Terminated()
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM: ask native work to stop and raise KeyboardInterrupt / Terminated, except
+    inside a function that native code called (a log callback): raised there, ctypes would print it
+    and drop it. The flag stops the native call, and the signal is delivered again a moment later,
+    back in kvl's code, unless the main thread has raised it already (the stopped call did)."""
+    stop.request(signum)
+    redelivered = _pending["signum"] == signum
+    _pending["signum"] = None
+    if _in_native_callback(frame):
+        _pending["signum"] = signum
+        threading.Timer(REDELIVER_S, _thread.interrupt_main, (signum,)).start()
+        return
+    if redelivered and stop.raised():
+        return
+    stop.note_raised()
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _in_native_callback(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code in stop.CALLBACK_CODES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _watch(read_fd: int) -> None:
@@ -55,9 +80,10 @@ def stop_signals() -> Iterator[None]:
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    old_term = signal.getsignal(signal.SIGTERM)
-    if old_term is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    old = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum, handler in old.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, _on_stop_signal)
     old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     watcher = threading.Thread(target=_watch, args=(read_fd,), name="kvl-signals", daemon=True)
     watcher.start()
@@ -65,7 +91,8 @@ def stop_signals() -> Iterator[None]:
         yield
     finally:
         signal.set_wakeup_fd(old_fd)
-        if old_term is not signal.SIG_IGN:
-            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
+        for signum, handler in old.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         os.close(write_fd)  # the watcher reads what is left, then end-of-file, and closes its end
         watcher.join(1.0)

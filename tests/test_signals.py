@@ -132,6 +132,32 @@ def test_the_watcher_sets_the_flag_for_ctrl_c_without_the_main_thread():
     assert stop.reason() == signal.SIGINT
 
 
+@stop.native_callback
+def _log_callback_hit_by_ctrl_c() -> str:
+    signal.raise_signal(signal.SIGINT)
+    total = 0
+    for i in range(10000):  # the handler runs in here, inside "native code's" callback: it must not raise
+        total += i
+    return "done"
+
+
+def test_ctrl_c_inside_a_native_callback_is_delivered_after_it():
+    with stop_signals():
+        assert _log_callback_hit_by_ctrl_c() == "done"
+        assert stop.requested()  # the native side hears of it at once
+        with pytest.raises(KeyboardInterrupt):  # the main thread, a moment later
+            time.sleep(5)
+    assert stop.reason() == signal.SIGINT
+
+
+def test_ctrl_c_inside_a_native_callback_is_raised_once():
+    with stop_signals():
+        _log_callback_hit_by_ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_stopped()  # the stopped native call raised it
+        time.sleep(0.3)  # the delivery again finds it raised: nothing more
+
+
 def test_run_native_takes_ctrl_c_at_once_and_waits_for_the_native_side():
     finished = threading.Event()
 

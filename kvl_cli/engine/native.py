@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import EngineError
+from . import stop
 
 _LOG_LEVEL_ERROR = 4
 _LOG_LEVEL_WARN = 3
@@ -45,6 +46,7 @@ def mtmd() -> ModuleType:
     return mtmd_cpp
 
 
+@stop.native_callback  # it runs on whichever thread logs: the main one too
 def _on_log(level: int, text: bytes | None, _user: Any) -> None:
     if not text:
         return

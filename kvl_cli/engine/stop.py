@@ -30,14 +30,22 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import Terminated
-from . import native
 
 T = TypeVar("T")
 OUTPUT_FAILED = getattr(signal, "SIGPIPE", 13)  # the stop's reason when stdout cannot be written
 SEGMENT_NODES = 8  # the vision encoder's graph is computed this many nodes at a time (tens of ms on a CPU)
 
 _flag = ctypes.create_string_buffer(2)  # [stop byte, NUL]: strlen() is 0 (go on) or 1 (stop)
-_state: dict[str, Any] = {"reason": None, "abandoned": 0, "nodes": 0, "abort_cb": None, "eval_cb": None}
+_state: dict[str, Any] = {"reason": None, "abandoned": 0, "nodes": 0, "abort_cb": None, "eval_cb": None,
+                          "raised": False}
+CALLBACK_CODES: set[Any] = set()  # Python functions that native code calls (see ``native_callback``)
+
+
+def native_callback(fn: T) -> T:
+    """Mark ``fn`` as called from native code: a KeyboardInterrupt raised inside it would be lost
+    (ctypes prints it and goes on), so ``kvl_cli.signals`` does not raise there."""
+    CALLBACK_CODES.add(fn.__code__)  # type: ignore[attr-defined]
+    return fn
 
 
 def request(reason: int = signal.SIGINT) -> None:
@@ -59,7 +67,17 @@ def reason() -> int | None:
 def reset() -> None:
     """A new run (library callers): a stop asked for an earlier one does not stop this one."""
     _state["reason"] = None
+    _state["raised"] = False
     _flag[0] = b"\x00"
+
+
+def raised() -> bool:
+    """Whether this stop was raised on the main thread already (as KeyboardInterrupt or Terminated)."""
+    return bool(_state["raised"])
+
+
+def note_raised() -> None:
+    _state["raised"] = True
 
 
 def abandoned() -> int:
@@ -78,6 +96,8 @@ def abort_callback() -> Any:
             address = ctypes.cast(libc.strlen, ctypes.c_void_p).value
         except (OSError, AttributeError):  # pragma: no cover - every libc has strlen
             return None
+        from . import native  # (native imports this module)
+
         _state["abort_cb"] = native.llama().ggml_abort_callback(address)
     return _state["abort_cb"]
 
@@ -90,11 +110,14 @@ def flag_pointer() -> ctypes.c_void_p:
 def raise_if_stopped() -> None:
     """After a native call failed: if a stop was requested, that is why (raise as Ctrl-C would)."""
     if requested():
+        if threading.current_thread() is threading.main_thread():
+            note_raised()
         raise Terminated() if reason() == signal.SIGTERM else KeyboardInterrupt()
 
 
 # -- the vision encoder's eval callback -------------------------------------------------------------
 
+@native_callback
 def _on_node(tensor: Any, ask: bool, user_data: Any) -> bool:
     if ask:  # "do you want this node's result?": yes every SEGMENT_NODES nodes (a segment ends there)
         _state["nodes"] += 1
@@ -106,6 +129,8 @@ def encoder_eval_callback() -> Any:
     """The ``cb_eval`` for libmtmd's context params (CPU encoders: on a GPU the encoder takes well
     under a second, and segments would cost it its speed)."""
     if _state["eval_cb"] is None:
+        from . import native
+
         _state["eval_cb"] = native.llama().ggml_backend_sched_eval_callback(_on_node)
     return _state["eval_cb"]
 
