@@ -26,7 +26,9 @@ from .tasks import DEFAULTS
 F = Callable[..., Any]
 
 
-def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+def stack_options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several Click option decorators as one (applied in the order written)."""
+
     def apply(f: F) -> F:
         for d in reversed(decorators):
             f = d(f)
@@ -34,7 +36,7 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-model_options = _stack(
+model_options = stack_options(
     click.option("--model", "-m", metavar="PATH|NAME", help="Text model: a .gguf path or an installed name "
                  "[env KVL_MODEL; default: the pulled default model]."),
     click.option("--mmproj", metavar="PATH", help="Vision projector .gguf [env KVL_MMPROJ; default: the pulled "
@@ -64,7 +66,7 @@ model_options = _stack(
 GPU_PARALLEL = 4  # batches on a GPU: generating several answers together costs little more than one
 CPU_LANES = 2  # batches on a CPU: two workers with half the cores each beat one with all of them
 
-batch_options = _stack(
+batch_options = stack_options(
     click.option("--from", "from_file", metavar="FILE", default=None,
                  help="Also read inputs from FILE, one per line ('-' for stdin)."),
     click.option("--skip-done", metavar="OUT.jsonl", default=None,
@@ -77,7 +79,7 @@ batch_options = _stack(
                  "of the cores [default: 4 with a GPU; 2 on a CPU with 2+ cores; 1 streams each answer live]."),
 )
 
-generation_options = _stack(
+generation_options = stack_options(
     click.option("--temperature", type=click.FloatRange(0, 5), default=0.8, show_default=True,
                  help="Sampling temperature (Moonshot's recommendation; 0 = greedy)."),
     click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="Nucleus sampling."),
@@ -99,7 +101,7 @@ generation_options = _stack(
                  "only when asked]."),
 )
 
-output_options = _stack(
+output_options = stack_options(
     click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout (JSON Lines)."),
     click.option("--verbose", "-v", count=True,
                  help="-v: phases, timings and token counts on stderr; -vv: llama.cpp's own logs too."),

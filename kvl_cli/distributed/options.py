@@ -4,15 +4,14 @@ before anything starts."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from ..errors import UsageError
+from ..options import stack_options
 
-F = Callable[..., Any]
 ADDRESS = re.compile(r"^(auto|local|ray://\S+|\[?[\w.:-]+\]?:\d{1,5})$")
 
 
@@ -40,15 +39,7 @@ def parse_workers(ctx: click.Context | None, param: click.Parameter | None,
     return lo, hi
 
 
-def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
-    def apply(f: F) -> F:
-        for d in reversed(decorators):
-            f = d(f)
-        return f
-    return apply
-
-
-ray_options = _stack(
+ray_options = stack_options(
     click.option("--ray", "ray", metavar="[ADDRESS]", is_flag=False, flag_value="auto", default=None,
                  callback=parse_address,
                  help="Run on a Ray cluster: auto (RAY_ADDRESS or the running cluster, the default), local (start "
@@ -64,7 +55,7 @@ ray_options = _stack(
                  "CPUs or GPUs hold]."),
 )
 
-ray_video_options = _stack(
+ray_video_options = stack_options(
     ray_options,
     click.option("--skip-done", "skip_done", metavar="DIR", default=None,
                  help="With --ray: skip scenes (and videos) that already have a successful record in DIR."),
