@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -24,20 +25,24 @@ import click
 
 from .environment import Environment
 from .errors import InputError, UsageError
+from .limits import read_file
 from .media.images import InputRef
+
+# a --json record is kilobytes (a long answer with its thinking: tens of kB); a line longer than
+# this in a --skip-done file is not one of them
+MAX_RECORD_CHARS = 16 * 1024 * 1024
 
 
 def read_list(source: str, env: Environment) -> list[str]:
-    """Inputs named one per line in ``source`` (a file, or ``-`` for stdin)."""
+    """Inputs named one per line in ``source`` (a file, or ``-`` for stdin), read once and within
+    ``KVL_MAX_INPUT_BYTES`` like any input (``--from /dev/zero`` is refused, not read forever)."""
     if source == "-":
         text = env.read_stdin_text()
     else:
+        data = read_file(Path(source).expanduser(), f"--from {source}")
         try:
-            text = Path(source).expanduser().read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(f"--from {source}: file not found", hint="give a text file with one input per line") \
-                from None
-        except (OSError, UnicodeDecodeError) as exc:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise InputError(f"--from {source}: cannot read it ({exc})",
                              hint="give a UTF-8 text file with one input per line") from None
     lines = (line.strip() for line in text.splitlines())
@@ -73,7 +78,9 @@ def in_shard(label: str, shard: tuple[int, int]) -> bool:
 
 
 def done_inputs(path: str) -> set[str]:
-    """Inputs with a finished, error-free record in a JSONL results file."""
+    """Inputs with a finished, error-free record in a JSONL results file. Lines that are not such a
+    record are skipped: a line cut short when the earlier run was killed, a line longer than any
+    record (read in bounded pieces, never whole), JSON nested too deep to parse."""
     p = Path(path).expanduser()
     if not p.exists():
         return set()
@@ -81,15 +88,34 @@ def done_inputs(path: str) -> set[str]:
         raise UsageError(f"--skip-done {path} is a directory", hint="give the JSONL file that --json wrote")
     done: set[str] = set()
     with p.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short when the earlier run was killed
-            if (isinstance(rec, dict) and isinstance(rec.get("input"), str) and rec.get("error") is None
-                    and rec.get("finish_reason") not in (None, "interrupted")):
-                done.add(input_key(rec["input"]))
+        for line in _bounded_lines(f):
+            key = _done_key(line)
+            if key is not None:
+                done.add(key)
     return done
+
+
+def _bounded_lines(f: IO[str]) -> Iterator[str]:
+    """The lines of ``f`` up to ``MAX_RECORD_CHARS`` each; a longer line is passed over, unheld."""
+    while line := f.readline(MAX_RECORD_CHARS):
+        if len(line) < MAX_RECORD_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while (rest := f.readline(MAX_RECORD_CHARS)) and not rest.endswith("\n"):
+            pass
+
+
+def _done_key(line: str) -> str | None:
+    if not line.lstrip().startswith("{"):
+        return None  # every record is an object: anything else is not one of them
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None  # cut short when the earlier run was killed, or not a record at all
+    if (isinstance(rec, dict) and isinstance(rec.get("input"), str) and rec.get("error") is None
+            and rec.get("finish_reason") not in (None, "interrupted")):
+        return input_key(rec["input"])
+    return None
 
 
 def start_new_line(skip_done: str, out: IO[str]) -> None:

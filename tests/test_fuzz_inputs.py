@@ -385,6 +385,20 @@ def test_fuzz_from_lists(data, tmp_path_factory, tallies):
     tallies("--from lists").add(outcome, time.perf_counter() - start)
 
 
+def test_from_an_endless_list_is_refused_within_the_limit(monkeypatch):
+    from kvl_cli.batch import read_list
+
+    monkeypatch.setenv("KVL_MAX_INPUT_BYTES", "2M")
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"^--from /dev/zero: oversized: more than 2 MB"):
+            read_list("/dev/zero", Environment(stdin=io.BytesIO(b"")))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1000**2
+
+
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
                            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3))
 
@@ -410,14 +424,25 @@ def test_fuzz_skip_done_files(data, tmp_path_factory, tallies):
     tallies("--skip-done files").add("read", time.perf_counter() - start)
 
 
-@pytest.mark.xfail(strict=True, reason="batch.done_inputs: json.loads raises RecursionError on deep nesting "
-                                       "(not a ValueError); batch.py belongs to another change")
 def test_skip_done_file_with_deeply_nested_json(tmp_path):
     from kvl_cli.batch import done_inputs
 
     path = tmp_path / "out.jsonl"
-    path.write_text("[" * 100_000 + "\n" + json.dumps({"input": "a.png", "error": None, "finish_reason": "stop"}))
-    assert done_inputs(str(path)) == {"a.png"}
+    rec = {"input": "a.png", "error": None, "finish_reason": "stop"}
+    nested = {"input": "b.png", "error": None, "finish_reason": "stop", "x": json.loads("[" * 50 + "]" * 50)}
+    path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n" + json.dumps(rec) + "\n" + json.dumps(nested))
+    assert done_inputs(str(path)) == {"a.png", "b.png"}
+
+
+def test_skip_done_file_with_a_line_longer_than_any_record(tmp_path, monkeypatch):
+    from kvl_cli import batch
+
+    monkeypatch.setattr(batch, "MAX_RECORD_CHARS", 64)
+    path = tmp_path / "out.jsonl"
+    recs = [{"input": f"{c}.png", "error": None, "finish_reason": "stop"} for c in "ab"]
+    path.write_text(json.dumps(recs[0]) + "\n" + '{"input": "long.png", "answer": "' + "x" * 500 + '"}\n'
+                    + json.dumps(recs[1]) + "\n" + '{"input": "cut.png", "answer": "' + "y" * 300)
+    assert batch.done_inputs(str(path)) == {"a.png", "b.png"}
 
 
 # ---- through the command line ------------------------------------------------------------------------------
