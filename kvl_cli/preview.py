@@ -13,7 +13,7 @@ from .environment import Environment
 from .errors import InputError
 from .media.images import InputProblem, load_image
 from .render import Renderer
-from .runner import Job, JobOutcome, precheck_jobs
+from .runner import JobOutcome, Slot, runnable
 from .tasks import user_text
 
 
@@ -52,22 +52,25 @@ def preview(config: EngineConfig, items: list[tuple[str, Request, dict[str, Any]
             writer.write(label, pp.view(request), meta)
 
 
-def preview_jobs(jobs: list[Job], problems: list[InputProblem], config: EngineConfig, settings: GenerationSettings,
-                 meta: dict[str, Any], renderer: Renderer, env: Environment, *, as_json: bool) -> list[JobOutcome]:
-    """``--dry-run`` for caption, ocr and ask: each job's prompt; bad inputs reported as in a run."""
-    jobs, outcomes = precheck_jobs(jobs, problems, renderer)
-    if not jobs:
-        return outcomes
-    writer = PreviewWriter(env, config, settings, as_json=as_json, total=len(jobs))
+def preview_jobs(slots: list[Slot], config: EngineConfig, settings: GenerationSettings, meta: dict[str, Any],
+                 renderer: Renderer, env: Environment, *, as_json: bool) -> list[JobOutcome]:
+    """``--dry-run`` for caption, ocr and ask: each job's prompt, in input order; the inputs that
+    failed their check (already made, once, before the model was looked for) reported in their place."""
+    writer = PreviewWriter(env, config, settings, as_json=as_json, total=len(runnable(slots)))
+    outcomes: list[JobOutcome] = []
     with PromptPreview(config) as pp:
-        for job in jobs:
-            try:
-                images = [load_image(ref, max_tokens=config.image_max_tokens) for ref in job.refs]
-            except InputError as exc:
-                renderer.error(job.label, exc)
-                outcomes.append(JobOutcome(job.label, error=exc))
+        for slot in slots:
+            if isinstance(slot, InputProblem):
+                renderer.error(slot.label, slot.error)
+                outcomes.append(JobOutcome(slot.label, error=slot.error))
                 continue
-            request = Request(user_text(default_marker(), len(images), job.instruction), images, job.system, settings)
-            writer.write(job.label, pp.view(request), {**meta, **job.meta})
-            outcomes.append(JobOutcome(job.label))
+            try:
+                images = [load_image(ref, max_tokens=config.image_max_tokens) for ref in slot.refs]
+            except InputError as exc:
+                renderer.error(slot.label, exc)
+                outcomes.append(JobOutcome(slot.label, error=exc))
+                continue
+            request = Request(user_text(default_marker(), len(images), slot.instruction), images, slot.system, settings)
+            writer.write(slot.label, pp.view(request), {**meta, **slot.meta})
+            outcomes.append(JobOutcome(slot.label))
     return outcomes

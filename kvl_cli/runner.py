@@ -107,20 +107,6 @@ def runnable(slots: list[Slot]) -> list[Job]:
     return [slot for slot in slots if isinstance(slot, Job)]
 
 
-def precheck_jobs(jobs: list[Job], problems: list[InputProblem],
-                  renderer: Renderer) -> tuple[list[Job], list[JobOutcome]]:
-    """Header-check every image before the model loads; report each failure, in input order."""
-    good: list[Job] = []
-    failed: list[JobOutcome] = []
-    for slot in map(check, in_order(jobs, problems)):
-        if isinstance(slot, Job):
-            good.append(slot)
-        else:
-            renderer.error(slot.label, slot.error)
-            failed.append(JobOutcome(slot.label, error=slot.error))
-    return good, failed
-
-
 class JobSink:
     """Writes a batch's inputs through the renderer and keeps their outcomes (see ``ordered``)."""
 

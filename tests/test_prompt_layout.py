@@ -91,3 +91,15 @@ def test_dry_run_text_output_shows_prompt_and_settings(kvl, scripted, tmp_path, 
     first, blank, settings, tokens = r.out.splitlines()
     assert first.startswith("<|im_system|>system<|im_middle|>") and first.endswith("<|im_middle|>")
     assert blank == "" and settings.startswith("settings: temperature=0.8") and tokens.startswith("prompt: ")
+
+
+def test_dry_run_batch_keeps_bad_inputs_in_their_place_and_reads_stdin_once(kvl, scripted, tmp_path):
+    good = make_image(tmp_path / "good.png", size=(96, 64))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    r = kvl("caption", bad, "-", good, *scripted.args(), "--dry-run", "--json", stdin=good.read_bytes())
+    assert r.code == 5, r.err
+    recs = [json.loads(line) for line in r.out.splitlines()]
+    assert [x["input"] for x in recs] == [str(bad), "-", str(good)]
+    assert recs[0]["error"] and "prompt" not in recs[0]
+    assert recs[1]["prompt"] == recs[2]["prompt"]  # stdin was read once, before the preview, and kept

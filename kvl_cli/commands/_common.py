@@ -62,7 +62,7 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
     if common.out.dry_run:
         from ..preview import preview_jobs
 
-        return int(exit_code(preview_jobs(jobs, problems, config, settings, meta, renderer, env,
+        return int(exit_code(preview_jobs(slots, config, settings, meta, renderer, env,
                                           as_json=common.out.as_json)))
     remote = None
     if m.server:  # a running `kvl serve` of the same model answers: nothing loads here
