@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..batch import in_shard, read_list, select, start_new_line
+from ..distributed.options import ray_from
 from ..environment import Environment
 from ..errors import InputError, UsageError
 from ..media.images import InputProblem, InputRef, expand_inputs
-from ..options import BatchOptions, CommonOptions, ModelOptions
+from ..options import BatchOptions, CommonOptions, ModelOptions, common_options, take
 from ..render import Renderer, make_renderer
 from ..runner import Job, exit_code, load_engine, prepare, run_jobs, runnable
 
@@ -29,6 +30,23 @@ def current_env() -> Environment:
 
 def renderer_for(common: CommonOptions, env: Environment) -> Renderer:
     return make_renderer(common.out.render_options(common.gen), env)
+
+
+def run_per_image(task: str, inputs: tuple[str, ...], kwargs: dict[str, Any], env: Environment,
+                  instruction: str, meta: dict[str, Any]) -> int:
+    """caption and ocr: one job per image, with ``instruction``; in-process or (``--ray``) on a cluster."""
+    b = take(BatchOptions, kwargs)
+    ray = ray_from(kwargs)
+    common = common_options(kwargs)
+    if ray is not None:
+        from ..distributed import run_on_ray
+
+        return run_on_ray(task, inputs, ray, common, env, batch=b, meta=meta, instruction=instruction)
+    refs, problems = batch_inputs(inputs, b, env)
+    if not refs and not problems and (b.skip_done or b.shard):
+        return 0  # everything is done or belongs to other shards
+    return run_image_task(task, per_image_jobs(refs, instruction), problems, common, meta, parallel=b.parallel,
+                          env=env)
 
 
 def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], common: CommonOptions,
