@@ -4,7 +4,8 @@ Two network namespaces joined by a veth pair (10.77.0.1 and 10.77.0.2, no route 
 Ray head in the first and a worker node in the second, one CPU each, both with one auth token.
 kvl caption runs as the driver in the first namespace; once the workers have written some
 results, every process of the second node is killed (SIGKILL) while its worker holds a batch.
-The run must finish with every input in the output exactly once. Too slow and privileged for CI:
+The run must finish with every input in the output exactly once. A second test cuts the second
+node off instead (its link down, its processes left running: a partition). Too slow and privileged for CI:
 run it by hand with ``KVL_NETNS_TEST=1 .venv/bin/python -m pytest -q -s tests/test_ray_netns.py``.
 """
 
@@ -91,15 +92,14 @@ def start_nodes(env: dict[str, str], temp: Path) -> list[subprocess.Popen[bytes]
     return [head, worker]
 
 
-def test_a_node_lost_mid_run_leaves_every_input_exactly_once(random_pair, netns, tmp_path):
-    n = int(os.environ.get("KVL_NETNS_INPUTS", "12"))
+def start_run(pair, netns, tmp_path: Path, n: int) -> tuple[Path, Path, subprocess.Popen[bytes], float]:  # type: ignore[no-untyped-def]
     lib = tmp_path / "lib"
     lib.mkdir()
     for i in range(n):
         make_image(lib / f"im{i:02d}.jpg", color=(10 * i % 255, 80, 200 - 7 * i % 200))
     out, home = tmp_path / "out", tmp_path / "home"
     home.mkdir(exist_ok=True)
-    env = node_env(random_pair, home, secrets.token_hex(32))
+    env = node_env(pair, home, secrets.token_hex(32))
     start_nodes(env, netns)
     t0 = time.monotonic()
     driver = in_ns(NS[0], [sys.executable, "-m", "kvl_cli", "caption", "--ray", f"{IPS[0]}:{PORT}", "--output",
@@ -108,21 +108,53 @@ def test_a_node_lost_mid_run_leaves_every_input_exactly_once(random_pair, netns,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while len(list(out.glob("part-*.jsonl"))) < 2 and driver.poll() is None:
         time.sleep(0.2)
+    return lib, out, driver, t0
+
+
+def check_exactly_once(lib: Path, out: Path, driver: subprocess.Popen[bytes], report: dict[str, object],
+                       stderr: bytes) -> None:
+    recs = [json.loads(line) for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    inputs = [r["input"] for r in recs]
+    report.update({"records": len(recs), "unique": len(set(inputs)), "ok": sum(r["error"] is None for r in recs),
+                   "exit": driver.returncode})
+    print("\nnetns fault test:", json.dumps(report))
+    print(stderr.decode(errors="replace")[-3000:])
+    assert driver.returncode == 0, stderr.decode(errors="replace")
+    assert sorted(inputs) == sorted(str(p) for p in lib.iterdir())  # every input, exactly once
+    assert all(r["error"] is None for r in recs)
+
+
+def test_a_node_lost_mid_run_leaves_every_input_exactly_once(random_pair, netns, tmp_path):
+    n = int(os.environ.get("KVL_NETNS_INPUTS", "12"))
+    lib, out, driver, t0 = start_run(random_pair, netns, tmp_path, n)
     killed = ns_pids(NS[1])
     parts_at_kill = len(list(out.glob("part-*.jsonl")))
     for pid in killed:  # every process of the second node, its engine worker in the middle of a batch
         os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic() - t0
-    stdout, stderr = driver.communicate(timeout=900)
-    recs = [json.loads(line) for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
-    inputs = [r["input"] for r in recs]
-    report = {"inputs": n, "records": len(recs), "unique": len(set(inputs)),
-              "ok": sum(r["error"] is None for r in recs),
-              "killed_processes": len(killed), "parts_at_kill": parts_at_kill, "killed_at_s": round(t_kill, 1),
-              "total_s": round(time.monotonic() - t0, 1), "exit": driver.returncode}
-    print("\nnetns fault test:", json.dumps(report))
-    print(stderr.decode(errors="replace")[-3000:])
+    _, stderr = driver.communicate(timeout=900)
     assert killed and parts_at_kill < n
-    assert driver.returncode == 0, stderr.decode(errors="replace")
-    assert sorted(inputs) == sorted(str(p) for p in lib.iterdir())  # every input, exactly once
-    assert all(r["error"] is None for r in recs)
+    check_exactly_once(lib, out, driver, {"inputs": n, "killed_processes": len(killed),
+                                          "parts_at_kill": parts_at_kill, "killed_at_s": round(t_kill, 1),
+                                          "total_s": round(time.monotonic() - t0, 1)}, stderr)
+
+
+def test_a_node_cut_off_mid_run_writes_nothing_twice(random_pair, netns, tmp_path):
+    """A network partition, not a crash: the second node's link goes down while its worker holds a
+    batch, and its processes keep running (a zombie that still sees the shared disk). The run goes
+    on without it; whatever the zombie finishes later must not put an input in the output twice."""
+    n = int(os.environ.get("KVL_NETNS_INPUTS", "12"))
+    lib, out, driver, t0 = start_run(random_pair, netns, tmp_path, n)
+    parts_at_cut = len(list(out.glob("part-*.jsonl")))
+    sh("ip", "-n", NS[1], "link", "set", "kvlvethB", "down")
+    t_cut = time.monotonic() - t0
+    _, stderr = driver.communicate(timeout=900)
+    zombies = ns_pids(NS[1])
+    deadline = time.monotonic() + 120  # give the zombie time to finish its batch (and try to write it)
+    while time.monotonic() < deadline and ns_pids(NS[1]):
+        time.sleep(1)
+    assert parts_at_cut < n
+    check_exactly_once(lib, out, driver, {"inputs": n, "parts_at_cut": parts_at_cut, "cut_at_s": round(t_cut, 1),
+                                          "zombie_processes_at_end": len(zombies),
+                                          "still_running_after_120s": len(ns_pids(NS[1])),
+                                          "total_s": round(time.monotonic() - t0, 1)}, stderr)

@@ -9,7 +9,17 @@ import sys
 import pytest
 
 from kvl_cli.distributed.inputs import list_inputs
-from kvl_cli.distributed.parts import Store, drop_failed, part_name, scan, write_part
+from kvl_cli.distributed.parts import (
+    Store,
+    close_rounds,
+    dedupe,
+    drop_failed,
+    open_round,
+    part_name,
+    scan,
+    write_current_part,
+    write_part,
+)
 from kvl_cli.distributed.subtitles import subtitle_names
 from kvl_cli.distributed.tally import Tally
 
@@ -79,6 +89,35 @@ def test_resume_drops_the_failed_records_that_run_again(tmp_path):
     assert drop_failed(store, done, {"b", "c"}) == 2
     lines = [json.loads(line) for n in store.names() for line in store.read(n).splitlines()]
     assert [r["input"] for r in lines] == ["a"]  # c's part held only c: gone
+
+
+def test_a_zombie_worker_of_an_earlier_round_writes_nothing(tmp_path):
+    """A node cut off from the cluster finishes its batch after the driver ran it again elsewhere."""
+    store = Store(str(tmp_path / "out"))
+    store.ensure()
+    open_round(store, "run1 1")
+    assert write_current_part(store, [_rec("a")], "run1 1")  # round 1's workers write while it lasts
+    open_round(store, "run1 2")  # b and c were lost with a node: round 2 runs them again
+    assert write_current_part(store, [_rec("b"), _rec("c")], "run1 2")
+    assert write_current_part(store, [_rec("b"), _rec("c")], "run1 1") == ""  # the zombie of round 1
+    close_rounds(store, "run1")
+    assert write_current_part(store, [_rec("c")], "run1 2") == ""  # nor a worker of any round once it ended
+    records = [json.loads(line) for n in store.names() for line in store.read(n).splitlines()]
+    assert sorted(r["input"] for r in records) == ["a", "b", "c"]
+    assert write_current_part(store, [_rec("d")], None)  # unfenced (the driver's own records)
+
+
+def test_dedupe_keeps_one_record_per_key_a_successful_one(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    store.ensure()
+    write_part(store, [_rec("a", ok=False), _rec("b")])
+    write_part(store, [_rec("a"), _rec("c")])  # a ran again after its failure, b twice (a zombie's part)
+    write_part(store, [_rec("b"), _rec("d"), _rec("d")])
+    assert dedupe(store) == 3
+    records = [json.loads(line) for n in store.names() for line in store.read(n).splitlines()]
+    assert sorted(r["input"] for r in records) == ["a", "b", "c", "d"]
+    assert all(r["error"] is None for r in records)
+    assert dedupe(store) == 0
 
 
 def test_tally_knows_which_scenes_a_video_still_needs(tmp_path):

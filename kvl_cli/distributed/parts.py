@@ -4,6 +4,14 @@ A part holds the records of one batch of a worker and is named by a hash of that
 it appears all at once (written aside, then renamed; an object store's put is atomic): a batch that
 Ray runs again after losing a node writes the same name again, so no record is ever there twice.
 The parts are also what ``--skip-done DIR`` reads to resume.
+
+A node that is cut off from the cluster (a network partition) but still running is a zombie: Ray
+counts its batch lost and runs it again elsewhere, in a later round, batched differently, while the
+zombie may still finish its batch and write it. Rounds are fenced against that: the driver writes
+the round it is in to ``.kvl-round`` in the folder before the round starts, each worker knows its
+round and writes a part only while that file still names it, and after the last round the file
+says the run is closed. What slips through the moment between a worker's check and its write is
+taken out when the run ends (``dedupe``): every key keeps exactly one record.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 
 PREFIX = "part-"
 SUFFIX = ".jsonl"
+FENCE = ".kvl-round"
 
 
 def record_key(record: dict[str, Any]) -> str:
@@ -86,6 +95,12 @@ class Store:
         with open(self.path(name), encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def read_or_none(self, name: str) -> str | None:
+        try:
+            return self.read(name)
+        except (FileNotFoundError, OSError):
+            return None
+
     def remove(self, name: str) -> None:
         if self.remote:
             self.fs.delete_file(self.path(name))
@@ -102,6 +117,57 @@ def write_part(store: Store, records: list[dict[str, Any]]) -> str:
     name = part_name(record_key(r) for r in records)
     store.write(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return name
+
+
+def open_round(store: Store, round_id: str) -> None:
+    """From now on only workers of ``round_id`` write parts."""
+    store.write(FENCE, round_id)
+
+
+def close_rounds(store: Store, run_id: str) -> None:
+    """The run's rounds are over: no worker of theirs writes a part any more."""
+    store.write(FENCE, f"{run_id} closed")
+
+
+def write_current_part(store: Store, records: list[dict[str, Any]], round_id: str | None) -> str:
+    """``write_part`` while ``round_id`` is the folder's round (always, without one); "" when a later
+    round has begun or the run has ended: this worker's batch was given up on and runs elsewhere."""
+    if round_id is not None and store.read_or_none(FENCE) != round_id:
+        return ""
+    return write_part(store, records)
+
+
+def dedupe(store: Store) -> int:
+    """Keep one record per key in the folder (a successful one where there is one); returns how
+    many were taken out. Reads the parts twice rather than holding them: the keys are all it keeps."""
+    chosen: dict[str, tuple[str, int, bool]] = {}  # key -> (part, place in it, succeeded)
+    doubled: set[str] = set()  # the parts that hold a record that goes
+    for name in store.names():
+        for i, record in enumerate(records_in(store.read(name))):
+            key, ok = record_key(record), succeeded(record)
+            before = chosen.get(key)
+            if before is None or (ok and not before[2]):
+                chosen[key] = (name, i, ok)
+            if before is not None:
+                doubled.update({name, before[0]})
+    removed = 0
+    for name in sorted(doubled):
+        records = list(records_in(store.read(name)))
+        kept = [r for i, r in enumerate(records) if chosen[record_key(r)][:2] == (name, i)]
+        removed += len(records) - len(kept)
+        _replace(store, name, kept)
+    return removed
+
+
+def _rewrite_without(store: Store, name: str, keys: set[str]) -> None:
+    _replace(store, name, [r for r in records_in(store.read(name)) if record_key(r) not in keys])
+
+
+def _replace(store: Store, name: str, records: list[dict[str, Any]]) -> None:
+    if records:
+        store.write(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    else:
+        store.remove(name)
 
 
 def records_in(text: str) -> Iterator[dict[str, Any]]:
@@ -155,9 +221,5 @@ def drop_failed(store: Store, done: Done, keys: set[str]) -> int:
     for key in keys & done.failed.keys():
         by_part.setdefault(done.failed[key], set()).add(key)
     for name, gone in by_part.items():
-        kept = [r for r in records_in(store.read(name)) if record_key(r) not in gone]
-        if kept:
-            store.write(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        else:
-            store.remove(name)
+        _rewrite_without(store, name, gone)
     return sum(len(g) for g in by_part.values())

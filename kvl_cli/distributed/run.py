@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 from ..environment import Environment
@@ -24,7 +25,7 @@ from ..videos import VideoArgs
 from .cluster import cluster_resources, connect, disconnect, largest_node_cpus
 from .inputs import Row, error_fields, pack
 from .options import RayOptions
-from .parts import Store, write_part
+from .parts import Store, close_rounds, dedupe, open_round, write_part
 from .plan import make_spec, plan_rows, refuse_unsupported
 from .progress import Board, Progress
 from .scenes import SCENE_STAGE_CPUS, find_scenes
@@ -72,6 +73,7 @@ class Driver:
         self.ray, self.spec, self.opts, self.env, self.gpu = ray, spec, ray_opts, env, gpu
         self.video = spec.video is not None
         self.store = Store(ray_opts.output) if ray_opts.output else None
+        self.run_id = uuid.uuid4().hex[:12]
 
     def pool(self, n_rows: int) -> tuple[int, int, int]:
         """(fewest workers, most workers, rows per batch)."""
@@ -86,7 +88,7 @@ class Driver:
         hi = min(hi, max(1, -(-estimate // batch)))
         return min(lo, hi), hi, batch
 
-    def dataset(self, rows: list[Row]) -> Any:
+    def dataset(self, rows: list[Row], round_id: str | None = None) -> Any:
         from .workers import ImageWorker, SceneWorker
 
         rd = self.ray.data
@@ -97,7 +99,7 @@ class Driver:
             ds = ds.repartition(target_num_rows_per_block=batch).materialize()
         resources = {"num_gpus": 1} if self.gpu else {"num_cpus": self.spec.threads}
         return ds.map_batches(SceneWorker if self.video else ImageWorker, batch_size=batch,
-                              fn_constructor_kwargs={"spec": self.spec, "board": self.board},
+                              fn_constructor_kwargs={"spec": self.spec, "board": self.board, "round_id": round_id},
                               compute=rd.ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=1),
                               max_restarts=0, **resources)
 
@@ -117,6 +119,7 @@ class Driver:
                     break
                 progress.note(f"{len(pending)} inputs without a record after round {attempt} (a worker or node "
                               f"was lost){'; running them again' if attempt < MAX_ROUNDS else ''}")
+            self.close()
             self.give_up(pending, tally, progress)
         finally:
             progress.stop()
@@ -128,8 +131,12 @@ class Driver:
         finished = True
         if self.video:
             progress.note(f"finding the scenes of {len(rows)} videos")
+        round_id = None
+        if self.store is not None:
+            round_id = f"{self.run_id} {attempt}"
+            open_round(self.store, round_id)
         try:
-            for row in self.dataset(rows).iter_rows():
+            for row in self.dataset(rows, round_id).iter_rows():
                 if tally.add(row["key"], bool(row["ok"]), row["file"], int(row["scenes"]), int(row["exit_code"])):
                     progress.add(bool(row["ok"]))
                     self.emit(row["record"])
@@ -142,6 +149,12 @@ class Driver:
             for ok in tally.from_parts(self.store):
                 progress.add(ok)
         return finished
+
+    def close(self) -> None:
+        """No worker of this run writes a part from now on; a record that got in twice goes."""
+        if self.store is not None:
+            close_rounds(self.store, self.run_id)
+            dedupe(self.store)
 
     def emit(self, record: str) -> None:
         if record:  # without --output the records come back to the driver and go to stdout

@@ -28,7 +28,7 @@ from ..schema import AnswerGate
 from ..tasks import SCENE_PROMPT
 from ..videos import SceneWriter, frame_budget, frames_request
 from .inputs import Row, error_fields, image_ref, local_video, unpack
-from .parts import Store, record_key, succeeded, write_part
+from .parts import Store, record_key, succeeded, write_current_part
 from .spec import WorkSpec, node_model
 
 
@@ -66,8 +66,8 @@ def post(board: Any, worker: str, state: str) -> None:
 class EngineWorker:
     """Loads the model once; ``__call__`` runs a batch and writes its part file."""
 
-    def __init__(self, spec: WorkSpec, board: Any = None) -> None:
-        self.spec, self.board = spec, board
+    def __init__(self, spec: WorkSpec, board: Any = None, round_id: str | None = None) -> None:
+        self.spec, self.board, self.round_id = spec, board, round_id
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.renderer = BoardRenderer(board, self.name)
         self.store = Store(spec.output) if spec.output else None
@@ -81,7 +81,7 @@ class EngineWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         rows = unpack(batch)
         records = self.run(rows)
-        part = write_part(self.store, records) if self.store is not None and records else ""
+        part = write_current_part(self.store, records, self.round_id) if self.store is not None and records else ""
         post(self.board, self.name, "idle")
         return {
             "key": [record_key(r) for r in records],
