@@ -17,6 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import InputError, KvlError
 from ..media.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputRef, expand_inputs
@@ -81,14 +82,33 @@ def list_uri(uri: str, video: bool) -> list[Row]:
         if info.type == pafs.FileType.Directory:
             found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             names = sorted(f.path for f in found if f.type == pafs.FileType.File and _media(f.path, video))
-            scheme = uri.split("://", 1)[0]
-            return [{"key": f"{scheme}://{name}", "uri": f"{scheme}://{name}"} for name in names]
+            return [_found_row(uri, path, name) for name in names]
     except (OSError, ValueError) as exc:  # pyarrow's errors are OSError or ArrowInvalid (a ValueError)
         raise InputError(f"{uri}: cannot list it ({str(exc).splitlines()[0]})",
                          hint="check the URI and the credentials for its store") from None
     if info.type != pafs.FileType.File:
         raise InputError(f"{uri}: not found", hint="check the URI")
-    return [{"key": uri, "uri": uri}]
+    return [{"key": _label(uri), "uri": uri}]
+
+
+def _label(uri: str) -> str:
+    """The URI as records name it: without credentials (``KEY:SECRET@``) or query (``?endpoint_override=…``)."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{unquote(parts.path)}"
+
+
+def _found_row(directory: str, base: str, name: str) -> Row:
+    """A file listed under ``directory`` (``base``: the directory's path in its filesystem, ``name``:
+    the file's). Its URI is the directory's with the rest of the name added, percent-encoded (an
+    object key may hold a space, ``#``, ``?``, ``%`` or any letter, which a URI cannot hold raw), so
+    that a worker reads it from the same store, with the directory's credentials and query; its
+    label is the name as listed."""
+    parts, prefix = urlsplit(directory), base.rstrip("/") + "/"
+    if not name.startswith(prefix):  # not under the directory as pyarrow named it: the name alone
+        return {"key": f"{parts.scheme}://{name}", "uri": f"{parts.scheme}://{quote(name, safe='/')}"}
+    rest = name[len(prefix):]
+    uri = parts._replace(path=parts.path.rstrip("/") + "/" + quote(rest, safe="/")).geturl()
+    return {"key": _label(directory).rstrip("/") + "/" + rest, "uri": uri}
 
 
 def read_uri(uri: str) -> bytes:
@@ -129,7 +149,8 @@ def local_video(row: Row) -> Path:
     uri = row.get("uri") or row["url"]
     folder = Path(tempfile.gettempdir()) / "kvl-ray-media"
     folder.mkdir(exist_ok=True)
-    target = folder / (hashlib.sha256(uri.encode()).hexdigest()[:24] + os.path.splitext(uri)[1].lower())
+    suffix = os.path.splitext(urlsplit(uri).path)[1].lower()  # not the query's
+    target = folder / (hashlib.sha256(uri.encode()).hexdigest()[:24] + suffix)
     if not target.exists():
         fd, tmp = tempfile.mkstemp(dir=folder)
         with os.fdopen(fd, "wb") as f:
