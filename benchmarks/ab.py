@@ -58,7 +58,7 @@ def main() -> None:
     photos = [str(p) for p in write_photos(REPO / ".bench" / "photos", max(1, a.batch))]
     trees = {"before": a.before.resolve(), "after": a.after.resolve()}
     work = Path(tempfile.mkdtemp(prefix="kvl-ab-"))
-    ask = [photos[0], PROMPT_ASK, "--max-tokens", str(N_GEN), "--temperature", "0", "--json"]
+    ask = ["ask", photos[0], PROMPT_ASK, "--max-tokens", str(N_GEN), "--temperature", "0", "--json"]
     res: dict[str, dict[str, list[float]]] = {t: {"ask": [], "second_first_byte": [], "second_wall": [],
                                                    "batch_per_min": []} for t in trees}
     try:

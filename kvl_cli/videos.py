@@ -113,7 +113,34 @@ def _isatty(stream: IO[str]) -> bool:
         return False
 
 
-class SceneSink:
+class ScenesInOrder:
+    """What a sink of scene captions (``ordered``'s Sink) does the same everywhere: the phases go to
+    ``progress``, and a finished answer is checked against ``--schema`` (``checked``)."""
+
+    gate: AnswerGate
+
+    def begin(self, pos: int) -> None:
+        pass
+
+    def event(self, pos: int, ev: Event) -> None:
+        if isinstance(ev, PhaseEvent):
+            self.progress(pos, ev)
+
+    def progress(self, pos: int, ev: PhaseEvent) -> None:
+        raise NotImplementedError
+
+    def checked(self, outcome: Outcome) -> tuple[Outcome, dict[str, Any]]:
+        """The outcome, a failure if the answer does not validate; with the schema's extra fields."""
+        extra: dict[str, Any] = {}
+        if isinstance(outcome, Result) and not outcome.interrupted:
+            try:
+                outcome, _, extra = self.gate.check(outcome)
+            except KvlError as exc:
+                outcome = exc
+        return outcome, extra
+
+
+class SceneSink(ScenesInOrder):
     """Writes one video's scene captions in scene order (see ``ordered``); keeps the first failure."""
 
     def __init__(self, label: str, scenes: list[Scene], writer: SceneWriter, renderer: Renderer,
@@ -124,24 +151,12 @@ class SceneSink:
         self.started: dict[int, tuple[int, float]] = {}  # scene position -> frames, start time
         self.error: KvlError | None = None
 
-    def begin(self, pos: int) -> None:
-        pass
-
-    def event(self, pos: int, ev: Event) -> None:
-        if isinstance(ev, PhaseEvent):
-            self.progress(pos, ev)
-
     def progress(self, pos: int, ev: PhaseEvent) -> None:
         self.renderer.status("captioning scene", f"{self.scenes[pos].index}/{len(self.scenes)}")
 
     def done(self, pos: int, outcome: Outcome) -> None:
         self.renderer.stop_status()
-        extra: dict[str, Any] = {}
-        if isinstance(outcome, Result) and not outcome.interrupted:
-            try:
-                outcome, _, extra = self.gate.check(outcome)
-            except KvlError as exc:
-                outcome = exc
+        outcome, extra = self.checked(outcome)
         if isinstance(outcome, KvlError):
             self.error = self.error or outcome
             return

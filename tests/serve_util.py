@@ -7,7 +7,6 @@ import base64
 import http.client
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kvl_cli.serve.record import alive  # noqa: F401 - for the tests
 
 from .conftest import Pair, kvl_env
 
@@ -154,11 +155,3 @@ def listening_address(port: int) -> str | None:
         if int(hexport, 16) == port and state == "0A":
             return ".".join(str(b) for b in reversed(bytes.fromhex(addr)))
     return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

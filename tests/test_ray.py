@@ -107,8 +107,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     from kvl_cli.distributed.cluster import quiet
 
     quiet()
-    info = ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
-                    log_to_driver=False)
+    for attempt in range(2):  # a cluster that an earlier test's `--ray local` stopped may still hold the node's ports
+        try:
+            info = ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
+                            log_to_driver=False)
+            break
+        except RuntimeError as exc:
+            print(f"ray.init failed ({exc}); trying again")
+            ray.shutdown()
+            if attempt:
+                raise
+            time.sleep(5)
     join = {k: os.environ[k] for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     try:
         yield {**join, "ADDRESS": info.address_info["gcs_address"]}

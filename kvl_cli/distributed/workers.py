@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from ..engine.types import Event, PhaseEvent, Request, Result
+from ..engine.types import PhaseEvent, Request
 from ..environment import Environment
 from ..errors import InputError, KvlError
 from ..media import video_sandbox
@@ -26,7 +26,7 @@ from ..render.stream import JsonRenderer
 from ..runner import Job, load_engine, prepare, run_jobs
 from ..schema import AnswerGate
 from ..tasks import SCENE_PROMPT
-from ..videos import SceneWriter, frame_budget, frames_request
+from ..videos import ScenesInOrder, SceneWriter, frame_budget, frames_request
 from .inputs import Row, error_fields, image_ref, local_video, unpack
 from .parts import Store, record_key, succeeded, write_current_part
 from .spec import WorkSpec, node_model
@@ -128,7 +128,7 @@ def error_fields_of(row: Row) -> dict[str, Any]:
     return {"error": row["error"], "exit_code": row["exit_code"]}
 
 
-class SceneRecords:
+class SceneRecords(ScenesInOrder):
     """The ordered emitter's sink for one batch of scenes: a JSON Lines record per scene."""
 
     def __init__(self, rows: list[Row], spec: WorkSpec, renderer: BoardRenderer) -> None:
@@ -136,25 +136,13 @@ class SceneRecords:
         self.gate = AnswerGate(spec.answer)
         self.records: dict[int, dict[str, Any]] = {}
 
-    def begin(self, pos: int) -> None:
-        pass
-
-    def event(self, pos: int, ev: Event) -> None:
-        if isinstance(ev, PhaseEvent):
-            self.progress(pos, ev)
-
     def progress(self, pos: int, ev: PhaseEvent) -> None:
         row = self.rows[pos]
         self.renderer.status(phase_text(ev)[0], f"{row['file']} scene {row['scene']}/{row['scenes']}")
 
     def done(self, pos: int, outcome: Outcome) -> None:
         row = self.rows[pos]
-        extra: dict[str, Any] = {}
-        if isinstance(outcome, Result) and not outcome.interrupted:
-            try:
-                outcome, _, extra = self.gate.check(outcome)
-            except KvlError as exc:
-                outcome = exc
+        outcome, extra = self.checked(outcome)
         base = {"file": row["file"], "scene": row["scene"], "start": round(row["start"], 3),
                 "end": round(row["end"], 3)}
         if isinstance(outcome, KvlError):
