@@ -9,8 +9,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,33 +101,49 @@ def test_local_cluster_on_loopback_images_and_bad_inputs(scripted, library, tmp_
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """One Ray cluster on loopback for the module, with a token of its own; yields the env to join it."""
-    saved = dict(os.environ)
-    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
-                      RAY_AUTH_TOKEN=secrets.token_hex(32))
-    import ray
-
-    from kvl_cli.distributed.cluster import quiet
-
-    quiet()
-    for attempt in range(2):  # a cluster that an earlier test's `--ray local` stopped may still hold the node's ports
-        try:
-            info = ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
-                            log_to_driver=False)
-            break
-        except RuntimeError as exc:
-            print(f"ray.init failed ({exc}); trying again")
-            ray.shutdown()
-            if attempt:
-                raise
-            time.sleep(5)
-    join = {k: os.environ[k] for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    """One Ray cluster on loopback for the module, with a token of its own, started as a user would
+    (``ray start --head --block``, in a process of its own: none of Ray's process-wide state in
+    pytest's); yields the env to join it. Stopped by ending its process group (every daemon it started)."""
+    token = secrets.token_hex(32)
+    join = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    temp = Path(tempfile.mkdtemp(prefix="kvlr", dir="/tmp"))  # short: Ray's socket paths live under it
+    port = free_port()
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env={**os.environ, **join, "RAY_USAGE_STATS_ENABLED": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        yield {**join, "ADDRESS": info.address_info["gcs_address"]}
+        wait_until_up(f"127.0.0.1:{port}", {**os.environ, **join}, head)
+        yield {**join, "ADDRESS": f"127.0.0.1:{port}"}
     finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
+        os.killpg(head.pid, signal.SIGTERM)  # the head and the daemons it started: their own process group
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(address: str, env: dict[str, str], head: subprocess.Popen[bytes]) -> None:
+    """Until a driver can join (``ray status`` answers), at most a minute."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start --head ended ({head.returncode}): {head.stderr.read().decode()[-2000:]}"
+                               if head.stderr else "ray start --head ended")
+        if subprocess.run([str(Path(sys.executable).with_name("ray")), "status", f"--address={address}"],
+                          env=env, capture_output=True).returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError("the test cluster did not come up within a minute")
 
 
 def joined(cluster: dict[str, str]) -> list[str]:

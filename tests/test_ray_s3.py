@@ -11,6 +11,7 @@ Skipped without moto's server (``pip install 'moto[server]'``, in the ``test`` e
 from __future__ import annotations
 
 import json
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-unty
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its buckets per process, not per server: start from none
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=10)
     env = {
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_ACCESS_KEY_ID": "kvl-test-key", "AWS_SECRET_ACCESS_KEY": "kvl-test-secret",
