@@ -3,7 +3,8 @@
 Serves ``/{repo}/resolve/{rev}/{file}`` (HEAD with X-Repo-Commit / X-Linked-Etag / X-Linked-Size
 and a 302 to a CDN path, GET with the same redirect), ``/cdn/{repo}/{file}`` with Range support,
 and ``/api/models/{repo}/tree/{rev}``. Faults can be injected per file: cut the connection after
-N bytes (once), serve other bytes, or answer 401.
+N bytes (once), serve other bytes, or answer 401; a delay before each file's bytes stretches a download.
+``toy_hub`` serves the toy pair as the catalog entry ``toy-kimi-vl`` (a catalog folder written for it).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+TOY_REPO = "kvl-test/toy-GGUF"
 
 
 @dataclass
@@ -26,10 +30,17 @@ class HubState:
     corrupt: set[str] = field(default_factory=set)  # files served with altered bytes (true sha advertised)
     requests: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay_s: float = 0.0  # before the bytes of every GET of a file
+    sizes: tuple[int, int] = (0, 0)  # toy_hub: the toy model's and projector's sizes
 
     def add(self, repo: str, name: str, data: bytes) -> str:
         self.repos.setdefault(repo, {})[name] = data
         return hashlib.sha256(data).hexdigest()
+
+    def downloads(self, name: str, repo: str = TOY_REPO) -> int:
+        """GETs of a file's bytes (the CDN's answer; not HEADs, not the hub's redirects)."""
+        with self.lock:
+            return sum(1 for q in self.requests if q.split(" Range=")[0] == f"GET /cdn/{repo}/{name}")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -118,6 +129,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        if st.delay_s:
+            time.sleep(st.delay_s)
         if cut is not None:
             self.wfile.write(body[:cut])
             self.wfile.flush()
@@ -131,3 +144,40 @@ def start(state: HubState) -> tuple[ThreadingHTTPServer, str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def toy_hub(model: Path, mmproj: Path, catalog: Path) -> tuple[HubState, ThreadingHTTPServer, str]:
+    """The toy pair served as the catalog entry ``toy-kimi-vl`` (the default; quants Q4_K_M, BIG:
+    12 MB, over huggingface_hub's write chunk, and HUBSHA: no sizes or sha256 in the catalog), plus
+    a private repository; ``catalog`` is the folder for KVL_CATALOG. Returns (state, server, URL)."""
+    state = HubState()
+    model_bytes, proj_bytes = model.read_bytes(), mmproj.read_bytes()
+    sha_m = state.add(TOY_REPO, "toy-Q4_K_M.gguf", model_bytes)
+    sha_p = state.add(TOY_REPO, "mmproj-toy-Q8_0.gguf", proj_bytes)
+    state.add(TOY_REPO, "README.md", b"# toy\n")
+    big = bytes(range(256)) * (12 * 2**20 // 256)  # over huggingface_hub's 10 MB write chunk
+    sha_big = state.add(TOY_REPO, "big-Q4_K_M.gguf", big)
+    state.repos["kvl-test/private-GGUF"] = {"x.gguf": b"x"}
+    state.private.add("kvl-test/private-GGUF")
+    state.sizes = (len(model_bytes), len(proj_bytes))
+    catalog.mkdir(parents=True, exist_ok=True)
+    (catalog / "toy.toml").write_text(f'''
+name = "toy-kimi-vl"
+description = "toy"
+repo = "{TOY_REPO}"
+revision = "{COMMIT}"
+license = "MIT"
+default = true
+default_quant = "Q4_K_M"
+[quants.Q4_K_M]
+model = {{ file = "toy-Q4_K_M.gguf", size = {len(model_bytes)}, sha256 = "{sha_m}" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf", size = {len(proj_bytes)}, sha256 = "{sha_p}" }}
+[quants.BIG]
+model = {{ file = "big-Q4_K_M.gguf", size = {len(big)}, sha256 = "{sha_big}" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf", size = {len(proj_bytes)}, sha256 = "{sha_p}" }}
+[quants.HUBSHA]
+model = {{ file = "toy-Q4_K_M.gguf" }}
+mmproj = {{ file = "mmproj-toy-Q8_0.gguf" }}
+''')
+    server, url = start(state)
+    return state, server, url

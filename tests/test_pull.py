@@ -15,46 +15,16 @@ from kvl_cli.synthetic import SCRIPTED_ANSWER
 from . import hubserver
 from .conftest import kvl_env
 
-REPO = "kvl-test/toy-GGUF"
+REPO = hubserver.TOY_REPO
 
 
 @pytest.fixture
 def hub(scripted, tmp_path, monkeypatch):
-    state = hubserver.HubState()
-    model_bytes, proj_bytes = scripted.model.read_bytes(), scripted.mmproj.read_bytes()
-    sha_m = state.add(REPO, "toy-Q4_K_M.gguf", model_bytes)
-    sha_p = state.add(REPO, "mmproj-toy-Q8_0.gguf", proj_bytes)
-    state.add(REPO, "README.md", b"# toy\n")
-    big = bytes(range(256)) * (12 * 2**20 // 256)  # over huggingface_hub's 10 MB write chunk
-    sha_big = state.add(REPO, "big-Q4_K_M.gguf", big)
-    state.repos["kvl-test/private-GGUF"] = {"x.gguf": b"x"}
-    state.private.add("kvl-test/private-GGUF")
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    (catalog / "toy.toml").write_text(f'''
-name = "toy-kimi-vl"
-description = "toy"
-repo = "{REPO}"
-revision = "{hubserver.COMMIT}"
-license = "MIT"
-default = true
-default_quant = "Q4_K_M"
-[quants.Q4_K_M]
-model = {{ file = "toy-Q4_K_M.gguf", size = {len(model_bytes)}, sha256 = "{sha_m}" }}
-mmproj = {{ file = "mmproj-toy-Q8_0.gguf", size = {len(proj_bytes)}, sha256 = "{sha_p}" }}
-[quants.BIG]
-model = {{ file = "big-Q4_K_M.gguf", size = {len(big)}, sha256 = "{sha_big}" }}
-mmproj = {{ file = "mmproj-toy-Q8_0.gguf", size = {len(proj_bytes)}, sha256 = "{sha_p}" }}
-[quants.HUBSHA]
-model = {{ file = "toy-Q4_K_M.gguf" }}
-mmproj = {{ file = "mmproj-toy-Q8_0.gguf" }}
-''')
-    server, url = hubserver.start(state)
+    state, server, url = hubserver.toy_hub(scripted.model, scripted.mmproj, tmp_path / "catalog")
     monkeypatch.setenv("HF_ENDPOINT", url)
-    monkeypatch.setenv("KVL_CATALOG", str(catalog))
+    monkeypatch.setenv("KVL_CATALOG", str(tmp_path / "catalog"))
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "5")
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "5")
-    state.sizes = (len(model_bytes), len(proj_bytes))  # type: ignore[attr-defined]
     yield state
     server.shutdown()
 

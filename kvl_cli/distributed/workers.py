@@ -72,15 +72,23 @@ class EngineWorker:
         self.renderer = BoardRenderer(board, self.name)
         self.store = Store(spec.output) if spec.output else None
         post(board, self.name, "loading model")
-        model, mmproj, self.model_name = node_model(spec.model.model, spec.model.mmproj)
-        self.config = spec.engine_config(model, mmproj)
-        self.engine = load_engine(self.config, self.renderer, cache=spec.model.cache)
+        # a model this node cannot have (a pull that failed its check, a file that does not load) fails
+        # the inputs this worker takes, each with the reason: raised here, it would end every round
+        # (Ray Data gives up on an actor that dies in its constructor) and the inputs' records would
+        # only say that their worker was lost
+        self.load_error: KvlError | None = None
+        try:
+            model, mmproj, self.model_name = node_model(spec.model.model, spec.model.mmproj)
+            self.config = spec.engine_config(model, mmproj)
+            self.engine = load_engine(self.config, self.renderer, cache=spec.model.cache)
+        except KvlError as exc:
+            self.load_error = exc
         self.renderer.take()
-        post(board, self.name, "idle")
+        post(board, self.name, "idle" if self.load_error is None else "no model")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         rows = unpack(batch)
-        records = self.run(rows)
+        records = self.run(rows) if self.load_error is None else self.failed(rows, self.load_error)
         part = write_current_part(self.store, records, self.round_id) if self.store is not None and records else ""
         post(self.board, self.name, "idle")
         return {
@@ -94,6 +102,10 @@ class EngineWorker:
         }
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def failed(self, rows: list[Row], exc: KvlError) -> list[dict[str, Any]]:
+        """A record per row, each with ``exc`` (a row that failed before it keeps its own error)."""
         raise NotImplementedError
 
 
@@ -122,6 +134,10 @@ class ImageWorker(EngineWorker):
                 records.setdefault(job.label, {"input": job.label, **error_fields(
                     InputError(f"{job.label}: the worker stopped before it", hint="run the command again"))})
         return [records[row["key"]] for row in rows]
+
+    def failed(self, rows: list[Row], exc: KvlError) -> list[dict[str, Any]]:
+        return [{"input": row["key"], **(error_fields_of(row) if "error" in row else error_fields(exc))}
+                for row in rows]
 
 
 def error_fields_of(row: Row) -> dict[str, Any]:
@@ -168,6 +184,12 @@ class SceneWorker(EngineWorker):
         done = iter(sink.records.get(i) or {"file": row["file"], "scene": row["scene"], **error_fields(stopped)}
                     for i, row in enumerate(todo))
         return [failed[i] if i in failed else next(done) for i in range(len(rows))]
+
+    def failed(self, rows: list[Row], exc: KvlError) -> list[dict[str, Any]]:
+        return [{"file": row["key"], "scene": None, **error_fields_of(row)} if "error" in row else
+                {"file": row["file"], "scene": row["scene"], "start": round(row["start"], 3),
+                 "end": round(row["end"], 3), "caption": None, "scenes": row["scenes"], **error_fields(exc)}
+                for row in rows]
 
     def _requests(self, rows: list[Row], emitter: OrderedEmitter) -> Iterator[tuple[int, Request]]:
         args = self.spec.video
