@@ -25,7 +25,7 @@ import click
 
 from .environment import Environment
 from .errors import InputError, UsageError
-from .limits import read_file
+from .limits import is_regular, max_input_bytes, oversized, read_file
 from .media.images import InputRef
 
 # a --json record is kilobytes (a long answer with its thinking: tens of kB); a line longer than
@@ -36,16 +36,13 @@ MAX_RECORD_CHARS = 16 * 1024 * 1024
 def read_list(source: str, env: Environment) -> list[str]:
     """Inputs named one per line in ``source`` (a file, or ``-`` for stdin), read once and within
     ``KVL_MAX_INPUT_BYTES`` like any input (``--from /dev/zero`` is refused, not read forever)."""
-    if source == "-":
-        text = env.read_stdin_text()
-    else:
-        data = read_file(Path(source).expanduser(), f"--from {source}")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"--from {source}: cannot read it ({exc})",
-                             hint="give a UTF-8 text file with one input per line") from None
-    lines = (line.strip() for line in text.splitlines())
+    data = env.read_stdin() if source == "-" else read_file(Path(source).expanduser(), f"--from {source}")
+    if b"\0" in data:
+        raise InputError(f"--from {source}: a binary file, not a list", hint="give a text file with one input per line")
+    # names as the system spells them (bytes that are not UTF-8 kept, as for names given as
+    # arguments); lines end at \n only: a file name may hold \f or \v
+    text = data.decode("utf-8", "surrogateescape")
+    lines = (line.strip() for line in text.split("\n"))
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -87,21 +84,35 @@ def done_inputs(path: str) -> set[str]:
     if p.is_dir():
         raise UsageError(f"--skip-done {path} is a directory", hint="give the JSONL file that --json wrote")
     done: set[str] = set()
+    # a results file is read to its end; a device or pipe (/dev/zero) has none: at most the input limit
+    budget = None if is_regular(p) else max_input_bytes()
     with p.open(encoding="utf-8", errors="replace") as f:
-        for line in _bounded_lines(f):
+        for line in _bounded_lines(f, budget, f"--skip-done {path}"):
             key = _done_key(line)
             if key is not None:
                 done.add(key)
     return done
 
 
-def _bounded_lines(f: IO[str]) -> Iterator[str]:
-    """The lines of ``f`` up to ``MAX_RECORD_CHARS`` each; a longer line is passed over, unheld."""
-    while line := f.readline(MAX_RECORD_CHARS):
+def _bounded_lines(f: IO[str], budget: int | None, label: str) -> Iterator[str]:
+    """The lines of ``f`` up to ``MAX_RECORD_CHARS`` each; a longer line is passed over, unheld.
+    With a ``budget``, more characters than that in all is refused as oversized."""
+    left = budget
+
+    def take() -> str:
+        nonlocal left
+        piece = f.readline(MAX_RECORD_CHARS)
+        if left is not None:
+            left -= len(piece)
+            if left < 0:
+                raise oversized(label, budget or 0)
+        return piece
+
+    while line := take():
         if len(line) < MAX_RECORD_CHARS or line.endswith("\n"):
             yield line
             continue
-        while (rest := f.readline(MAX_RECORD_CHARS)) and not rest.endswith("\n"):
+        while (rest := take()) and not rest.endswith("\n"):
             pass
 
 

@@ -48,6 +48,8 @@ class CheckedOutput:
         self._fd = _regular_file_fd(stream)
         self._raw = _unbuffered_raw(stream)
         self._flushed_to = _end_of_writes(self._fd)
+        # what the file held before kvl wrote a byte: never cut into (``1<> FILE`` writes inside a file)
+        self._size_at_start = _size(self._fd)
 
     def write(self, text: str) -> int:
         self._refuse_if_failed()
@@ -99,7 +101,7 @@ class CheckedOutput:
 
     def _failed(self, exc: OSError) -> KvlError:
         self.failure = output_failure(exc, self._name)
-        _cut_back(self._fd, self._flushed_to)
+        _cut_back(self._fd, self._flushed_to, self._size_at_start)
         stop.request(stop.OUTPUT_FAILED)  # whatever is still being worked on cannot be written
         return self.failure
 
@@ -119,6 +121,13 @@ def _unbuffered_raw(stream: IO[str]) -> io.RawIOBase | None:
     return raw if isinstance(raw, io.RawIOBase) else None
 
 
+def _size(fd: int | None) -> int:
+    try:
+        return os.fstat(fd).st_size if fd is not None else 0
+    except OSError:
+        return 0
+
+
 def _end_of_writes(fd: int | None) -> int | None:
     """Where the next write to ``fd`` lands: the end of the file when it was opened to append (``>>``)."""
     if fd is None:
@@ -131,14 +140,15 @@ def _end_of_writes(fd: int | None) -> int | None:
         return None
 
 
-def _cut_back(fd: int | None, size: int | None) -> None:
-    """Truncate the file to ``size``: what part of a record reached it before the failure goes again.
-    The descriptor then points at /dev/null, so that what is still buffered (written again at the
-    interpreter's exit, into the room the truncation freed) cannot cut a record into the file again."""
+def _cut_back(fd: int | None, size: int | None, size_at_start: int) -> None:
+    """Truncate the file to ``size``: what part of a record reached it before the failure goes again
+    (not below what the file held before kvl wrote: ``1<> FILE`` writes inside it). The descriptor
+    then points at /dev/null, so that what is still buffered (written again at the interpreter's
+    exit, into the room the truncation freed) cannot cut a record into the file again."""
     if fd is None or size is None:
         return
     try:
-        if os.fstat(fd).st_size > size:
+        if os.fstat(fd).st_size > size >= size_at_start:
             os.ftruncate(fd, size)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, fd)

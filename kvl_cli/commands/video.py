@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import Any
@@ -7,8 +8,9 @@ from typing import Any
 import click
 
 from ..distributed.options import ray_from, ray_video_options
+from ..engine.types import Request
 from ..environment import Environment
-from ..errors import ExitCode, InputError, Interrupted, KvlError, UsageError
+from ..errors import ExitCode, InputError, Interrupted, KvlError, OutputClosed, OutputError, UsageError
 from ..limits import is_regular
 from ..media import video_sandbox
 from ..media.images import InputProblem, InputRef, expand_inputs
@@ -17,6 +19,7 @@ from ..media.video import Scene, VideoInfo, parse_time
 from ..options import CommonOptions, common_options, generation_options, model_options, output_options
 from ..render import OutputOptions, Renderer, make_renderer
 from ..runner import load_engine
+from ..safetext import json_safe
 from ..schema import AnswerGate
 from ..tasks import SCENE_PROMPT, VIDEO_PROMPT
 from ..videos import PROMPT_RESERVE, SceneWriter, VideoArgs, caption_scenes, frame_budget, frames_request, run_request
@@ -81,6 +84,11 @@ class VideoRun:
             return False
         self.renderer.error(slot.label, slot.error)
         failures.append(slot.error)
+        if self.scenes and self.common.out.dry_run and self.common.out.as_json:  # in its place, as without --scenes
+            self.env.stdout.write(json_safe(json.dumps({"input": slot.label, "error": str(slot.error),
+                                                        "exit_code": int(slot.error.exit_code)},
+                                                       ensure_ascii=False)) + "\n")
+            self.env.stdout.flush()
         return True
 
     def run(self, inputs: list[str]) -> int:
@@ -102,8 +110,7 @@ class VideoRun:
             need = self.args.frames_per_scene * (self.args.per_frame + 16) + self.settings.max_tokens + PROMPT_RESERVE
             self.config.n_ctx = min(self.config.n_ctx, -(-need // 256) * 256)
         if self.common.out.dry_run:
-            slots = [slot for slot in slots if not self._failed(slot, failures)]
-            self._preview(checked)
+            self._preview(slots, failures)
             return int(ExitCode.PARTIAL if failures else 0)
         engine = load_engine(self.config, self.renderer, cache=m.cache)
         try:
@@ -128,6 +135,8 @@ class VideoRun:
             try:
                 self._one(engine, ref, info, checked.index(slot) + 1, len(checked), writer)
                 done += 1
+            except (OutputError, OutputClosed):
+                raise  # stdout failed: nothing more can be written, for this video or the next
             except KvlError as exc:
                 if exc.exit_code is ExitCode.INTERRUPTED:
                     raise
@@ -135,33 +144,41 @@ class VideoRun:
                 failures.append(exc)
         return done
 
-    def _preview(self, checked: list[tuple[InputRef, VideoInfo]]) -> None:
-        """``--dry-run``: each video's prompt (each scene's, with --scenes), nothing generated."""
+    def _preview(self, slots: list[Probed], failures: list[KvlError]) -> None:
+        """``--dry-run``: each video's prompt (each scene's, with --scenes), nothing generated; a
+        video that failed its check reported in its place."""
         from ..engine.dryrun import PromptPreview
-        from ..engine.media_handles import default_marker
         from ..preview import PreviewWriter
 
-        items = [(ref, info, scene) for ref, info in checked
-                 for scene in (self._scenes(ref, info) if self.scenes else [None])]
+        items = [(slot, scene) for slot in slots for scene in
+                 ([None] if isinstance(slot, InputProblem) or not self.scenes else self._scenes(*slot))]
         writer = PreviewWriter(self.env, self.config, self.settings, as_json=self.common.out.as_json,
-                               total=len(items))
+                               total=sum(not isinstance(slot, InputProblem) for slot, _ in items))
         with PromptPreview(self.config) as pp:
-            for ref, info, scene in items:
-                assert ref.path is not None
-                a = self.args
-                if scene is None:
-                    sampled = video_sandbox.sample(ref.path, info, fps=a.fps, max_frames=a.max_frames, start=a.start,
-                                                   end=a.end)
-                else:
-                    sampled = video_sandbox.sample(ref.path, info, max_frames=a.frames_per_scene, start=scene.start,
-                                                   end=max(scene.end, scene.start + 1e-3))
-                frames = sampled.frames
-                n_ctx, per = self.config.n_ctx, a.frames_per_scene if scene is not None else len(frames)
-                request = frames_request(default_marker(), frames, ref.label,
-                                         SCENE_PROMPT if scene is not None else self.instruction,
-                                         frame_budget(per, a.per_frame, n_ctx, self.settings.max_tokens), self.settings)
-                label = ref.label if scene is None else f"{ref.label} scene {scene.index}"
+            for slot, scene in items:
+                if isinstance(slot, InputProblem):
+                    self._failed(slot, failures)
+                    continue
+                label, request, frames = self._preview_request(*slot, scene)
                 writer.write(label, pp.view(request), {**self.task_meta, "frames": [round(f.time, 3) for f in frames]})
+
+    def _preview_request(self, ref: InputRef, info: VideoInfo, scene: Scene | None) -> tuple[str, Request, list[Any]]:
+        from ..engine.media_handles import default_marker
+
+        assert ref.path is not None
+        a = self.args
+        if scene is None:
+            sampled = video_sandbox.sample(ref.path, info, fps=a.fps, max_frames=a.max_frames, start=a.start, end=a.end)
+        else:
+            sampled = video_sandbox.sample(ref.path, info, max_frames=a.frames_per_scene, start=scene.start,
+                                           end=max(scene.end, scene.start + 1e-3))
+        frames = sampled.frames
+        per = a.frames_per_scene if scene is not None else len(frames)
+        request = frames_request(default_marker(), frames, ref.label,
+                                 SCENE_PROMPT if scene is not None else self.instruction,
+                                 frame_budget(per, a.per_frame, self.config.n_ctx, self.settings.max_tokens),
+                                 self.settings)
+        return (ref.label if scene is None else f"{ref.label} scene {scene.index}"), request, frames
 
     def _scenes(self, ref: InputRef, info: VideoInfo) -> list[Scene]:
         assert ref.path is not None
