@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,3 +139,17 @@ def kvl_env(pair: Pair | None = None, **extra: str) -> dict[str, str]:
         env["KVL_MODEL"], env["KVL_MMPROJ"] = str(pair.model), str(pair.mmproj)
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 64 KiB tmpfs (root only: skipped where it cannot be mounted)."""
+    where = tmp_path / "fs"
+    where.mkdir()
+    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                                                   capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -56,19 +56,6 @@ def test_several_videos_on_dev_full_stop_at_once_and_say_it_once(scripted, video
 # ---- 1. a file opened read-write at an offset (`1<> FILE`): what kvl never wrote is cut off -------------
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    where = tmp_path / "fs"
-    where.mkdir()
-    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
-                                                   capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
 def test_read_write_stdout_keeps_what_follows_kvls_writes(random_pair, tmp_path, tiny_fs):
     # was: the file is truncated to kvl's last record; the trailer (4 MiB into a sparse file) is gone
     photos = [str(make_image(tmp_path / f"p{i:02d}.png", size=(64 + 4 * i, 48), color=(9 * i, 80, 200 - 7 * i)))

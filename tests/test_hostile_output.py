@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -66,20 +65,6 @@ def test_dev_full_for_a_command_that_echoes():
                            env=kvl_env(), timeout=60)
     assert r.returncode == 7
     assert r.stderr == DISK_FULL
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    """A 64 KiB tmpfs (root only: skipped where it cannot be mounted)."""
-    where = tmp_path / "fs"
-    where.mkdir()
-    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
-                                                   capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])

@@ -4,6 +4,7 @@ driver of a Ray job; all but the first join one cluster the module starts on loo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,31 +101,38 @@ def test_local_cluster_on_loopback_images_and_bad_inputs(scripted, library, tmp_
     assert "Traceback" not in err and not (Path.home() / ".ray" / "auth_token").exists()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """One Ray cluster on loopback for the module, with a token of its own, started as a user would
-    (``ray start --head --block``, in a process of its own: none of Ray's process-wide state in
-    pytest's); yields the env to join it. Stopped by ending its process group (every daemon it started)."""
-    token = secrets.token_hex(32)
-    join = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    temp = Path(tempfile.mkdtemp(prefix="kvlr", dir="/tmp"))  # short: Ray's socket paths live under it
+@contextlib.contextmanager
+def head_node(env: dict[str, str], prefix: str = "kvlr") -> Iterator[tuple[str, dict[str, str], Path]]:
+    """A Ray head on loopback, 2 CPUs, with a token of its own, started as a user would (``ray start
+    --head --block``, in a process group of its own: none of Ray's process-wide state in pytest's),
+    its daemons in ``env``; yields (address, the env a driver joins with, its temp folder). Stopped by
+    ending its process group (every daemon it started)."""
+    join = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    temp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: Ray's socket paths live under it
     port = free_port()
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-                            env={**os.environ, **join, "RAY_USAGE_STATS_ENABLED": "0"},
+                            env={**env, **join, "RAY_USAGE_STATS_ENABLED": "0"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_until_up(f"127.0.0.1:{port}", {**os.environ, **join}, head)
-        yield {**join, "ADDRESS": f"127.0.0.1:{port}"}
+        yield f"127.0.0.1:{port}", join, temp
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head and the daemons it started: their own process group
+        os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One Ray cluster on loopback for the module (``head_node``); yields the env to join it."""
+    with head_node(dict(os.environ)) as (address, join, _):
+        yield {**join, "ADDRESS": address}
 
 
 def free_port() -> int:

@@ -9,12 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +20,7 @@ from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from . import hubserver
 from .conftest import kvl_env, make_image
-from .test_ray import free_port, kvl_proc, wait_until_up
+from .test_ray import head_node, kvl_proc
 
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -71,28 +66,11 @@ def node(scripted, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                XDG_CACHE_HOME=str(home / "cache"), XDG_CONFIG_HOME=str(home / "config"),
                XDG_DATA_HOME=str(home / "data"), HF_ENDPOINT=url, KVL_CATALOG=str(catalog),
                HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5", HF_HUB_DISABLE_TELEMETRY="1")
-    join = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    temp = Path(tempfile.mkdtemp(prefix="kvlp", dir="/tmp"))  # short: Ray's socket paths live under it
-    port = free_port()
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-                            env={**env, **join, "RAY_USAGE_STATS_ENABLED": "0"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        address = f"127.0.0.1:{port}"
-        wait_until_up(address, {**os.environ, **join}, head)
-        yield Node(hub, url, home / "kvl", catalog, join, address, temp / "session_latest" / "logs")
+        with head_node(env, prefix="kvlp") as (address, join, temp):
+            yield Node(hub, url, home / "kvl", catalog, join, address, temp / "session_latest" / "logs")
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head and the daemons it started: their own process group
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
         server.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
