@@ -24,7 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kvl_cli.media.video import detect_scenes, probe  # noqa: E402
+from kvl_cli.media.scenes import detect_scenes  # noqa: E402
+from kvl_cli.media.video import probe  # noqa: E402
 from tests.clips import Canvas  # noqa: E402
 
 KINDS = ("cut", "hue", "dissolve", "fade")

@@ -2,14 +2,15 @@
 
 The command line is one client of this library::
 
-    from kvl_cli import Engine, EngineConfig, GenerationSettings, Request
-    from kvl_cli.media.images import InputRef, load_image
+    import kvl_cli
 
-    with Engine(EngineConfig(model=Path("model.gguf"), mmproj=Path("mmproj.gguf"))) as engine:
-        image = load_image(InputRef("photo.jpg", path=Path("photo.jpg")), max_tokens=1024)
-        request = Request(user_text=engine.marker + "Describe this image.", images=[image])
-        for event in engine.generate(request):
-            ...  # PhaseEvent, TextEvent (thinking or answer delta), DoneEvent(result)
+    with kvl_cli.open(model="model.gguf", mmproj="mmproj.gguf") as kvl:
+        for a in kvl.caption(["photo.jpg"], detail="short"):
+            print(a.input, a.answer)
+        print(kvl.ask(["photo.jpg"], "Is it a cat?", choices=["yes", "no"]).answer)
+
+``open`` gives a session (``api.Library``): ``caption``, ``ocr``, ``ask`` (``stream=True`` for the
+events of one answer) and ``video``. Below it, ``Engine`` answers ``Request``s as streams of events.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "open": "kvl_cli.api",
+    "Answer": "kvl_cli.api",
+    "Library": "kvl_cli.api",
+    "Session": "kvl_cli.session",
     "Engine": "kvl_cli.engine.engine",
     "EngineConfig": "kvl_cli.engine.types",
     "GenerationSettings": "kvl_cli.engine.types",
@@ -29,9 +34,11 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .api import Answer, Library, open  # noqa: F401
     from .engine.engine import Engine  # noqa: F401
     from .engine.reasoning import ReasoningSplitter  # noqa: F401
     from .engine.types import EngineConfig, GenerationSettings, ImageInput, Request, Result  # noqa: F401
+    from .session import Session  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

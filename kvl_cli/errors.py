@@ -23,6 +23,14 @@ class ExitCode(enum.IntEnum):
     TERMINATED = 143  # SIGTERM: stopped like Ctrl-C, what was written is kept (128 + SIGTERM)
 
 
+def batch_exit_code(failures: list[int], succeeded: int) -> int:
+    """A batch's exit code: 0 when nothing failed, 5 when some inputs failed and others succeeded,
+    else the first failure's own code (a missing file 3, a prompt too long 8)."""
+    if not failures:
+        return int(ExitCode.OK)
+    return int(ExitCode.PARTIAL) if succeeded else int(failures[0])
+
+
 class KvlError(Exception):
     """An error with a message meant for the user and an exit code."""
 

@@ -10,6 +10,7 @@ validate is an error for that input, never half a document on stdout.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,13 @@ class AnswerGate:
         data = self.schema.parse(result)
         text = self.schema.text(data)
         return replace(result, answer=text), TextEvent(Section.ANSWER, text), {"data": data}
+
+    def release(self, result: Result, show: Callable[[Event], None]) -> tuple[Result, dict[str, Any]]:
+        """A finished answer checked, then its text shown through ``show`` (at once, whole): the result
+        to write and its extra record fields. An interrupted answer passes as it is. Raises AnswerError."""
+        if result.interrupted:
+            return result, {}
+        result, answer, extra = self.check(result)
+        if answer is not None:
+            show(answer)
+        return result, extra

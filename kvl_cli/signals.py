@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from .engine import stop
+from .engine import native, stop
 from .errors import Terminated
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -52,7 +52,7 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 
 def _in_native_callback(frame: FrameType | None) -> bool:
     while frame is not None:
-        if frame.f_code in stop.CALLBACK_CODES:
+        if frame.f_code in native.CALLBACK_CODES:
             return True
         frame = frame.f_back
     return False

@@ -12,7 +12,7 @@ from kvl_cli.engine.reasoning import Section
 from kvl_cli.engine.types import FinishReason, Phase, PhaseEvent, Result, TextEvent, Timings, Tokens
 from kvl_cli.environment import Environment, env_flag, parse_flag
 from kvl_cli.errors import InputError, UsageError
-from kvl_cli.ordered import OrderedEmitter
+from kvl_cli.run.ordered import OrderedEmitter
 
 
 def write_config(home: Path, text: str) -> Path:

@@ -369,7 +369,7 @@ def list_files(draw: st.DrawFn) -> bytes:
 @given(data=list_files())
 @examples(100)
 def test_fuzz_from_lists(data, tmp_path_factory, tallies):
-    from kvl_cli.batch import read_list
+    from kvl_cli.run.batch import read_list
 
     folder = tmp_path_factory.mktemp("list")
     (folder / "list.txt").write_bytes(data)
@@ -386,7 +386,7 @@ def test_fuzz_from_lists(data, tmp_path_factory, tallies):
 
 
 def test_from_an_endless_list_is_refused_within_the_limit(monkeypatch):
-    from kvl_cli.batch import read_list
+    from kvl_cli.run.batch import read_list
 
     monkeypatch.setenv("KVL_MAX_INPUT_BYTES", "2M")
     tracemalloc.start()
@@ -414,7 +414,7 @@ def results_files(draw: st.DrawFn) -> bytes:
 @given(data=results_files())
 @examples(100)
 def test_fuzz_skip_done_files(data, tmp_path_factory, tallies):
-    from kvl_cli.batch import done_inputs
+    from kvl_cli.run.batch import done_inputs
 
     path = tmp_path_factory.mktemp("done") / "out.jsonl"
     path.write_bytes(data)
@@ -425,7 +425,7 @@ def test_fuzz_skip_done_files(data, tmp_path_factory, tallies):
 
 
 def test_skip_done_file_with_deeply_nested_json(tmp_path):
-    from kvl_cli.batch import done_inputs
+    from kvl_cli.run.batch import done_inputs
 
     path = tmp_path / "out.jsonl"
     rec = {"input": "a.png", "error": None, "finish_reason": "stop"}
@@ -435,7 +435,7 @@ def test_skip_done_file_with_deeply_nested_json(tmp_path):
 
 
 def test_skip_done_file_with_a_line_longer_than_any_record(tmp_path, monkeypatch):
-    from kvl_cli import batch
+    from kvl_cli.run import batch
 
     monkeypatch.setattr(batch, "MAX_RECORD_CHARS", 64)
     path = tmp_path / "out.jsonl"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from kvl_cli.batch import in_shard, input_key, select
 from kvl_cli.engine.reasoning import Section
 from kvl_cli.engine.types import TextEvent
 from kvl_cli.environment import Environment
 from kvl_cli.errors import InputError
 from kvl_cli.media.images import InputRef
 from kvl_cli.render import JsonRenderer, LiveRenderer, OutputOptions, PlainRenderer
+from kvl_cli.run.batch import in_shard, input_key, select
 from kvl_cli.safetext import escape_controls, json_safe, one_line
 
 from .conftest import kvl_env, make_image

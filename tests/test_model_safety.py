@@ -11,7 +11,7 @@ import pytest
 
 from kvl_cli.engine.gguf_info import GGML_BLOCKS, read_gguf_info
 from kvl_cli.errors import ModelError, UsageError
-from kvl_cli.model_paths import check_typed_name, file_in_folder, name_problem
+from kvl_cli.store.names import check_typed_name, file_in_folder, name_problem
 
 from .ggufbytes import (
     ARRAY,

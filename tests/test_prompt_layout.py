@@ -71,7 +71,7 @@ def test_video_frames_timestamp_then_image(kvl, scripted, tmp_path):
 def test_the_engine_reads_what_dry_run_shows(kvl, scripted, tmp_path):
     """The same number of prompt tokens in a real run, and the text tokens of the reference layout
     plus the image tokens add up to it (the tokenizer counted independently of kvl's layout code)."""
-    from kvl_cli.engine.handles import Model
+    from kvl_cli.engine.llama_handles import Model
 
     img = make_image(tmp_path / "a.png", size=(96, 64))
     (view,) = dry(kvl, "ask", img, "Why?", *scripted.args(), "--no-think")

@@ -106,7 +106,7 @@ def test_missing_repo_and_file_and_private_repo(kvl, hub):
 
 
 def test_disk_too_small_refuses_before_downloading(kvl, hub, monkeypatch):
-    from kvl_cli import hub as hubmod
+    from kvl_cli.store import hub as hubmod
 
     monkeypatch.setattr(hubmod, "free_space", lambda folder: 1000)
     r = kvl("pull")

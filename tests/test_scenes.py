@@ -9,7 +9,7 @@ import pytest
 
 from kvl_cli.errors import UsageError
 from kvl_cli.media import scenes as sd
-from kvl_cli.media.video import detect_scenes
+from kvl_cli.media.scenes import detect_scenes
 
 from .clips import write_clips
 

@@ -86,7 +86,7 @@ def test_streamed_sections_under_cancel(engine):
 
 
 def test_earlier_turns_go_between_the_system_prompt_and_the_question(scripted):
-    from kvl_cli.engine.handles import Model
+    from kvl_cli.engine.llama_handles import Model
 
     req = Request(user_text="<__media__>And now?", system="Be brief.",
                   messages=[("user", "<__media__>What is it?"), ("assistant", "A cat.")])

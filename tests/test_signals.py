@@ -235,7 +235,7 @@ def test_a_stopped_prompt_evaluation_raises_keyboard_interrupt(toy_engine):
 
 def test_a_batch_whose_workers_took_the_ctrl_c_ends_interrupted():
     from kvl_cli.errors import Interrupted
-    from kvl_cli.ordered import OrderedEmitter, run_ordered
+    from kvl_cli.run.ordered import OrderedEmitter, run_ordered
 
     class Sink:
         written: list[int] = []

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from kvl_cli.batch import in_shard
 from kvl_cli.cache import DiskCache, parse_size
+from kvl_cli.run.batch import in_shard
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from .conftest import kvl_env, make_image
@@ -280,7 +280,7 @@ def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_pat
     with the cache already holding the image's prompt, nothing is encoded ahead."""
     from kvl_cli.cache import DiskCache
     from kvl_cli.engine.engine import Engine
-    from kvl_cli.engine.media_handles import default_marker
+    from kvl_cli.engine.mtmd_handles import default_marker
     from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kvl_cli.media.video import FrameSampler, detect_scenes, parse_time, probe, target_times
+from kvl_cli.media.scenes import detect_scenes
+from kvl_cli.media.video import FrameSampler, parse_time, probe, target_times
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 COLORS = [(30, 30, 220), (220, 250, 220), (90, 10, 10)]  # BGR; cuts at 2 s and 4 s at 10 fps

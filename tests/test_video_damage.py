@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from kvl_cli.errors import InputError
-from kvl_cli.media.video import FrameSampler, detect_scenes
+from kvl_cli.media.scenes import detect_scenes
+from kvl_cli.media.video import FrameSampler
 
 from .conftest import kvl_env
 
@@ -108,7 +109,8 @@ def test_truncated_mp4_exits_3_without_ffmpegs_lines(scripted, damaged):
 
 def test_decoder_errors_stay_off_stderr(damaged):
     """Sampling and scene detection on a damaged stream, in a fresh process: fd 2 stays empty."""
-    code = ("import sys; from pathlib import Path; from kvl_cli.media.video import FrameSampler, detect_scenes\n"
+    code = ("import sys; from pathlib import Path; from kvl_cli.media.video import FrameSampler\n"
+            "from kvl_cli.media.scenes import detect_scenes\n"
             "p = Path(sys.argv[1]); s = FrameSampler(p, max_frames=16); n = len(list(s))\n"
             "print(n, s.missing, len(detect_scenes(p)))")
     r = python("-c", code, damaged["zeroed"])

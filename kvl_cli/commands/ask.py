@@ -7,9 +7,9 @@ import click
 from ..environment import Environment
 from ..errors import UsageError
 from ..media.images import VIDEO_EXTENSIONS, expand_inputs
-from ..options import common_options, generation_options, model_options, output_options
-from ..runner import Job
+from ..run.runner import Job
 from ._common import pass_env, run_image_task
+from .flags import common_options, generation_options, model_options, output_options
 
 
 def split_question(args: list[str], question: str | None, env: Environment) -> tuple[list[str], str]:
@@ -56,4 +56,4 @@ def ask(env: Environment, args: tuple[str, ...], question: str | None, **kwargs:
     jobs = [Job(label=label, refs=refs, instruction=q, meta={"question": q, "images": [r.label for r in refs]})]
     if problems:  # one prompt needs every image: a missing one fails the question
         jobs = []
-    return run_image_task("ask", jobs if refs else [], problems, common, {"question": q}, env=env)
+    return run_image_task("ask", jobs if refs else [], problems, common, {"question": q}, 1, env)

@@ -3,13 +3,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..engine.types import EngineConfig
 from ..environment import env_flag
 from ..errors import UsageError
 from ..render import OutputOptions, Renderer
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
 
 
 def _int_list(ctx: click.Context | None, param: click.Parameter | None, value: str) -> list[int]:
@@ -74,16 +78,14 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
       kvl bench --gen-tokens 64 --parallel 1,2,4,8
     """
     from ..engine.engine import Engine
-    from ..options import ModelOptions
-    from .pull import ensure_model
+    from ..store.pull import ensure_model
 
     renderer = Renderer(OutputOptions(json=as_json))
     model_path, mmproj_path, name = ensure_model(model, mmproj, renderer, yes=yes)
-    opts = ModelOptions(model=str(model_path), mmproj=str(mmproj_path), threads=threads,
-                        ctx=context_per_sequence(budgets, prompt_tokens, gen_tokens, max(parallels)),
-                        gpu_layers=gpu_layers, repack=repack if repack is not None else env_flag("KVL_REPACK"),
-                        image_min_tokens=None, image_max_tokens=max(budgets), yes=yes, cache=False)
-    config = opts.engine_config("ask", model_path, mmproj_path, parallel=max(parallels))
+    config = EngineConfig(model=model_path, mmproj=mmproj_path, n_threads=threads, n_gpu_layers=gpu_layers,
+                          n_ctx=context_per_sequence(budgets, prompt_tokens, gen_tokens, max(parallels)),
+                          repack=bool(repack if repack is not None else env_flag("KVL_REPACK")),
+                          image_max_tokens=max(budgets), parallel=max(parallels))
     renderer.status("loading model")
     engine = Engine(config)
     out: dict[str, Any] = {
@@ -121,7 +123,7 @@ def context_per_sequence(budgets: list[int], prompt_tokens: int, gen_tokens: int
 Row = tuple[str, str, str]
 
 
-def measure_encode(engine: Any, budgets: list[int], renderer: Any, out: dict[str, Any]) -> list[Row]:
+def measure_encode(engine: Engine, budgets: list[int], renderer: Renderer, out: dict[str, Any]) -> list[Row]:
     rows = []
     for b in budgets:
         renderer.status("encoding image", f"{b} tokens")
@@ -132,7 +134,7 @@ def measure_encode(engine: Any, budgets: list[int], renderer: Any, out: dict[str
     return rows
 
 
-def measure_decode(engine: Any, parallels: list[int], prompt_tokens: int, gen_tokens: int, renderer: Any,
+def measure_decode(engine: Engine, parallels: list[int], prompt_tokens: int, gen_tokens: int, renderer: Renderer,
                    out: dict[str, Any]) -> list[Row]:
     from ..engine.bench import bench_decode
 
@@ -151,7 +153,7 @@ def measure_decode(engine: Any, parallels: list[int], prompt_tokens: int, gen_to
     return rows
 
 
-def measure_grammar(engine: Any, renderer: Any, out: dict[str, Any]) -> list[Row]:
+def measure_grammar(engine: Engine, renderer: Renderer, out: dict[str, Any]) -> list[Row]:
     """--schema's cost per answer token against a generated token's time (tg, one sequence)."""
     from ..engine.bench import bench_grammar
 

@@ -4,9 +4,9 @@ import json
 
 import click
 
-from .. import hub
 from ..cache import DEFAULT_CAP, KINDS, DiskCache, cap_from_env
 from ..errors import UsageError
+from ..store import hub
 
 
 def _open() -> DiskCache:

@@ -4,11 +4,10 @@ from typing import Any
 
 import click
 
-from ..distributed.options import ray_options
 from ..environment import Environment
-from ..options import batch_options, generation_options, model_options, output_options
 from ..tasks import caption_prompt
 from ._common import pass_env, run_per_image
+from .flags import batch_options, generation_options, model_options, output_options, ray_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

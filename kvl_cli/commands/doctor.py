@@ -32,7 +32,7 @@ def settings() -> list[dict[str, Any]]:
     """Option defaults that do not come built in: from the environment, then the config file (in
     order of precedence; a flag on the command line beats both)."""
     from .. import config
-    from ..options import ENV_OPTIONS
+    from .flags import ENV_OPTIONS
 
     rows: list[dict[str, Any]] = [{"key": name, "value": os.environ[env], "source": f"env {env}", "command": "*"}
             for name, env in ENV_OPTIONS.items() if os.environ.get(env)]
@@ -48,9 +48,9 @@ def settings() -> list[dict[str, Any]]:
 
 def collect() -> dict[str, Any]:
     """Everything doctor reports, as data (also for --json and the tests)."""
-    from ..catalog import installed_models, resolve
     from ..engine import native
     from ..errors import KvlError
+    from ..store.catalog import installed_models, resolve
 
     report: dict[str, Any] = {"kvl": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
     try:

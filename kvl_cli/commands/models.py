@@ -4,9 +4,9 @@ import json
 
 import click
 
-from .. import hub
-from ..catalog import find_installed, installed_models, load_catalog
 from ..errors import ModelError
+from ..store import hub
+from ..store.catalog import find_installed, installed_models, load_catalog
 
 
 def _rows() -> list[dict]:

@@ -9,8 +9,9 @@ import click
 from ..environment import Environment
 from ..errors import UsageError
 from ..limits import max_input_bytes
-from ..options import GPU_PARALLEL, ModelOptions, model_options, take
-from ._common import pass_env, renderer_for
+from ..options import GPU_PARALLEL, ModelOptions
+from ._common import pass_env
+from .flags import model_options, take
 
 DEFAULT_PORT = 8411
 
@@ -86,21 +87,23 @@ def _given(name: str) -> bool:
 
 def _config(env: Environment, m: ModelOptions, verbose: int, parallel: int | None):  # type: ignore[no-untyped-def]
     from ..options import CommonOptions, GenerationOptions, OutputFlags
+    from ..plan import make_plan
+    from ..render import make_renderer
     from ..serve.protocol import Defaults
     from ..serve.server import ServeConfig
-    from .pull import ensure_model
+    from ..store.pull import ensure_model
 
     out = OutputFlags(as_json=False, verbose=verbose, debug=False, dry_run=False)
     gen = GenerationOptions(temperature=0.8, top_p=1.0, top_k=0, seed=None, max_tokens=None, think_budget=None,
                             no_think=False, show_thinking=False, schema=None, choices=None)
-    renderer = renderer_for(CommonOptions(m, gen, out), env)
+    plan = make_plan("ask", CommonOptions(m, gen, out)).for_server(parallel)
+    renderer = make_renderer(plan.render, env)
     model, mmproj, name = ensure_model(m.model, m.mmproj, renderer, yes=m.yes)
     renderer.close()
-    parallel = parallel or (GPU_PARALLEL if m.uses_gpu else 2)
-    engine = m.engine_config("ask", model, mmproj, verbose=verbose, parallel=parallel, lanes=1)
+    engine = plan.engine_config(model, mmproj)
     image_max = int(engine.image_max_tokens or 1024)
     defaults = Defaults(image_max_tokens=image_max)
-    return ServeConfig(engine=engine, model_name=name, parallel=parallel, cache=m.cache, defaults=defaults,
+    return ServeConfig(engine=engine, model_name=name, parallel=plan.sequences, cache=m.cache, defaults=defaults,
                        max_body=max_input_bytes() * 4 // 3 + 1_000_000)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import RayOptions, ray_from, ray_options, ray_video_options
+from .options import RayOptions
 
 
 def run_on_ray(*args: Any, **kwargs: Any) -> int:
@@ -22,4 +22,4 @@ def run_on_ray(*args: Any, **kwargs: Any) -> int:
     return run(*args, **kwargs)
 
 
-__all__ = ["RayOptions", "ray_from", "ray_options", "ray_video_options", "run_on_ray"]
+__all__ = ["RayOptions", "run_on_ray"]

@@ -7,17 +7,16 @@ import os
 from dataclasses import replace
 from typing import IO, Any
 
-from ..batch import read_list
 from ..environment import Environment
 from ..errors import InputError, UsageError
-from ..options import GPU_PARALLEL, BatchOptions, CommonOptions
-from ..videos import VideoArgs
+from ..options import BatchOptions, CommonOptions
+from ..plan import make_plan
+from ..run.batch import input_names
+from ..run.videos import VideoArgs
 from .inputs import Row, list_inputs
 from .options import RayOptions
 from .parts import Store, drop_failed, scan
 from .spec import WorkSpec
-
-SCENE_THINK_BUDGET = 256  # as kvl video --scenes on one machine
 
 
 def refuse_unsupported(ray_opts: RayOptions, common: CommonOptions, batch: BatchOptions | None,
@@ -34,30 +33,16 @@ def refuse_unsupported(ray_opts: RayOptions, common: CommonOptions, batch: Batch
 
 def make_spec(task: str, common: CommonOptions, ray_opts: RayOptions, *, meta: dict[str, Any], instruction: str,
               video: VideoArgs | None, parallel: int | None, gpu: bool) -> WorkSpec:
-    from ..commands._common import check_image_tokens
-
-    m = common.model
-    check_image_tokens(m, task)
-    answer = common.gen.answer_schema()
-    settings = common.gen.settings(task, answer)
+    frames = video.frames_per_scene if video is not None else 1
+    plan = make_plan(task, common, parallel=parallel, images_per_input=frames, scenes=video is not None)
+    plan = plan.for_ray_worker(ray_opts.cpus or common.model.threads or 1, gpu)
     if video is not None:
-        video = replace(video, per_frame=m.image_tokens("video"))
-        if common.gen.think_budget is None and not common.gen.no_think:
-            settings = replace(settings, think_budget=SCENE_THINK_BUDGET)
-    threads = ray_opts.cpus or m.threads or 1
-    per_worker = parallel or (GPU_PARALLEL if gpu else 1)
-    return WorkSpec(task=task, model=m, settings=settings, answer=answer, meta=meta, instruction=instruction,
-                    threads=threads, parallel=per_worker, output=ray_opts.output, video=video,
-                    verbose=common.out.verbose)
+        video = replace(video, per_frame=plan.image_tokens)
+    return WorkSpec(task=task, plan=plan, meta=meta, instruction=instruction, output=ray_opts.output, video=video)
 
 
 def gather_args(inputs: tuple[str, ...], batch: BatchOptions | None, env: Environment) -> list[str]:
-    args = list(inputs)
-    if batch is not None and batch.from_file:
-        args += read_list(batch.from_file, env)
-    elif not args and not env.stdin_isatty:
-        text = env.read_stdin_text()
-        args = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    args = input_names(inputs, batch.from_file if batch is not None else None, env)
     if not args:
         raise InputError("no input given", hint="give files, directories, globs or URIs (or --from FILE)")
     return args

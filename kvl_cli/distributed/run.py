@@ -21,7 +21,8 @@ from typing import Any
 from ..environment import Environment
 from ..errors import KvlError, UsageError
 from ..options import BatchOptions, CommonOptions
-from ..videos import VideoArgs
+from ..plan import uses_gpu
+from ..run.videos import VideoArgs
 from .cluster import cluster_resources, connect, disconnect, largest_node_cpus
 from .inputs import Row, error_fields, pack
 from .options import RayOptions
@@ -43,7 +44,7 @@ def run_on_ray(task: str, inputs: tuple[str, ...], ray_opts: RayOptions, common:
                parallel: int | None = None) -> int:
     """caption / ocr / video --scenes on a Ray cluster; the exit code as for a batch."""
     refuse_unsupported(ray_opts, common, batch, video, scenes, fmt)
-    gpu = common.model.uses_gpu
+    gpu = uses_gpu(common.model)
     spec = make_spec(task, common, ray_opts, meta=meta or {}, instruction=instruction, video=video,
                      parallel=parallel if parallel is not None else (batch.parallel if batch else None), gpu=gpu)
     rows = plan_rows(inputs, batch, ray_opts, env, video=video is not None)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import KvlError
 from ..media import video_sandbox
-from ..videos import VideoArgs
+from ..run.videos import VideoArgs
 from .inputs import error_fields, local_video
 
 # A video's scene detection takes one CPU; it runs before the engine workers hold the CPUs (the

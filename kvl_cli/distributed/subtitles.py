@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from ..media.video import Scene
-from ..videos import SceneWriter
+from ..run.videos import SceneWriter
 from .parts import Store, records_in, succeeded
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import batch_exit_code
 from .inputs import Row
 from .parts import Store, record_key, records_in, succeeded
 
@@ -73,7 +74,4 @@ class Tally:
         return len(self.exit_codes)
 
     def exit_code(self) -> int:
-        """0; 5 when some failed; the first failure's own code when nothing succeeded."""
-        if not self.exit_codes:
-            return 0
-        return 5 if self.ok else self.exit_codes[0]
+        return batch_exit_code(self.exit_codes, self.ok)

@@ -20,13 +20,14 @@ from ..environment import Environment
 from ..errors import InputError, KvlError
 from ..media import video_sandbox
 from ..media.video import Scene, VideoInfo
-from ..ordered import OrderedEmitter, Outcome, run_ordered
 from ..render import OutputOptions, phase_text
 from ..render.stream import JsonRenderer
-from ..runner import Job, load_engine, prepare, run_jobs
+from ..run.ordered import OrderedEmitter, Outcome, run_ordered
+from ..run.runner import Job, prepare, run_jobs
+from ..run.videos import ScenesInOrder, SceneWriter, frame_budget, frames_request
 from ..schema import AnswerGate
+from ..session import Session
 from ..tasks import SCENE_PROMPT
-from ..videos import ScenesInOrder, SceneWriter, frame_budget, frames_request
 from .inputs import Row, error_fields, image_ref, local_video, unpack
 from .parts import Store, record_key, succeeded, write_current_part
 from .spec import WorkSpec, node_model
@@ -78,9 +79,10 @@ class EngineWorker:
         # only say that their worker was lost
         self.load_error: KvlError | None = None
         try:
-            model, mmproj, self.model_name = node_model(spec.model.model, spec.model.mmproj)
-            self.config = spec.engine_config(model, mmproj)
-            self.engine = load_engine(self.config, self.renderer, cache=spec.model.cache)
+            pair = node_model(spec.model.model, spec.model.mmproj)
+            self.model_name = pair[2]
+            self.config = spec.engine_config(*pair[:2])
+            self.engine = Session(spec.model, pair=pair).engine(self.config, self.renderer)
         except KvlError as exc:
             self.load_error = exc
         self.renderer.take()

@@ -8,7 +8,7 @@ import time
 from ..errors import EngineError
 from . import native
 from .engine import Engine
-from .handles import Batch, Context
+from .llama_handles import Batch, Context
 
 
 def _decode(ctx: Context, batch: Batch, entries: list[tuple[int, int, int]]) -> None:
@@ -60,7 +60,7 @@ def bench_grammar(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, float
     model answering in JSON: one grammar check); ``refused``: a token the grammar refuses (all logits
     masked by the grammar and sampled again); ``utf8_table_s``: the one-time table per model."""
     from .grammar import ConstrainedSampler, Grammar
-    from .handles import Sampler
+    from .llama_handles import Sampler
     from .types import GenerationSettings
 
     worker = engine.workers[0]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import native
-from .handles import Model, backend_init
-from .media_handles import Projector
+from .llama_handles import Model, backend_init
+from .mtmd_handles import Projector
 from .prompt import PreparedPrompt, prepare
 from .types import EngineConfig, Request
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..cache import DiskCache
 from ..errors import EngineError
-from .media_handles import Chunk, Projector
+from .mtmd_handles import Chunk, Projector
 from .prompt import CacheKeys, PreparedPrompt
 
 

@@ -19,11 +19,10 @@ from ..errors import ModelError
 from . import loader, stop
 from .encoder import EarlyEncodes, ImageEncoder
 from .gguf_info import read_gguf_info
-from .handles import Model
-from .media_handles import Projector, default_marker
+from .llama_handles import Model
+from .mtmd_handles import Projector, default_marker
 from .prompt import CacheKeys, prepare
-from .scheduler import Tagged
-from .types import EngineConfig, Event, FailedEvent, ImageInput, Request
+from .types import EngineConfig, Event, FailedEvent, ImageInput, Request, Tagged
 from .workers import ThreadBudget, Worker, WorkerPool
 
 KIMI_ARCH = "deepseek2"

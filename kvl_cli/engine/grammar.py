@@ -14,7 +14,7 @@ import math
 
 from ..errors import UsageError
 from . import native
-from .handles import Context, Model, Owned, Sampler
+from .llama_handles import Context, Model, Owned, Sampler
 from .types import GenerationSettings
 
 

@@ -17,14 +17,29 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..errors import KvlError
-from . import native
+from . import native, stop
 from .gguf_info import read_gguf_info
-from .handles import Context, Model, Owned, backend_init
-from .media_handles import Projector
-from .stoppable import StoppableContext
+from .llama_handles import Batch, Context, Model, Owned, backend_init
+from .mtmd_handles import Projector
 from .types import EngineConfig
 
 EarlyWork = Callable[[Projector, Model, int], None]  # (projector, vocabulary model, n_embd)
+
+
+class StoppableContext(Context):
+    """A context whose evaluations (prompt and generation) stop when a stop is requested."""
+
+    def __init__(self, model: Model, config: EngineConfig, n_seq: int, threads: int) -> None:
+        super().__init__(model, config, n_seq, threads)
+        callback = stop.abort_callback()
+        if callback is not None:
+            native.llama().llama_set_abort_callback(self.ptr, callback, stop.flag_pointer())
+
+    def decode(self, batch: Batch) -> int:
+        rc = super().decode(batch)
+        if rc != 0:
+            stop.raise_if_stopped()
+        return rc
 
 
 @dataclass

@@ -12,15 +12,23 @@ import ctypes
 import os
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import EngineError
-from . import stop
 
 _LOG_LEVEL_ERROR = 4
 _LOG_LEVEL_WARN = 3
 _state: dict[str, Any] = {"verbose": False, "installed": False, "callback": None}
 recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+T = TypeVar("T")
+CALLBACK_CODES: set[Any] = set()  # Python functions that native code calls (see ``native_callback``)
+
+
+def native_callback(fn: T) -> T:
+    """Mark ``fn`` as called from native code: a KeyboardInterrupt raised inside it would be lost
+    (ctypes prints it and goes on), so ``kvl_cli.signals`` does not raise there."""
+    CALLBACK_CODES.add(fn.__code__)  # type: ignore[attr-defined]
+    return fn
 
 
 def llama() -> ModuleType:
@@ -46,7 +54,7 @@ def mtmd() -> ModuleType:
     return mtmd_cpp
 
 
-@stop.native_callback  # it runs on whichever thread logs: the main one too
+@native_callback  # it runs on whichever thread logs: the main one too
 def _on_log(level: int, text: bytes | None, _user: Any) -> None:
     if not text:
         return

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from ..errors import ContextError
 from .encoder import ImageEncoder
-from .handles import Context
-from .media_handles import Projector
+from .llama_handles import Context
+from .mtmd_handles import Projector
 from .prefix import ResidentPrefixes, SavedPrefixes
 from .prompt import CacheKeys, PreparedPrompt
 from .types import CacheStats, Event, Phase, PhaseEvent, Timings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from ..cache import DiskCache
-from .handles import Context
+from .llama_handles import Context
 from .prompt import CacheKeys, PreparedPrompt
 
 

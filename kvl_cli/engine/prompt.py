@@ -8,8 +8,8 @@ import struct
 from dataclasses import dataclass, field
 
 from ..cache import file_identity, make_key
-from .handles import Model, apply_chat_template
-from .media_handles import Chunk, Chunks, Projector
+from .llama_handles import Model, apply_chat_template
+from .mtmd_handles import Chunk, Chunks, Projector
 from .reasoning import THINK_CLOSE, THINK_OPEN
 from .types import DEFAULT_SYSTEM_PROMPT, EngineConfig, Request
 

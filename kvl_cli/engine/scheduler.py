@@ -9,14 +9,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 
 from ..errors import EngineError, KvlError
 from . import native
-from .handles import Batch, Context, Model
+from .llama_handles import Batch, Context, Model
 from .prefill import Prefill
 from .prefix import ResidentPrefixes
 from .prompt import PreparedPrompt
 from .sequence import Sequence
-from .types import AnyEvent, DoneEvent, Event, FailedEvent, FinishReason, Phase, PhaseEvent, Request
-
-Tagged = tuple[int, AnyEvent]
+from .types import DoneEvent, Event, FailedEvent, FinishReason, Phase, PhaseEvent, Request, Tagged
 
 
 class _Cancelled(Exception):

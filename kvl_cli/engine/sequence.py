@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 from .grammar import ConstrainedSampler
-from .handles import Context, Model, Sampler
+from .llama_handles import Context, Model, Sampler
 from .prompt import PreparedPrompt
 from .reasoning import THINK_CLOSE, ReasoningSplitter, Section
 from .types import CacheStats, Event, FinishReason, Result, TextEvent, Timings, Tokens

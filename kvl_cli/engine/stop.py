@@ -5,7 +5,7 @@ call does not come back until it is done: the vision encoder takes 10-20 s on a 
 evaluation seconds, the model load a few. So a stop (Ctrl-C, SIGTERM, a closed stdout) is also a
 byte in native memory, set at once by ``kvl_cli.signals``' watcher thread, and read by native code:
 
-* prompt evaluation and generation (``stoppable.StoppableContext``): llama.cpp's abort callback, asked
+* prompt evaluation and generation (``loader.StoppableContext``): llama.cpp's abort callback, asked
   between graph nodes. The callback is the C library's ``strlen`` on a two-byte buffer (one byte:
   0 = go on, anything else = stop; then a NUL), so it runs with no Python, no GIL and no cost. An
   aborted decode removes the cells it wrote and returns 2; kvl raises ``KeyboardInterrupt`` for
@@ -30,6 +30,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import Terminated
+from . import native
+from .native import native_callback
 
 T = TypeVar("T")
 OUTPUT_FAILED = getattr(signal, "SIGPIPE", 13)  # the stop's reason when stdout cannot be written
@@ -38,14 +40,6 @@ SEGMENT_NODES = 8  # the vision encoder's graph is computed this many nodes at a
 _flag = ctypes.create_string_buffer(2)  # [stop byte, NUL]: strlen() is 0 (go on) or 1 (stop)
 _state: dict[str, Any] = {"reason": None, "abandoned": 0, "nodes": 0, "abort_cb": None, "eval_cb": None,
                           "raised": False}
-CALLBACK_CODES: set[Any] = set()  # Python functions that native code calls (see ``native_callback``)
-
-
-def native_callback(fn: T) -> T:
-    """Mark ``fn`` as called from native code: a KeyboardInterrupt raised inside it would be lost
-    (ctypes prints it and goes on), so ``kvl_cli.signals`` does not raise there."""
-    CALLBACK_CODES.add(fn.__code__)  # type: ignore[attr-defined]
-    return fn
 
 
 def request(reason: int = signal.SIGINT) -> None:
@@ -96,8 +90,6 @@ def abort_callback() -> Any:
             address = ctypes.cast(libc.strlen, ctypes.c_void_p).value
         except (OSError, AttributeError):  # pragma: no cover - every libc has strlen
             return None
-        from . import native  # (native imports this module)
-
         _state["abort_cb"] = native.llama().ggml_abort_callback(address)
     return _state["abort_cb"]
 
@@ -129,8 +121,6 @@ def encoder_eval_callback() -> Any:
     """The ``cb_eval`` for libmtmd's context params (CPU encoders: on a GPU the encoder takes well
     under a second, and segments would cost it its speed)."""
     if _state["eval_cb"] is None:
-        from . import native
-
         _state["eval_cb"] = native.llama().ggml_backend_sched_eval_callback(_on_node)
     return _state["eval_cb"]
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import KvlError
 from .reasoning import Section
@@ -174,3 +176,23 @@ class FailedEvent:
 
 Event = PhaseEvent | TextEvent | DoneEvent
 AnyEvent = Event | FailedEvent
+Tagged = tuple[int, AnyEvent]  # (the request's index in its run, one of its events)
+
+
+class Answerer(Protocol):
+    """What a run needs of an engine: the loaded ``Engine``, or a running ``kvl serve`` answering
+    for it (``serve.client.RemoteEngine``). The runner, the video workflow, the library face and the
+    Ray workers take this, not a class."""
+
+    warnings: list[str]
+    load_seconds: float
+
+    @property
+    def marker(self) -> str:
+        """The placeholder that marks where an image goes in ``Request.user_text``."""
+
+    def generate_many(self, requests: Iterable[Request | None], parallel: int | None = None) -> Iterator[Tagged]:
+        """Run requests, several at once; ``(index, event)`` pairs, a failure as ``FailedEvent``."""
+
+    def close(self) -> None:
+        """Free what the engine holds."""

@@ -18,13 +18,13 @@ from ..cache import DiskCache
 from ..errors import Terminated
 from . import stop
 from .encoder import EarlyEncodes, ImageEncoder
-from .handles import Context, Model
-from .media_handles import Projector
+from .llama_handles import Context, Model
+from .mtmd_handles import Projector
 from .prefill import Prefill
 from .prefix import ResidentPrefixes, SavedPrefixes
 from .prompt import CacheKeys, PreparedPrompt, prepare
-from .scheduler import Scheduler, Tagged
-from .types import EngineConfig, Request
+from .scheduler import Scheduler
+from .types import EngineConfig, Request, Tagged
 
 
 class ThreadBudget:

@@ -66,7 +66,7 @@ def video_frames(req: Header, payload: bytes) -> Iterator[Reply]:
 
 
 def video_scenes(req: Header, payload: bytes) -> Iterator[Reply]:
-    from .video import detect_scenes
+    from .scenes import detect_scenes
 
     scenes = detect_scenes(Path(req["path"]), detector=req["detector"], threshold=req.get("threshold"),
                            start=req.get("start"), end=req.get("end"), info=_info(req))

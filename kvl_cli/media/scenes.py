@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from .video import Scene, VideoInfo, probe, quiet_native_logs
 
 DETECTORS = ("adaptive", "content", "histogram", "hash")
 DEFAULT_DETECTOR = "adaptive"
@@ -214,8 +215,6 @@ def find_cuts(path: Path, *, detector: str = DEFAULT_DETECTOR, threshold: float 
     from scenedetect import open_video
     from scenedetect.scene_manager import SceneManager
 
-    from .video import quiet_native_logs
-
     check_detector(detector, threshold)
     quiet_native_logs()
     video = open_video(str(path))
@@ -237,3 +236,22 @@ def find_cuts(path: Path, *, detector: str = DEFAULT_DETECTOR, threshold: float 
 def _seconds(tc: Any) -> float:
     value = getattr(tc, "seconds", None)  # scenedetect >= 0.7; get_seconds() before
     return float(value if value is not None else tc.get_seconds())
+
+
+def detect_scenes(path: Path, *, detector: str = "adaptive", threshold: float | None = None,
+                  min_scene_len: float = 0.6, start: float | None = None, end: float | None = None,
+                  info: VideoInfo | None = None, transitions: bool = True) -> list[Scene]:
+    """Scenes between ``start`` and ``end`` (the whole video is one scene if nothing cuts).
+
+    ``detector`` is one of PySceneDetect's: adaptive (default), content, histogram or hash, for hard
+    cuts; ``threshold`` is in that detector's own units (None: its default; higher finds fewer
+    cuts). With ``transitions``, fades through black and dissolves are one cut each (see
+    ``kvl_cli.media.scenes``)."""
+    check_detector(detector, threshold)
+    info = info or probe(path)
+    lo = start or 0.0
+    hi = min(end, info.duration) if end else info.duration
+    cuts = find_cuts(path, detector=detector, threshold=threshold, min_scene_len=min_scene_len, start=lo,
+                     end=hi, fps=info.fps, transitions=transitions)
+    bounds = [lo, *cuts, hi]  # find_cuts keeps every cut inside (lo, hi)
+    return [Scene(i + 1, a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]

@@ -208,24 +208,3 @@ class Scene:
     index: int
     start: float
     end: float
-
-
-def detect_scenes(path: Path, *, detector: str = "adaptive", threshold: float | None = None,
-                  min_scene_len: float = 0.6, start: float | None = None, end: float | None = None,
-                  info: VideoInfo | None = None, transitions: bool = True) -> list[Scene]:
-    """Scenes between ``start`` and ``end`` (the whole video is one scene if nothing cuts).
-
-    ``detector`` is one of PySceneDetect's: adaptive (default), content, histogram or hash, for hard
-    cuts; ``threshold`` is in that detector's own units (None: its default; higher finds fewer
-    cuts). With ``transitions``, fades through black and dissolves are one cut each (see
-    ``kvl_cli.media.scenes``)."""
-    from .scenes import check_detector, find_cuts
-
-    check_detector(detector, threshold)
-    info = info or probe(path)
-    lo = start or 0.0
-    hi = min(end, info.duration) if end else info.duration
-    cuts = find_cuts(path, detector=detector, threshold=threshold, min_scene_len=min_scene_len, start=lo,
-                     end=hi, fps=info.fps, transitions=transitions)
-    bounds = [lo, *cuts, hi]  # find_cuts keeps every cut inside (lo, hi)
-    return [Scene(i + 1, a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]

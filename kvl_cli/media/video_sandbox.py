@@ -17,7 +17,8 @@ from ..errors import InputError
 from ..limits import max_input_bytes
 from . import sandbox
 from .decode import pixel_limit
-from .video import Frame, FrameSampler, Scene, VideoInfo, detect_scenes
+from .scenes import detect_scenes
+from .video import Frame, FrameSampler, Scene, VideoInfo
 from .video import probe as probe_here
 
 

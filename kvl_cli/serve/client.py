@@ -18,10 +18,11 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from ..engine.reasoning import Section
 from ..engine.types import (
+    Answerer,
     AnyEvent,
     CacheStats,
     DoneEvent,
@@ -33,6 +34,7 @@ from ..engine.types import (
     PhaseEvent,
     Request,
     Result,
+    Tagged,
     TextEvent,
     Timings,
     Tokens,
@@ -41,11 +43,7 @@ from ..errors import EngineError, KvlError
 from . import record
 from .errors import to_kvl
 
-if TYPE_CHECKING:
-    from ..engine.engine import Engine
-
 MARKER = "<__media__>"  # libmtmd's placeholder; any string works: the request is rebuilt from parts
-Tagged = tuple[int, AnyEvent]
 
 
 def find_server(config: EngineConfig) -> record.ServerRecord | None:
@@ -69,6 +67,9 @@ class RemoteEngine:
         self.image_max_tokens = image_max_tokens
         self.warnings: list[str] = []
         self.marker = MARKER
+
+    def close(self) -> None:
+        """Nothing to free here: the server keeps its model."""
 
     def generate_many(self, requests: Iterable[Request | None], parallel: int | None = None) -> Iterator[Tagged]:
         """Up to ``parallel`` requests in flight, each on its own connection; Ctrl-C closes them (the
@@ -229,11 +230,11 @@ class ChunkReader:
             think_budget_hit=bool(a["think_budget_hit"]), cached=CacheStats(**a["cached"])))
 
 
-def remote_engine(config: EngineConfig, meta: dict[str, Any]) -> Callable[[Request | None], Engine] | None:
+def remote_engine(config: EngineConfig, meta: dict[str, Any]) -> Callable[[Request | None], Answerer] | None:
     """The run's engine factory when a server can answer for ``config`` (``meta`` then names it)."""
     rec = find_server(config)
     if rec is None:
         return None
     meta["server"] = rec.url
     engine = RemoteEngine(rec, config.image_max_tokens or 1024)
-    return lambda first: cast("Engine", engine)  # Engine's face: marker, load_seconds, warnings, generate_many
+    return lambda first: engine

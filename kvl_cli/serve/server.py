@@ -24,7 +24,7 @@ import uvicorn
 from ..engine.engine import Engine
 from ..engine.types import EngineConfig
 from ..errors import ExitCode, UsageError
-from ..runner import open_cache
+from ..run.runner import open_cache
 from . import record
 from .app import Settings, create_app
 from .protocol import Defaults
@@ -103,7 +103,7 @@ def run(cfg: ServeConfig, err: IO[str] | None = None) -> int:
     port = sock.getsockname()[1]
     service = Service(lambda: Engine(cfg.engine, cache=open_cache(cfg.cache)), parallel=cfg.parallel,
                       queue_size=cfg.queue)
-    from ..engine.media_handles import default_marker
+    from ..engine.mtmd_handles import default_marker
 
     settings = Settings(model_name=cfg.model_name, marker=default_marker(), max_body=cfg.max_body, api_key=cfg.api_key,
                         allow_files=cfg.allow_files, defaults=cfg.defaults, created=int(time.time()))

@@ -21,12 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import click
-
-from .environment import Environment
-from .errors import InputError, UsageError
-from .limits import is_regular, max_input_bytes, oversized, read_file
-from .media.images import InputRef
+from ..environment import Environment
+from ..errors import InputError, UsageError
+from ..limits import is_regular, max_input_bytes, oversized, read_file
+from ..media.images import InputProblem, InputRef, expand_inputs
+from ..options import BatchOptions
 
 # a --json record is kilobytes (a long answer with its thinking: tens of kB); a line longer than
 # this in a --skip-done file is not one of them
@@ -39,25 +38,35 @@ def read_list(source: str, env: Environment) -> list[str]:
     data = env.read_stdin() if source == "-" else read_file(Path(source).expanduser(), f"--from {source}")
     if b"\0" in data:
         raise InputError(f"--from {source}: a binary file, not a list", hint="give a text file with one input per line")
-    # names as the system spells them (bytes that are not UTF-8 kept, as for names given as
-    # arguments); lines end at \n only: a file name may hold \f or \v
-    text = data.decode("utf-8", "surrogateescape")
-    lines = (line.strip() for line in text.split("\n"))
+    return names_in(data)
+
+
+def names_in(data: bytes) -> list[str]:
+    """The names of a list, one per line, blank lines and ``#`` comments skipped: as the system spells
+    them (bytes that are not UTF-8 kept, as for names given as arguments); lines end at \n only (a
+    file name may hold \f or \v)."""
+    lines = (line.strip() for line in data.decode("utf-8", "surrogateescape").split("\n"))
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def parse_shard(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[int, int] | None:
-    """Click callback for ``--shard K/N`` (1 <= K <= N)."""
-    if value is None:
-        return None
-    try:
-        k_text, n_text = value.split("/")
-        k, n = int(k_text), int(n_text)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not K/N (e.g. 2/4)") from None
-    if not 1 <= k <= n:
-        raise click.BadParameter(f"{value!r}: K must be between 1 and N (e.g. 1/4 … 4/4)")
-    return k, n
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*", b"\x00\x00\x00")
+
+
+def input_names(inputs: tuple[str, ...], from_file: str | None, env: Environment) -> list[str]:
+    """The arguments, plus ``--from``'s list; with neither and stdin not a terminal, stdin: a list of
+    names (``find … | kvl caption``), or the image itself (``kvl caption < photo.jpg``: ``-``)."""
+    args = list(inputs)
+    if from_file:
+        return args + read_list(from_file, env)
+    if args or env.stdin_isatty:
+        return args
+    data = env.read_stdin()
+    if not data:
+        return []
+    head = data[:4096]
+    if b"\0" in head or head.startswith(IMAGE_MAGIC):
+        return ["-"]
+    return names_in(data)
 
 
 def input_key(label: str) -> str:
@@ -169,3 +178,35 @@ def select(refs: list[InputRef], *, skip_done: str | None,
         else:
             kept.append(ref)
     return kept, n_done, n_other
+
+
+def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
+                 env: Environment) -> tuple[list[InputRef], list[InputProblem]]:
+    """Arguments plus --from, then --skip-done and --shard; says on stderr what it skipped. Each
+    problem keeps its place among the inputs that remain."""
+    refs, problems = expand_inputs(input_names(inputs, b.from_file, env), stdin=env.read_stdin)
+    if b.skip_done or b.shard:
+        kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard)
+        problems = _replace_problems(problems, refs, kept, b.shard)
+        refs = kept
+        notes = []
+        if n_done:
+            notes.append(f"{n_done} already done in {b.skip_done}")
+        if b.shard and n_other:
+            notes.append(f"{n_other} left to the other shards (this is {b.shard[0]}/{b.shard[1]})")
+        if notes:
+            env.stderr.write(f"kvl: skipping {', '.join(notes)}; {len(refs)} to run\n")
+    if b.skip_done and (refs or problems):
+        start_new_line(b.skip_done, env.stdout)
+    return refs, problems
+
+
+def _replace_problems(problems: list[InputProblem], refs: list[InputRef], kept: list[InputRef],
+                      shard: tuple[int, int] | None) -> list[InputProblem]:
+    """Problems among the inputs ``select`` kept: each in its shard only, its place counted again."""
+    kept_ids = {id(ref) for ref in kept}
+    before = [0]  # kept inputs before each place in ``refs``
+    for ref in refs:
+        before.append(before[-1] + (id(ref) in kept_ids))
+    return [InputProblem(p.label, p.error, None if p.at is None else before[p.at]) for p in problems
+            if shard is None or in_shard(p.label, shard)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import EngineError, ModelError
 from . import native, stop
-from .handles import Context, Model, NativePtr, Owned
+from .llama_handles import Context, Model, NativePtr, Owned
 from .types import EngineConfig, ImageInput
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import KvlError, NetworkError
+from ..errors import KvlError, NetworkError
 
 RESUME_HINT = "check your connection, proxy or HF_ENDPOINT; `kvl pull` resumes where it stopped"
 OFFLINE_HINT = "unset HF_HUB_OFFLINE, or use a model that is already pulled (`kvl models`)"

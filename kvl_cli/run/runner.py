@@ -16,17 +16,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import DiskCache, cap_from_env
-from .engine import stop
-from .engine.engine import Engine
-from .engine.media_handles import default_marker
-from .engine.types import EngineConfig, Event, GenerationSettings, ImageInput, PhaseEvent, Request, Result
-from .errors import ExitCode, InputError, KvlError, UsageError
-from .media.images import InputProblem, InputRef, load_image, precheck_image
+from ..cache import DiskCache, cap_from_env
+from ..engine import stop
+from ..engine.engine import Engine
+from ..engine.mtmd_handles import default_marker
+from ..engine.types import Answerer, EngineConfig, Event, GenerationSettings, ImageInput, PhaseEvent, Request, Result
+from ..errors import InputError, KvlError, UsageError, batch_exit_code
+from ..media.images import InputProblem, InputRef, load_image, precheck_image
+from ..render import Renderer, phase_text
+from ..schema import AnswerGate, AnswerSchema
+from ..tasks import user_text
 from .ordered import OrderedEmitter, Outcome, run_ordered
-from .render import Renderer, phase_text
-from .schema import AnswerGate, AnswerSchema
-from .tasks import user_text
 
 
 @dataclass
@@ -148,14 +148,10 @@ class JobSink:
 
     def _checked(self, result: Result, meta: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
         """With --schema: the validated answer, streamed now, and its data; or the reason there is none."""
-        if result.interrupted:
-            return result, meta
         try:
-            result, answer, extra = self.gate.check(result)
+            result, extra = self.gate.release(result, self.renderer.event)
         except KvlError as exc:
             return exc, meta
-        if answer is not None:
-            self.renderer.event(answer)
         return result, {**meta, **extra}
 
 
@@ -210,7 +206,7 @@ class JobRequests:
                 emitter.settle(pos, exc)
 
 
-def run_jobs(engine_factory: Callable[[Request | None], Engine], slots: list[Slot], *, settings: GenerationSettings,
+def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[Slot], *, settings: GenerationSettings,
              renderer: Renderer, image_max_tokens: int | None,
              meta: dict[str, Any], parallel: int = 1, answer: AnswerSchema | None = None) -> list[JobOutcome]:
     """Run every job of ``slots`` (from ``prepare``), writing results in input order; one outcome
@@ -241,11 +237,7 @@ def run_jobs(engine_factory: Callable[[Request | None], Engine], slots: list[Slo
     return sink.outcomes
 
 
-def exit_code(outcomes: list[JobOutcome]) -> ExitCode:
+def exit_code(outcomes: list[JobOutcome]) -> int:
     """0 when every input succeeded, 5 when some failed, else the first failure's own code."""
-    errors = [o.error for o in outcomes if o.error is not None]
-    if not errors:
-        return ExitCode.OK
-    if len(errors) < len(outcomes):
-        return ExitCode.PARTIAL
-    return errors[0].exit_code
+    failures = [int(o.error.exit_code) for o in outcomes if o.error is not None]
+    return batch_exit_code(failures, len(outcomes) - len(failures))

@@ -6,15 +6,15 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from .engine.dryrun import PromptPreview, PromptView
-from .engine.media_handles import default_marker
-from .engine.types import EngineConfig, GenerationSettings, Request
-from .environment import Environment
-from .errors import InputError
-from .media.images import InputProblem, load_image
-from .render import Renderer
+from ..engine.dryrun import PromptPreview, PromptView
+from ..engine.mtmd_handles import default_marker
+from ..engine.types import EngineConfig, GenerationSettings, Request
+from ..environment import Environment
+from ..errors import InputError
+from ..media.images import InputProblem, load_image
+from ..render import Renderer
+from ..tasks import user_text
 from .runner import JobOutcome, Slot, runnable
-from .tasks import user_text
 
 
 class PreviewWriter:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .errors import ModelError
-from .model_paths import check_folder_name
+from .. import paths
+from ..errors import ModelError
+from .names import check_folder_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,8 +68,8 @@ def catalog_dirs() -> list[Path]:
     override = os.environ.get("KVL_CATALOG")
     if override:
         return [Path(override)]
-    here = Path(__file__).resolve().parent
-    return [d for d in (here / "catalog_data", here.parent / "models") if d.is_dir()]
+    package = Path(__file__).resolve().parent.parent  # kvl_cli/: the wheel puts models/ there as catalog_data
+    return [d for d in (package / "catalog_data", package.parent / "models") if d.is_dir()]
 
 
 def load_catalog() -> dict[str, CatalogEntry]:

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..environment import env_flag
+from ..errors import DiskError, ModelError, NetworkError, UsageError
 from .catalog import MANIFEST, CatalogEntry, FileSpec, Installed, install_folder, load_catalog
-from .environment import env_flag
-from .errors import DiskError, ModelError, NetworkError, UsageError
 from .hub_errors import OFFLINE_HINT, RESUME_HINT, hub_error
-from .model_paths import check_listed_name, check_repo_id, check_typed_name, file_in_folder
+from .names import check_listed_name, check_repo_id, check_typed_name, file_in_folder
 
 NETWORK_TIMEOUT_S = float(os.environ.get("KVL_NETWORK_TIMEOUT", "15"))
 DISK_MARGIN = 256 * 2**20  # keep some room besides the files themselves

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import ModelError, UsageError
+from ..errors import ModelError, UsageError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _REPO_PART = re.compile(r"\w[\w.-]*")  # as huggingface_hub validates repo ids

@@ -2,7 +2,7 @@
 
 Each handle frees its object in ``close`` (and as a context manager), once; the rest of the
 engine calls methods on handles and never touches ``llama_cpp`` itself. Media handles (the
-projector and tokenized prompts) live in ``media_handles``.
+projector and tokenized prompts) live in ``mtmd_handles``.
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from .engine import stop
-from .engine.engine import Engine
-from .engine.types import AnyEvent, DoneEvent, Event, FailedEvent, PhaseEvent, Request, Result, TextEvent
-from .errors import Interrupted, KvlError, OutputClosed, OutputError
-from .signals import STOP_SIGNALS
+from ..engine import stop
+from ..engine.types import Answerer, AnyEvent, DoneEvent, Event, FailedEvent, PhaseEvent, Request, Result, TextEvent
+from ..errors import Interrupted, KvlError, OutputClosed, OutputError
+from ..signals import STOP_SIGNALS
 
 Outcome = Result | KvlError
 
@@ -86,7 +85,7 @@ class OrderedEmitter:
         self.sink.done(pos, outcome)
 
 
-def run_ordered(engine: Engine, requests: Iterator[tuple[int, Request]], emitter: OrderedEmitter,
+def run_ordered(engine: Answerer, requests: Iterator[tuple[int, Request]], emitter: OrderedEmitter,
                 parallel: int | None = None) -> None:
     """Run ``(position, request)`` pairs through the engine, writing through ``emitter`` in order.
 

@@ -14,19 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .engine.engine import Engine
-from .engine.types import DoneEvent, Event, GenerationSettings, PhaseEvent, Request, Result
-from .errors import KvlError
-from .media import video_sandbox
-from .media.images import image_from_array
-from .media.video import Frame, Scene, VideoInfo, stamp, subtitle_time
+from ..engine.types import Answerer, DoneEvent, Event, FailedEvent, GenerationSettings, PhaseEvent, Request, Result
+from ..errors import KvlError
+from ..media import video_sandbox
+from ..media.images import image_from_array
+from ..media.video import Frame, Scene, VideoInfo, stamp, subtitle_time
+from ..plan import PROMPT_RESERVE
+from ..render import Renderer
+from ..safetext import escape_controls, json_safe, one_line
+from ..schema import AnswerGate
+from ..tasks import SCENE_PROMPT
 from .ordered import OrderedEmitter, Outcome, run_ordered
-from .render import Renderer
-from .safetext import escape_controls, json_safe, one_line
-from .schema import AnswerGate
-from .tasks import SCENE_PROMPT
-
-PROMPT_RESERVE = 512  # tokens kept for the instruction and timestamps besides the frames
 
 
 @dataclass(frozen=True)
@@ -59,24 +57,21 @@ def frames_request(marker: str, frames: list[Frame], label: str, instruction: st
     return Request(user_text=text, images=images, settings=settings)
 
 
-def run_request(engine: Engine, request: Request, renderer: Renderer,
+def run_request(engine: Answerer, request: Request, renderer: Renderer,
                 gate: AnswerGate | None = None) -> tuple[Result, dict[str, Any]]:
     """One request streamed to ``renderer``: its result and, with --schema, the ``data`` field
     (a constrained answer is shown only once it validates; a KvlError says why it did not)."""
     gate = gate or AnswerGate(None)
     result = None
-    for ev in engine.generate(request):
+    for _, ev in engine.generate_many([request], 1):
+        if isinstance(ev, FailedEvent):
+            raise ev.error
         if gate.passes(ev):
             renderer.event(ev)
         if isinstance(ev, DoneEvent):
             result = ev.result
     assert result is not None
-    if result.interrupted:
-        return result, {}
-    result, answer, extra = gate.check(result)
-    if answer is not None:
-        renderer.event(answer)
-    return result, extra
+    return gate.release(result, renderer.event)
 
 
 class SceneWriter:
@@ -168,7 +163,7 @@ class SceneSink(ScenesInOrder):
                                     f"{time.perf_counter() - t1:.1f} s (scene detection {self.detect_s:.1f} s)[/]")
 
 
-def caption_scenes(engine: Engine, path: Path, label: str, info: VideoInfo, args: VideoArgs,
+def caption_scenes(engine: Answerer, path: Path, label: str, info: VideoInfo, args: VideoArgs,
                    settings: GenerationSettings, renderer: Renderer, writer: SceneWriter, ctx: int,
                    parallel: int = 1, gate: AnswerGate | None = None) -> int:
     """Caption each scene, several at once with ``parallel`` > 1, written in scene order. Returns

@@ -1,0 +1,171 @@
+"""``kvl_cli.open()``: the library face for Python callers, in a dozen lines::
+
+    import kvl_cli
+
+    with kvl_cli.open(model="model.gguf", mmproj="mmproj.gguf") as kvl:
+        for a in kvl.caption(["photo.jpg", "cat.png"], detail="short"):
+            print(a.input, a.answer if a.ok else a.error)
+        a = kvl.ask(["photo.jpg"], "How many people?", schema={"type": "object", ...})
+        print(a.data)
+        for event in kvl.ask(["photo.jpg"], "What is it?", stream=True):
+            ...  # PhaseEvent, TextEvent (thinking or answer delta), DoneEvent(result)
+
+Each call runs the commands' own code (``Session.run_images``/``run_videos``) with a renderer that
+keeps the answers instead of printing them: the same checks, prompts, caches and schema gate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine.types import Event, FailedEvent, Request, Result
+from .environment import Environment
+from .errors import KvlError
+from .media.images import expand_inputs, load_image
+from .options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags
+from .plan import make_plan
+from .render import OutputOptions, Renderer
+from .run.runner import Job
+from .run.videos import VideoArgs
+from .session import Session
+from .tasks import VIDEO_PROMPT, caption_prompt, ocr_prompt, user_text
+
+Media = str | Path
+
+
+@dataclass
+class Answer:
+    """One input's outcome: the answer and thinking, ``data`` for a schema, or the ``error``."""
+
+    input: str
+    answer: str = ""
+    thinking: str = ""
+    data: Any = None
+    error: KvlError | None = None
+    result: Result | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Collector(Renderer):
+    """A renderer that keeps each input's outcome, in input order, and prints nothing."""
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(OutputOptions(), env)
+        self.answers: list[Answer] = []
+
+    def status(self, label: str, detail: str = "") -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def error(self, label: str, error: KvlError) -> None:
+        self.answers.append(Answer(label, error=error))
+
+    def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
+        self.answers.append(Answer(label, result.answer, result.thinking, meta.get("data"), None, result, meta))
+
+
+class Library(Session):
+    """A ``Session`` with the calls a Python program makes (see the module's docstring)."""
+
+    def _common(self, gen: dict[str, Any]) -> CommonOptions:
+        schema, choices = gen.pop("schema", None), gen.pop("choices", None)
+        options = GenerationOptions(
+            temperature=gen.pop("temperature", 0.8), top_p=gen.pop("top_p", 1.0), top_k=gen.pop("top_k", 0),
+            seed=gen.pop("seed", None), max_tokens=gen.pop("max_tokens", None),
+            think_budget=gen.pop("think_budget", None), no_think=gen.pop("no_think", False), show_thinking=None,
+            schema=json.dumps(schema) if isinstance(schema, dict) else schema,
+            choices=",".join(choices) if isinstance(choices, (list, tuple)) else choices)
+        if gen:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(gen))}")
+        return CommonOptions(self.model, options, OutputFlags(as_json=False, verbose=0, debug=False, dry_run=False))
+
+    def _images(self, task: str, jobs: list[Job], problems: Any, gen: dict[str, Any], meta: dict[str, Any],
+                parallel: int | None) -> list[Answer]:
+        plan = make_plan(task, self._common(dict(gen)), parallel=parallel)
+        collector = Collector(self.env)
+        self.run_images(plan, jobs, problems, collector, meta)
+        return collector.answers
+
+    def _per_image(self, task: str, images: Sequence[Media], instruction: str, meta: dict[str, Any],
+                   gen: dict[str, Any]) -> list[Answer]:
+        refs, problems = expand_inputs([str(i) for i in images])
+        jobs = [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]
+        return self._images(task, jobs, problems, gen, meta, gen.pop("parallel", None))
+
+    def caption(self, images: Sequence[Media], *, detail: str = "normal", **gen: Any) -> list[Answer]:
+        """One caption per image, in order (``detail``: short, normal or long)."""
+        return self._per_image("caption", images, caption_prompt(detail), {"detail": detail}, gen)
+
+    def ocr(self, images: Sequence[Media], *, format: str = "text", **gen: Any) -> list[Answer]:
+        """All visible text of each image, in order (``format``: text or markdown)."""
+        return self._per_image("ocr", images, ocr_prompt(format), {"format": format}, gen)
+
+    def ask(self, media: Sequence[Media], question: str, *, stream: bool = False,
+            **gen: Any) -> Answer | Iterator[Event]:
+        """One answer about the images together (or one video); ``schema=``/``choices=`` shape it;
+        ``stream=True``: its events as they come instead."""
+        labels = [str(m) for m in media]
+        if stream:
+            return self._stream(labels, question, gen)
+        refs, problems = expand_inputs(labels)
+        label = refs[0].label if len(refs) == 1 else ", ".join(r.label for r in refs)
+        jobs = [] if problems else [Job(label=label, refs=refs, instruction=question,
+                                        meta={"question": question, "images": [r.label for r in refs]})]
+        return self._images("ask", jobs, problems, gen, {"question": question}, 1)[0]
+
+    def _stream(self, labels: list[str], question: str, gen: dict[str, Any]) -> Iterator[Event]:
+        plan = make_plan("ask", self._common(dict(gen)), parallel=1).fit(1, len(labels))
+        refs, problems = expand_inputs(labels)
+        if problems:
+            raise problems[0].error
+        quiet = Collector(self.env)
+        images = [load_image(ref, max_tokens=plan.image_tokens) for ref in refs]
+        model, mmproj, _ = self.pair(quiet)
+        engine = self.engine(plan.engine_config(model, mmproj), quiet)
+        request = Request(user_text=user_text(engine.marker, len(images), question), images=images,
+                          settings=plan.settings)
+        for _, ev in engine.generate_many([request], 1):
+            if isinstance(ev, FailedEvent):
+                raise ev.error
+            yield ev
+
+    def video(self, path: Media, *, prompt: str | None = None, scenes: bool = False,
+              args: VideoArgs | None = None, **gen: Any) -> Answer | list[dict[str, Any]]:
+        """A summary of the video (an ``Answer``), or with ``scenes=True`` one record per scene
+        (``file``, ``scene``, ``start``, ``end``, ``caption``, as ``kvl video --scenes --json``)."""
+        args = args or VideoArgs()
+        plan = make_plan("video", self._common(dict(gen)), parallel=gen.get("parallel"),
+                         images_per_input=args.frames_per_scene, scenes=scenes)
+        collector, out = Collector(self.env), io.StringIO()
+        code = self.run_videos(plan, [str(path)], args, collector, instruction=prompt or VIDEO_PROMPT, scenes=scenes,
+                               fmt="jsonl", out=out)
+        if scenes:
+            if code and collector.answers:
+                raise collector.answers[0].error or KvlError("the video failed")
+            return [json.loads(line) for line in out.getvalue().splitlines()]
+        return collector.answers[0]
+
+
+def open(model: str | Path | None = None, mmproj: str | Path | None = None, *, ctx: int = 16384,
+         threads: int | None = None, gpu_layers: int = -1, image_max_tokens: int | None = None,
+         image_min_tokens: int | None = None, cache: bool = True, server: bool = False, pull: bool = False,
+         env: Environment | None = None) -> Library:
+    """A session over a model pair: ``model`` a .gguf path or an installed name (None: the pulled
+    default), ``mmproj`` its projector (None: the pair's). ``server=True`` answers through a running
+    ``kvl serve`` of the same pair; ``pull=True`` downloads the default pair when none is installed."""
+    options = ModelOptions(model=str(model) if model is not None else None,
+                           mmproj=str(mmproj) if mmproj is not None else None, ctx=ctx, threads=threads,
+                           gpu_layers=gpu_layers, repack=None, image_min_tokens=image_min_tokens,
+                           image_max_tokens=image_max_tokens, yes=pull, cache=cache, server=server)
+    return Library(options, env=env)

@@ -1,0 +1,122 @@
+"""The library face: a model pair opened once, answering caption, ocr, ask and video.
+
+``kvl_cli.open()`` gives a ``Session``. The commands are its first client: they parse flags, build
+a run plan (``plan``), pick a renderer and call ``run_images`` or ``run_videos``, which write each
+input's outcome through that renderer in input order. Library callers use ``caption``, ``ocr``,
+``ask`` and ``video``, which run the same code with a renderer that keeps the answers
+(``Answer``), or ``ask(..., stream=True)`` for the events of one answer as they come. The engine
+loads on first use, once for every call that needs the same configuration, and ``close`` (or the
+``with`` block's end) frees its native handles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from .engine.types import Answerer, EngineConfig, Request
+from .environment import Environment
+from .errors import InputError
+from .media.images import InputProblem
+from .options import ModelOptions
+from .plan import RunPlan
+from .render import Renderer
+from .run.preview import preview_jobs
+from .run.runner import Job, JobOutcome, load_engine, prepare, run_jobs, runnable
+from .run.video import VideoRun
+from .run.videos import VideoArgs
+from .store.pull import ensure_model
+
+Pair = tuple[Path, Path, str]  # text model, projector, the model's name
+
+
+class Session:
+    """One model pair (``ModelOptions``: paths or names, context, threads, caches, server use)."""
+
+    def __init__(self, model: ModelOptions, *, env: Environment | None = None, pair: Pair | None = None) -> None:
+        """``pair``: the model's files when they are already found (a Ray worker's node pulls its own)."""
+        self.model = model
+        self.env = env or Environment()
+        self._pair = pair
+        self._engine: Answerer | None = None
+        self._config: EngineConfig | None = None
+
+    # -- the model pair and the engine ---------------------------------------------------------
+    def pair(self, renderer: Renderer) -> Pair:
+        """The pair's files and name, found once (offering to pull the default when none is installed)."""
+        if self._pair is None:
+            m = self.model
+            self._pair = ensure_model(m.model, m.mmproj, renderer, yes=m.yes)
+        return self._pair
+
+    def engine(self, config: EngineConfig, renderer: Renderer, first: Request | None = None) -> Answerer:
+        """The engine for ``config``, loaded now unless it already is (``first``: encoded during the load)."""
+        if self._engine is None or self._config != config:
+            self.close()
+            self._engine = load_engine(config, renderer, cache=self.model.cache, encode_ahead=first)
+            self._config = config
+        return self._engine
+
+    def _answerer(self, config: EngineConfig, renderer: Renderer,
+                  meta: dict[str, Any]) -> Callable[[Request | None], Answerer]:
+        """A running ``kvl serve`` of the same pair (nothing loads here), else this process's engine."""
+        if self.model.server:
+            from .serve.client import remote_engine
+
+            remote = remote_engine(config, meta)
+            if remote is not None:
+                return remote
+        return lambda first: self.engine(config, renderer, first)
+
+    def close(self) -> None:
+        """Free the engine's contexts, projectors and model (a later call loads it again)."""
+        if self._engine is not None:
+            self._engine.close()
+        self._engine, self._config = None, None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs: each input's outcome written through a renderer, in input order -----------------
+    def run_images(self, plan: RunPlan, jobs: list[Job], problems: list[InputProblem], renderer: Renderer,
+                   meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
+        """caption, ocr and ask: every input checked, then the pair found, then each job run (or, with
+        ``dry_run``, its prompt shown); one outcome per input, failures in their place."""
+        if not jobs and not problems:
+            raise InputError("no input given", hint=f"try: kvl {plan.task} photo.jpg")
+        slots = prepare(jobs, problems)  # every input checked, in order, before a model is looked for
+        todo = runnable(slots)
+        if not todo:  # a missing or broken file should not ask for a model
+            return run_jobs(_no_engine, slots, settings=plan.settings, renderer=renderer, image_max_tokens=None,
+                            meta=meta)
+        model, mmproj, name = self.pair(renderer)
+        meta = {"task": plan.task, "model": name, **meta, "image_max_tokens": plan.image_tokens,
+                "temperature": plan.settings.temperature, "seed": plan.settings.seed}
+        plan = plan.fit(len(todo), max(len(j.refs) for j in jobs))
+        config = plan.engine_config(model, mmproj)
+        if dry_run:
+            return preview_jobs(slots, config, plan.settings, meta, renderer, self.env, as_json=plan.render.json)
+        try:
+            return run_jobs(self._answerer(config, renderer, meta), slots, settings=plan.settings, renderer=renderer,
+                            image_max_tokens=config.image_max_tokens, meta=meta, parallel=plan.parallel or 1,
+                            answer=plan.answer)
+        finally:
+            renderer.close()
+
+    def run_videos(self, plan: RunPlan, inputs: list[str], args: VideoArgs, renderer: Renderer, *, instruction: str,
+                   scenes: bool = False, fmt: str = "text", task_meta: dict[str, object] | None = None,
+                   dry_run: bool = False, out: IO[str] | None = None) -> int:
+        """kvl video (a summary, or scene captions in ``fmt`` on ``out``, stdout by default) and kvl ask
+        VIDEO; the exit code."""
+        run = VideoRun(plan.fit(), args, renderer, self.env, instruction=instruction, scenes=scenes, fmt=fmt,
+                       task_meta=task_meta, out=out)
+        return run.run(inputs, lambda: self.pair(renderer), lambda config: self.engine(config, renderer),
+                       dry_run=dry_run)
+
+
+def _no_engine(first: Request | None) -> Answerer:
+    raise AssertionError("no input can run: no engine is made")
