@@ -28,12 +28,13 @@ from .environment import Environment
 from .errors import KvlError
 from .media.images import expand_inputs, load_image
 from .options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags
-from .plan import make_plan
 from .render import OutputOptions, Renderer
-from .run.runner import Job
+from .run.images import per_image_jobs
+from .run.plan import make_plan
+from .run.runner import Job, user_text
 from .run.videos import VideoArgs
 from .session import Session
-from .tasks import VIDEO_PROMPT, caption_prompt, ocr_prompt, user_text
+from .tasks import VIDEO_PROMPT, caption_prompt, ocr_prompt
 
 Media = str | Path
 
@@ -100,8 +101,7 @@ class Library(Session):
     def _per_image(self, task: str, images: Sequence[Media], instruction: str, meta: dict[str, Any],
                    gen: dict[str, Any]) -> list[Answer]:
         refs, problems = expand_inputs([str(i) for i in images])
-        jobs = [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]
-        return self._images(task, jobs, problems, gen, meta, gen.pop("parallel", None))
+        return self._images(task, per_image_jobs(refs, instruction), problems, gen, meta, gen.pop("parallel", None))
 
     def caption(self, images: Sequence[Media], *, detail: str = "normal", **gen: Any) -> list[Answer]:
         """One caption per image, in order (``detail``: short, normal or long)."""

@@ -17,13 +17,12 @@ from typing import IO, Any
 
 from .engine.types import Answerer, EngineConfig, Request
 from .environment import Environment
-from .errors import InputError
 from .media.images import InputProblem
-from .options import ModelOptions
-from .plan import RunPlan
+from .options import BatchOptions, ModelOptions
 from .render import Renderer
-from .run.preview import preview_jobs
-from .run.runner import Job, JobOutcome, load_engine, prepare, run_jobs, runnable
+from .run.images import run_batch, run_image_jobs
+from .run.plan import RunPlan
+from .run.runner import Job, JobOutcome, load_engine
 from .run.video import VideoRun
 from .run.videos import VideoArgs
 from .store.pull import ensure_model
@@ -61,13 +60,12 @@ class Session:
     def _answerer(self, config: EngineConfig, renderer: Renderer,
                   meta: dict[str, Any]) -> Callable[[Request | None], Answerer]:
         """A running ``kvl serve`` of the same pair (nothing loads here), else this process's engine."""
-        if self.model.server:
-            from .serve.client import remote_engine
+        local: Callable[[Request | None], Answerer] = lambda first: self.engine(config, renderer, first)  # noqa: E731
+        if not self.model.server:
+            return local
+        from .serve.client import remote_engine
 
-            remote = remote_engine(config, meta)
-            if remote is not None:
-                return remote
-        return lambda first: self.engine(config, renderer, first)
+        return remote_engine(config, meta) or local
 
     def close(self) -> None:
         """Free the engine's contexts, projectors and model (a later call loads it again)."""
@@ -84,28 +82,19 @@ class Session:
     # -- runs: each input's outcome written through a renderer, in input order -----------------
     def run_images(self, plan: RunPlan, jobs: list[Job], problems: list[InputProblem], renderer: Renderer,
                    meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
-        """caption, ocr and ask: every input checked, then the pair found, then each job run (or, with
-        ``dry_run``, its prompt shown); one outcome per input, failures in their place."""
-        if not jobs and not problems:
-            raise InputError("no input given", hint=f"try: kvl {plan.task} photo.jpg")
-        slots = prepare(jobs, problems)  # every input checked, in order, before a model is looked for
-        todo = runnable(slots)
-        if not todo:  # a missing or broken file should not ask for a model
-            return run_jobs(_no_engine, slots, settings=plan.settings, renderer=renderer, image_max_tokens=None,
-                            meta=meta)
-        model, mmproj, name = self.pair(renderer)
-        meta = {"task": plan.task, "model": name, **meta, "image_max_tokens": plan.image_tokens,
-                "temperature": plan.settings.temperature, "seed": plan.settings.seed}
-        plan = plan.fit(len(todo), max(len(j.refs) for j in jobs))
-        config = plan.engine_config(model, mmproj)
-        if dry_run:
-            return preview_jobs(slots, config, plan.settings, meta, renderer, self.env, as_json=plan.render.json)
-        try:
-            return run_jobs(self._answerer(config, renderer, meta), slots, settings=plan.settings, renderer=renderer,
-                            image_max_tokens=config.image_max_tokens, meta=meta, parallel=plan.parallel or 1,
-                            answer=plan.answer)
-        finally:
-            renderer.close()
+        """caption, ocr and ask over jobs made already: every input checked, then the pair found, then
+        each job run (or, with ``dry_run``, its prompt shown); one outcome per input, failures in place."""
+        return run_image_jobs(plan, jobs, problems, renderer, meta, find_pair=lambda: self.pair(renderer),
+                              engine_for=lambda config: self._answerer(config, renderer, meta), env=self.env,
+                              dry_run=dry_run)
+
+    def run_batch(self, plan: RunPlan, inputs: tuple[str, ...], batch: BatchOptions, instruction: str,
+                  renderer: Renderer, meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
+        """caption and ocr from the command line: arguments, ``--from``, stdin, ``--skip-done`` and
+        ``--shard`` give one job per image with ``instruction``; as ``run_images`` from there."""
+        return run_batch(plan, inputs, batch, instruction, renderer, meta, find_pair=lambda: self.pair(renderer),
+                         engine_for=lambda config: self._answerer(config, renderer, meta), env=self.env,
+                         dry_run=dry_run)
 
     def run_videos(self, plan: RunPlan, inputs: list[str], args: VideoArgs, renderer: Renderer, *, instruction: str,
                    scenes: bool = False, fmt: str = "text", task_meta: dict[str, object] | None = None,
@@ -116,7 +105,3 @@ class Session:
                        task_meta=task_meta, out=out)
         return run.run(inputs, lambda: self.pair(renderer), lambda config: self.engine(config, renderer),
                        dry_run=dry_run)
-
-
-def _no_engine(first: Request | None) -> Answerer:
-    raise AssertionError("no input can run: no engine is made")

@@ -58,9 +58,3 @@ def caption_prompt(detail: str) -> str:
 
 def ocr_prompt(fmt: str) -> str:
     return OCR_PROMPTS[fmt]
-
-
-def user_text(marker: str, n_images: int, instruction: str) -> str:
-    """Images first, then the instruction right after the last one (no newline): the layout
-    Kimi-VL was trained on."""
-    return marker * n_images + instruction

@@ -8,11 +8,10 @@ from typing import Any
 import click
 
 from ..environment import Environment
-from ..media.images import InputProblem, InputRef
+from ..media.images import InputProblem
 from ..options import BatchOptions, CommonOptions
-from ..plan import make_plan
 from ..render import make_renderer
-from ..run.batch import batch_inputs
+from ..run.plan import make_plan
 from ..run.runner import Job, exit_code
 from ..session import Session
 from .flags import common_options, ray_from, take
@@ -30,10 +29,11 @@ def run_per_image(task: str, inputs: tuple[str, ...], kwargs: dict[str, Any], en
         from ..distributed import run_on_ray
 
         return run_on_ray(task, inputs, ray, common, env, batch=b, meta=meta, instruction=instruction)
-    refs, problems = batch_inputs(inputs, b, env)
-    if not refs and not problems and (b.skip_done or b.shard):
-        return 0  # everything is done or belongs to other shards
-    return run_image_task(task, per_image_jobs(refs, instruction), problems, common, meta, b.parallel, env)
+    plan = make_plan(task, common, parallel=b.parallel)
+    renderer = make_renderer(plan.render, env)
+    outcomes = Session(common.model, env=env).run_batch(plan, inputs, b, instruction, renderer, meta,
+                                                        dry_run=common.out.dry_run)
+    return exit_code(outcomes)
 
 
 def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], common: CommonOptions,
@@ -44,7 +44,3 @@ def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], com
     outcomes = Session(common.model, env=env).run_images(plan, jobs, problems, renderer, meta,
                                                          dry_run=common.out.dry_run)
     return exit_code(outcomes)
-
-
-def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
-    return [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]

@@ -87,8 +87,8 @@ def _given(name: str) -> bool:
 
 def _config(env: Environment, m: ModelOptions, verbose: int, parallel: int | None):  # type: ignore[no-untyped-def]
     from ..options import CommonOptions, GenerationOptions, OutputFlags
-    from ..plan import make_plan
     from ..render import make_renderer
+    from ..run.plan import make_plan
     from ..serve.protocol import Defaults
     from ..serve.server import ServeConfig
     from ..store.pull import ensure_model

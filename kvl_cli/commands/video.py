@@ -11,8 +11,8 @@ from ..errors import UsageError
 from ..media.scenes import DEFAULT_DETECTOR, DETECTORS, check_detector
 from ..media.video import parse_time
 from ..options import CommonOptions
-from ..plan import RunPlan, make_plan
 from ..render import JsonRenderer, OutputOptions, Renderer, make_renderer
+from ..run.plan import RunPlan, make_plan
 from ..run.videos import VideoArgs
 from ..session import Session
 from ..tasks import VIDEO_PROMPT

@@ -10,8 +10,8 @@ from typing import IO, Any
 from ..environment import Environment
 from ..errors import InputError, UsageError
 from ..options import BatchOptions, CommonOptions
-from ..plan import make_plan
 from ..run.batch import input_names
+from ..run.plan import make_plan
 from ..run.videos import VideoArgs
 from .inputs import Row, list_inputs
 from .options import RayOptions

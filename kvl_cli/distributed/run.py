@@ -21,7 +21,7 @@ from typing import Any
 from ..environment import Environment
 from ..errors import KvlError, UsageError
 from ..options import BatchOptions, CommonOptions
-from ..plan import uses_gpu
+from ..run.plan import uses_gpu
 from ..run.videos import VideoArgs
 from .cluster import cluster_resources, connect, disconnect, largest_node_cpus
 from .inputs import Row, error_fields, pack

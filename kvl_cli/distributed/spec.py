@@ -10,7 +10,7 @@ from typing import Any
 from ..engine.types import EngineConfig, GenerationSettings
 from ..errors import ModelError
 from ..options import ModelOptions
-from ..plan import RunPlan
+from ..run.plan import RunPlan
 from ..run.videos import VideoArgs
 from ..schema import AnswerSchema
 

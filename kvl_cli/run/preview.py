@@ -13,8 +13,7 @@ from ..environment import Environment
 from ..errors import InputError
 from ..media.images import InputProblem, load_image
 from ..render import Renderer
-from ..tasks import user_text
-from .runner import JobOutcome, Slot, runnable
+from .runner import JobOutcome, Slot, runnable, user_text
 
 
 class PreviewWriter:

@@ -25,8 +25,13 @@ from ..errors import InputError, KvlError, UsageError, batch_exit_code
 from ..media.images import InputProblem, InputRef, load_image, precheck_image
 from ..render import Renderer, phase_text
 from ..schema import AnswerGate, AnswerSchema
-from ..tasks import user_text
 from .ordered import OrderedEmitter, Outcome, run_ordered
+
+
+def user_text(marker: str, n_images: int, instruction: str) -> str:
+    """Images first, then the instruction right after the last one (no newline): the layout
+    Kimi-VL was trained on."""
+    return marker * n_images + instruction
 
 
 @dataclass

@@ -22,9 +22,9 @@ from ..limits import is_regular
 from ..media import video_sandbox
 from ..media.images import InputProblem, InputRef, expand_inputs
 from ..media.video import Frame, Scene, VideoInfo
-from ..plan import RunPlan
 from ..render import Renderer
 from ..tasks import SCENE_PROMPT
+from .plan import RunPlan
 from .preview import PreviewWriter
 from .videos import SceneWriter, VideoArgs, caption_scenes, frame_budget, frames_request, run_request
 

@@ -19,12 +19,12 @@ from ..errors import KvlError
 from ..media import video_sandbox
 from ..media.images import image_from_array
 from ..media.video import Frame, Scene, VideoInfo, stamp, subtitle_time
-from ..plan import PROMPT_RESERVE
 from ..render import Renderer
 from ..safetext import escape_controls, json_safe, one_line
 from ..schema import AnswerGate
 from ..tasks import SCENE_PROMPT
 from .ordered import OrderedEmitter, Outcome, run_ordered
+from .plan import PROMPT_RESERVE
 
 
 @dataclass(frozen=True)

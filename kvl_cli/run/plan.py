@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .engine.types import EngineConfig, GenerationSettings
-from .errors import UsageError
-from .options import CPU_LANES, GPU_PARALLEL, CommonOptions, GenerationOptions, ModelOptions
-from .render import OutputOptions
-from .schema import AnswerGate, AnswerSchema, choices_schema, load_schema
-from .tasks import DEFAULTS
+from ..engine.types import EngineConfig, GenerationSettings
+from ..errors import UsageError
+from ..options import CPU_LANES, GPU_PARALLEL, CommonOptions, GenerationOptions, ModelOptions
+from ..render import OutputOptions
+from ..schema import AnswerGate, AnswerSchema, choices_schema, load_schema
+from ..tasks import DEFAULTS
 
 MIN_IMAGE_TOKENS = 8  # below this libmtmd cannot build Kimi-VL's projector graph (it fails to load)
 SCENE_THINK_BUDGET = 256  # a scene caption needs little deliberation
@@ -150,13 +150,13 @@ def generation_settings(gen: GenerationOptions, task: str, answer: AnswerSchema 
 
 
 def uses_gpu(m: ModelOptions) -> bool:
-    from .engine import native
+    from ..engine import native
 
     return bool(m.gpu_layers != 0 and native.gpu_offload_supported())
 
 
 def cpu_threads(m: ModelOptions) -> int:
-    from .engine import native
+    from ..engine import native
 
     return int(m.threads or native.physical_cores())
 

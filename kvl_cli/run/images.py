@@ -1,0 +1,73 @@
+"""caption, ocr and ask on this machine: one prompt per job, every input checked before the pair is
+looked for, the plan fitted to the inputs, then each job run (or, with ``--dry-run``, its prompt shown).
+
+1) check every input, in order (a failure keeps its place); 2) nothing can run: write the failures,
+no model; 3) find the pair and fit the plan to the inputs; 4) show the prompts, or 5) run the jobs
+through the run's engine (a running ``kvl serve``, or this process's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..engine.types import Answerer, EngineConfig, Request
+from ..environment import Environment
+from ..errors import InputError
+from ..media.images import InputProblem, InputRef
+from ..render import Renderer
+from .batch import batch_inputs
+from .plan import RunPlan
+from .preview import preview_jobs
+from .runner import Job, JobOutcome, prepare, run_jobs, runnable
+
+Pair = tuple[Path, Path, str]  # text model, projector, the model's name
+EngineFor = Callable[[EngineConfig], Callable[[Request | None], Answerer]]  # a config -> the run's engine factory
+
+
+def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
+    return [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]
+
+
+def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem], renderer: Renderer,
+                   meta: dict[str, Any], *, find_pair: Callable[[], Pair], engine_for: EngineFor, env: Environment,
+                   dry_run: bool = False) -> list[JobOutcome]:
+    """One outcome per input, failures in their place (see the module's docstring)."""
+    if not jobs and not problems:
+        raise InputError("no input given", hint=f"try: kvl {plan.task} photo.jpg")
+    slots = prepare(jobs, problems)  # every input checked, in order, before a model is looked for
+    todo = runnable(slots)
+    if not todo:  # a missing or broken file should not ask for a model
+        return run_jobs(_no_engine, slots, settings=plan.settings, renderer=renderer, image_max_tokens=None,
+                        meta=meta)
+    model, mmproj, name = find_pair()
+    meta = {"task": plan.task, "model": name, **meta, "image_max_tokens": plan.image_tokens,
+            "temperature": plan.settings.temperature, "seed": plan.settings.seed}
+    plan = plan.fit(len(todo), max(len(j.refs) for j in jobs))
+    config = plan.engine_config(model, mmproj)
+    if dry_run:
+        return preview_jobs(slots, config, plan.settings, meta, renderer, env, as_json=plan.render.json)
+    factory = engine_for(config)  # a running server of the pair names itself in ``meta`` here
+    try:
+        return run_jobs(factory, slots, settings=plan.settings, renderer=renderer,
+                        image_max_tokens=config.image_max_tokens, meta=meta, parallel=plan.parallel or 1,
+                        answer=plan.answer)
+    finally:
+        renderer.close()
+
+
+def run_batch(plan: RunPlan, inputs: tuple[str, ...], batch: Any, instruction: str, renderer: Renderer,
+              meta: dict[str, Any], *, find_pair: Callable[[], Pair], engine_for: EngineFor, env: Environment,
+              dry_run: bool = False) -> list[JobOutcome]:
+    """caption and ocr: the arguments, ``--from``, ``--skip-done`` and ``--shard`` (``batch``) make one
+    job per image with ``instruction``."""
+    refs, problems = batch_inputs(inputs, batch, env)
+    if not refs and not problems and (batch.skip_done or batch.shard):
+        return []  # everything is done or belongs to other shards
+    return run_image_jobs(plan, per_image_jobs(refs, instruction), problems, renderer, meta, find_pair=find_pair,
+                          engine_for=engine_for, env=env, dry_run=dry_run)
+
+
+def _no_engine(first: Request | None) -> Answerer:
+    raise AssertionError("no input can run: no engine is made")
