@@ -24,7 +24,11 @@ _LAZY = {
     "Answer": "kvl_cli.api",
     "Library": "kvl_cli.api",
     "Session": "kvl_cli.session",
+    "KvlError": "kvl_cli.errors",
     "Engine": "kvl_cli.engine.engine",
+    "DoneEvent": "kvl_cli.engine.types",
+    "PhaseEvent": "kvl_cli.engine.types",
+    "TextEvent": "kvl_cli.engine.types",
     "EngineConfig": "kvl_cli.engine.types",
     "GenerationSettings": "kvl_cli.engine.types",
     "ImageInput": "kvl_cli.engine.types",
@@ -37,7 +41,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from .api import Answer, Library, open  # noqa: F401
     from .engine.engine import Engine  # noqa: F401
     from .engine.reasoning import ReasoningSplitter  # noqa: F401
-    from .engine.types import EngineConfig, GenerationSettings, ImageInput, Request, Result  # noqa: F401
+    from .engine.types import (  # noqa: F401
+        DoneEvent,
+        EngineConfig,
+        GenerationSettings,
+        ImageInput,
+        PhaseEvent,
+        Request,
+        Result,
+        TextEvent,
+    )
+    from .errors import KvlError  # noqa: F401
     from .session import Session  # noqa: F401
 
 

@@ -145,7 +145,8 @@ class Library(Session):
         """A summary of the video (an ``Answer``), or with ``scenes=True`` one record per scene
         (``file``, ``scene``, ``start``, ``end``, ``caption``, as ``kvl video --scenes --json``)."""
         args = args or VideoArgs()
-        plan = make_plan("video", self._common(dict(gen)), parallel=gen.get("parallel"),
+        parallel = gen.pop("parallel", None)
+        plan = make_plan("video", self._common(dict(gen)), parallel=parallel,
                          images_per_input=args.frames_per_scene, scenes=scenes)
         collector, out = Collector(self.env), io.StringIO()
         code = self.run_videos(plan, [str(path)], args, collector, instruction=prompt or VIDEO_PROMPT, scenes=scenes,

@@ -90,10 +90,13 @@ def video(env: Environment, inputs: tuple[str, ...], scenes: bool, fmt: str, fra
 
         return run_on_ray("video", inputs, ray, common, env, video=args, scenes=scenes, fmt=fmt, parallel=parallel)
     plan = make_plan("video", common, parallel=parallel, images_per_input=frames_per_scene, scenes=scenes)
-    renderer = video_renderer(plan, env, scenes, common.out.dry_run)
-    return Session(common.model, env=env).run_videos(plan, list(inputs), args, renderer,
-                                                     instruction=prompt or VIDEO_PROMPT, scenes=scenes, fmt=fmt,
-                                                     dry_run=common.out.dry_run)
+    session = Session(common.model, env=env)
+    code = session.run_videos(plan, list(inputs), args, video_renderer(plan, env, scenes, common.out.dry_run),
+                              instruction=prompt or VIDEO_PROMPT, scenes=scenes, fmt=fmt, dry_run=common.out.dry_run)
+    # not on Ctrl-C or an error: freeing the model takes a second or two, and kvl should say why it
+    # stopped at once (the process's exit frees it)
+    session.close()
+    return code
 
 
 def video_renderer(plan: RunPlan, env: Environment, scenes: bool, dry_run: bool) -> Renderer:
@@ -110,7 +113,8 @@ def ask_video(path: str, question: str, common: CommonOptions, env: Environment)
     """``kvl ask clip.mp4 "question"``: 16 frames spread over the video, with timestamps."""
     instruction = f"These are frames from a video, in order, each preceded by its timestamp. {question}"
     plan = make_plan("video", common)
-    return Session(common.model, env=env).run_videos(plan, [path], VideoArgs(), make_renderer(plan.render, env),
-                                                     instruction=instruction,
-                                                     task_meta={"task": "ask", "question": question},
-                                                     dry_run=common.out.dry_run)
+    session = Session(common.model, env=env)
+    code = session.run_videos(plan, [path], VideoArgs(), make_renderer(plan.render, env), instruction=instruction,
+                              task_meta={"task": "ask", "question": question}, dry_run=common.out.dry_run)
+    session.close()  # as for kvl video
+    return code

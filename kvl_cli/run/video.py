@@ -82,14 +82,11 @@ class VideoRun:
         if dry_run:
             self._preview(slots, failures)
             return int(ExitCode.PARTIAL if failures else 0)
-        engine = load(self.config)
+        engine = load(self.config)  # the caller's: it frees it
         try:
             done = self._each(engine, slots, checked, failures)
         finally:
             self.renderer.close()
-        # not on Ctrl-C or an error: freeing the model takes a second or two, and kvl should say why it
-        # stopped at once (the process's exit frees it)
-        engine.close()
         return batch_exit_code([int(f.exit_code) for f in failures], done)
 
     def _failed(self, slot: Probed, failures: list[KvlError]) -> bool:
