@@ -85,7 +85,7 @@ class Session:
         """caption, ocr and ask over jobs made already: every input checked, then the pair found, then
         each job run (or, with ``dry_run``, its prompt shown); one outcome per input, failures in place."""
         return run_image_jobs(plan, jobs, problems, renderer, meta, find_pair=lambda: self.pair(renderer),
-                              engine_for=lambda config: self._answerer(config, renderer, meta), env=self.env,
+                              engine_for=lambda config, fields: self._answerer(config, renderer, fields), env=self.env,
                               dry_run=dry_run)
 
     def run_batch(self, plan: RunPlan, inputs: tuple[str, ...], batch: BatchOptions, instruction: str,
@@ -93,7 +93,7 @@ class Session:
         """caption and ocr from the command line: arguments, ``--from``, stdin, ``--skip-done`` and
         ``--shard`` give one job per image with ``instruction``; as ``run_images`` from there."""
         return run_batch(plan, inputs, batch, instruction, renderer, meta, find_pair=lambda: self.pair(renderer),
-                         engine_for=lambda config: self._answerer(config, renderer, meta), env=self.env,
+                         engine_for=lambda config, fields: self._answerer(config, renderer, fields), env=self.env,
                          dry_run=dry_run)
 
     def run_videos(self, plan: RunPlan, inputs: list[str], args: VideoArgs, renderer: Renderer, *, instruction: str,

@@ -23,7 +23,8 @@ from .preview import preview_jobs
 from .runner import Job, JobOutcome, prepare, run_jobs, runnable
 
 Pair = tuple[Path, Path, str]  # text model, projector, the model's name
-EngineFor = Callable[[EngineConfig], Callable[[Request | None], Answerer]]  # a config -> the run's engine factory
+# (config, the run's record fields) -> the run's engine factory; a running server names itself in the fields
+EngineFor = Callable[[EngineConfig, dict[str, Any]], Callable[[Request | None], Answerer]]
 
 
 def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
@@ -48,7 +49,7 @@ def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem],
     config = plan.engine_config(model, mmproj)
     if dry_run:
         return preview_jobs(slots, config, plan.settings, meta, renderer, env, as_json=plan.render.json)
-    factory = engine_for(config)  # a running server of the pair names itself in ``meta`` here
+    factory = engine_for(config, meta)
     try:
         return run_jobs(factory, slots, settings=plan.settings, renderer=renderer,
                         image_max_tokens=config.image_max_tokens, meta=meta, parallel=plan.parallel or 1,
