@@ -26,7 +26,7 @@ from typing import Any
 from .engine.types import Event, FailedEvent, Request, Result
 from .environment import Environment
 from .errors import KvlError
-from .media.images import expand_inputs, load_image
+from .media.images import VIDEO_EXTENSIONS, InputProblem, expand_inputs, load_image
 from .options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags
 from .render import OutputOptions, Renderer
 from .run.images import per_image_jobs
@@ -34,7 +34,7 @@ from .run.plan import make_plan
 from .run.runner import Job, user_text
 from .run.videos import VideoArgs
 from .session import Session
-from .tasks import VIDEO_PROMPT, caption_prompt, ocr_prompt
+from .tasks import VIDEO_PROMPT, VIDEO_QUESTION, caption_prompt, ocr_prompt
 
 Media = str | Path
 
@@ -91,7 +91,8 @@ class Library(Session):
             raise TypeError(f"unknown option(s): {', '.join(sorted(gen))}")
         return CommonOptions(self.model, options, OutputFlags(as_json=False, verbose=0, debug=False, dry_run=False))
 
-    def _images(self, task: str, jobs: list[Job], problems: Any, gen: dict[str, Any], meta: dict[str, Any],
+    def _images(self, task: str, jobs: list[Job], problems: list[InputProblem], gen: dict[str, Any],
+                meta: dict[str, Any],
                 parallel: int | None) -> list[Answer]:
         plan = make_plan(task, self._common(dict(gen)), parallel=parallel)
         collector = Collector(self.env)
@@ -116,6 +117,11 @@ class Library(Session):
         """One answer about the images together (or one video); ``schema=``/``choices=`` shape it;
         ``stream=True``: its events as they come instead."""
         labels = [str(m) for m in media]
+        if len(labels) == 1 and labels[0].lower().endswith(tuple(VIDEO_EXTENSIONS)) and not stream:
+            summary = self._video(labels[0], VIDEO_QUESTION + question, False, VideoArgs(), gen,
+                                  {"task": "ask", "question": question})
+            assert isinstance(summary, Answer)
+            return summary
         if stream:
             return self._stream(labels, question, gen)
         refs, problems = expand_inputs(labels)
@@ -144,13 +150,16 @@ class Library(Session):
               args: VideoArgs | None = None, **gen: Any) -> Answer | list[dict[str, Any]]:
         """A summary of the video (an ``Answer``), or with ``scenes=True`` one record per scene
         (``file``, ``scene``, ``start``, ``end``, ``caption``, as ``kvl video --scenes --json``)."""
-        args = args or VideoArgs()
+        return self._video(str(path), prompt or VIDEO_PROMPT, scenes, args or VideoArgs(), gen, None)
+
+    def _video(self, path: str, instruction: str, scenes: bool, args: VideoArgs, gen: dict[str, Any],
+               task_meta: dict[str, object] | None) -> Answer | list[dict[str, Any]]:
         parallel = gen.pop("parallel", None)
         plan = make_plan("video", self._common(dict(gen)), parallel=parallel,
                          images_per_input=args.frames_per_scene, scenes=scenes)
         collector, out = Collector(self.env), io.StringIO()
-        code = self.run_videos(plan, [str(path)], args, collector, instruction=prompt or VIDEO_PROMPT, scenes=scenes,
-                               fmt="jsonl", out=out)
+        code = self.run_videos(plan, [path], args, collector, instruction=instruction, scenes=scenes, fmt="jsonl",
+                               out=out, task_meta=task_meta)
         if scenes:
             if code and collector.answers:
                 raise collector.answers[0].error or KvlError("the video failed")

@@ -31,6 +31,7 @@ VIDEO_PROMPT = (
     "These are frames from a video, in order, each preceded by its timestamp. "
     "Summarise what happens in the video, citing timestamps like [00:01:05] where useful."
 )
+VIDEO_QUESTION = "These are frames from a video, in order, each preceded by its timestamp. "  # + the question
 SCENE_PROMPT = (
     "These frames come from one scene of a video, in order, each preceded by its timestamp. "
     "Describe the scene in one or two sentences."

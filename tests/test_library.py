@@ -108,3 +108,13 @@ def test_video_summary_and_scenes(scripted: Pair, tmp_path: Path) -> None:
     assert isinstance(scenes, list) and [s["scene"] for s in scenes] == [1, 2, 3]
     assert all(s["caption"] == SCRIPTED_ANSWER and s["file"] == str(clip) for s in scenes)
     assert scenes[0]["start"] == 0 and scenes[-1]["end"] == pytest.approx(6.0, abs=0.1)
+
+
+def test_ask_about_a_video(scripted: Pair, tmp_path: Path) -> None:
+    from tests.clips import write_clips
+
+    clip = write_clips(tmp_path)["hue"]
+    with kvl_cli.open(scripted.model, scripted.mmproj, threads=1) as kvl:
+        a = kvl.ask([clip], "What happens?")
+    assert isinstance(a, kvl_cli.Answer) and a.ok and a.answer == SCRIPTED_ANSWER
+    assert a.meta["task"] == "ask" and a.meta["question"] == "What happens?" and len(a.meta["frames"]) == 16

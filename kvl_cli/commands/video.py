@@ -15,7 +15,7 @@ from ..render import JsonRenderer, OutputOptions, Renderer, make_renderer
 from ..run.plan import RunPlan, make_plan
 from ..run.videos import VideoArgs
 from ..session import Session
-from ..tasks import VIDEO_PROMPT
+from ..tasks import VIDEO_PROMPT, VIDEO_QUESTION
 from ._common import pass_env
 from .flags import (
     common_options,
@@ -111,7 +111,7 @@ def video_renderer(plan: RunPlan, env: Environment, scenes: bool, dry_run: bool)
 
 def ask_video(path: str, question: str, common: CommonOptions, env: Environment) -> int:
     """``kvl ask clip.mp4 "question"``: 16 frames spread over the video, with timestamps."""
-    instruction = f"These are frames from a video, in order, each preceded by its timestamp. {question}"
+    instruction = VIDEO_QUESTION + question
     plan = make_plan("video", common)
     session = Session(common.model, env=env)
     code = session.run_videos(plan, [path], VideoArgs(), make_renderer(plan.render, env), instruction=instruction,
