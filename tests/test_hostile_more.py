@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from .clips import write_video
 from .conftest import kvl_env, make_image
-from .test_hostile_output import DISK_FULL, KVL, LONG
-from .test_video import write_video
+from .kvlproc import DISK_FULL, KVL, LONG
 
 
 def run(pair, args, **kw) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +23,9 @@ from kvl_cli.render import JsonRenderer, LiveRenderer, OutputOptions, PlainRende
 from kvl_cli.safetext import escape_controls, json_safe, one_line
 
 from .conftest import kvl_env, make_image
-from .test_units import RESULT, FakeTTY
+from .kvlproc import DISK_FULL, KVL, LONG, kvl_proc
+from .terminal import RESULT, FakeTTY
 
-KVL = [sys.executable, "-m", "kvl_cli"]
-DISK_FULL = ("kvl: error: cannot write to stdout: No space left on device (free some space and run it again; "
-             "a --json batch resumes with --skip-done OUT.jsonl)\n")
-# the random toy model, greedy: long answers (kilobytes per record), the same every run
-LONG = ["--no-think", "--temperature", "0", "--image-max-tokens", "16", "--max-tokens", "1500"]
 HOSTILE = "a\x1b]0;pwned\x07b\x1b[2J\x9b31m\u202eevil\x7f\tok\r\n"
 SGR = re.compile("\x1b\\[[0-9;]*m")
 
@@ -41,11 +36,6 @@ def photos(tmp_path: Path) -> list[str]:
     d.mkdir()
     return [str(make_image(d / f"p{i:02d}.png", size=(64 + 4 * i, 48), color=(9 * i, 80, 200 - 7 * i)))
             for i in range(24)]
-
-
-def kvl_proc(pair, args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run(KVL + args, stderr=subprocess.PIPE, text=True, env=env or kvl_env(pair), timeout=300, **kw)
 
 
 # ---- a full disk, /dev/full --------------------------------------------------------------------

@@ -20,7 +20,7 @@ from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from . import hubserver
 from .conftest import kvl_env, make_image
-from .test_ray import head_node, kvl_proc
+from .raycluster import head_node, kvl_proc
 
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

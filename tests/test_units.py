@@ -10,22 +10,15 @@ import sys
 import pytest
 
 from kvl_cli.engine.gguf_info import read_gguf_info
-from kvl_cli.engine.reasoning import Section
 from kvl_cli.engine.types import (
-    CacheStats,
     DoneEvent,
-    FinishReason,
-    Phase,
-    PhaseEvent,
-    Result,
-    TextEvent,
-    Timings,
-    Tokens,
 )
 from kvl_cli.environment import Environment
 from kvl_cli.errors import InputError, ModelError
 from kvl_cli.media.images import InputRef, load_image
 from kvl_cli.render import JsonRenderer, LiveRenderer, OutputOptions, PlainRenderer
+
+from .terminal import EVENTS, RESULT, FakeTTY
 
 
 def test_gguf_header_of_the_toy_pair(scripted):
@@ -90,19 +83,6 @@ def test_unreadable_file(tmp_path):
 
 
 # ---- renderers, fed events directly (the engine's own output is covered end to end) -----------------
-
-RESULT = Result(answer="It is **red**.", thinking="hmm red", finish_reason=FinishReason.STOP,
-                tokens=Tokens(prompt=10, image=4, thinking=3, answer=4, generated=7),
-                timings=Timings(encode_s=0.1, prefill_s=0.2, generate_s=0.3), image_tokens=[4], cached=CacheStats())
-EVENTS = [PhaseEvent(Phase.ENCODE, 1, 1), PhaseEvent(Phase.PREFILL), PhaseEvent(Phase.GENERATE),
-          TextEvent(Section.THINKING, "hmm"), TextEvent(Section.THINKING, " red"),
-          TextEvent(Section.ANSWER, "It is "), TextEvent(Section.ANSWER, "**red**.")]
-
-
-class FakeTTY(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
 
 def feed(renderer, label="a.jpg", total=1):
     renderer.begin(label, 1, total)

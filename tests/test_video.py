@@ -12,19 +12,7 @@ import pytest
 from kvl_cli.media.video import FrameSampler, detect_scenes, parse_time, probe, target_times
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
-COLORS = [(30, 30, 220), (220, 250, 220), (90, 10, 10)]  # BGR; cuts at 2 s and 4 s at 10 fps
-
-
-def write_video(path: Path, seconds: float = 6.0, fps: int = 10, size=(160, 120), segment: float = 2.0) -> Path:
-    import cv2
-    import numpy as np
-
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for i in range(int(seconds * fps)):
-        color = COLORS[int(i / fps / segment) % len(COLORS)]
-        w.write(np.full((size[1], size[0], 3), color, np.uint8))
-    w.release()
-    return path
+from .clips import write_video
 
 
 @pytest.fixture
