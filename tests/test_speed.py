@@ -35,13 +35,6 @@ def cache_files(home: Path, kind: str) -> list[Path]:
     return sorted((home / "kvl" / "cache" / kind).glob("*/*.bin"))
 
 
-@pytest.fixture
-def many(tmp_path: Path) -> list[Path]:
-    d = tmp_path / "many"
-    d.mkdir()
-    return [make_image(d / f"img{i}.png", size=(80 + 8 * i, 64), color=(30 * i, 90, 200 - 30 * i)) for i in range(6)]
-
-
 # ---- the disk cache ---------------------------------------------------------------------------
 
 
@@ -169,7 +162,8 @@ def test_cache_info_and_clear(kvl, scripted, images, isolated):
 # ---- parallel batches ---------------------------------------------------------------------------
 
 
-def test_parallel_batch_gives_every_answer(kvl, scripted, many):
+def test_parallel_batch_gives_every_answer(kvl, scripted, photos):
+    many = photos(6)
     r = kvl("caption", *many, *scripted.args(), "--json", "--parallel", "4", "--temperature", "0")
     assert r.code == 0, r.err
     recs = records(r.out)
@@ -181,7 +175,8 @@ def test_parallel_batch_gives_every_answer(kvl, scripted, many):
     assert r.out.count("==> ") == len(many) and r.out.count(SCRIPTED_ANSWER) == len(many)
 
 
-def test_parallel_matches_one_at_a_time(kvl, random_pair, many):
+def test_parallel_matches_one_at_a_time(kvl, random_pair, photos):
+    many = photos(6)
     args = ("caption", *many[:4], *random_pair.args(), *GREEDY, "--json", "--no-cache")
     serial = {x["input"]: x for x in records(kvl(*args, "-P", "1").out)}
     together = {x["input"]: x for x in records(kvl(*args, "-P", "4").out)}
@@ -192,9 +187,10 @@ def test_parallel_matches_one_at_a_time(kvl, random_pair, many):
         assert together[k]["answer"][:4] == serial[k]["answer"][:4]
 
 
-def test_parallel_batch_goes_on_past_a_broken_image(kvl, scripted, many, tmp_path):
+def test_parallel_batch_goes_on_past_a_broken_image(kvl, scripted, photos, tmp_path):
+    many = photos(6)
     broken = tmp_path / "broken.png"
-    data = many[0].read_bytes()
+    data = Path(many[0]).read_bytes()
     broken.write_bytes(data[: len(data) // 2])  # header fine, body cut: fails only when decoded
     r = kvl("caption", many[1], broken, many[2], *scripted.args(), "--json", "-P", "4")
     assert r.code == 5
@@ -204,7 +200,8 @@ def test_parallel_batch_goes_on_past_a_broken_image(kvl, scripted, many, tmp_pat
 
 
 @pytest.mark.parametrize("threads", ["1", "2"], ids=["two-sequences", "two-workers"])
-def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, many, tmp_path, threads):
+def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, photos, tmp_path, threads):
+    many = photos(6)
     out_file = tmp_path / "out.jsonl"
     with out_file.open("w") as out:
         proc = subprocess.Popen(
@@ -222,13 +219,14 @@ def test_parallel_batch_ctrl_c_keeps_finished_lines(random_pair, many, tmp_path,
     assert b"Traceback" not in err
 
 
-def test_cpu_workers_answer_exactly_like_one_worker(random_pair, many):
+def test_cpu_workers_answer_exactly_like_one_worker(random_pair, photos):
     """Two lanes (each its own context, projector and thread) on the real engine: every answer is
     the one a single lane gives, and the second lane works while the first is still busy."""
     from kvl_cli.engine.engine import Engine
     from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
+    many = photos(6)
     s = GenerationSettings(temperature=0, max_tokens=200, think_budget=0)
 
     def run(lanes: int) -> tuple[dict[int, str], list[tuple[int, str]], int]:
@@ -236,7 +234,7 @@ def test_cpu_workers_answer_exactly_like_one_worker(random_pair, many):
                            n_threads=2, lanes=lanes)
         with Engine(cfg, cache=None) as eng:
             reqs = [Request(eng.marker + "\nDescribe.",
-                            [load_image(InputRef(str(p), path=p), max_tokens=32)], None, s) for p in many[:4]]
+                            [load_image(InputRef(p, path=Path(p)), max_tokens=32)], None, s) for p in many[:4]]
             answers, trace = {}, []
             for index, ev in eng.generate_many(iter(reqs), parallel=lanes):
                 trace.append((index, type(ev).__name__))
@@ -274,7 +272,7 @@ def test_cpu_workers_print_in_input_order(kvl, random_pair, tmp_path):
     assert heads == [f"==> {p} <==" for p in inputs]
 
 
-def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_path):
+def test_first_image_is_encoded_while_the_model_loads(random_pair, photos, tmp_path):
     """``encode_ahead``: the first request's image is encoded during the load (on the loader thread) and
     used by the request: the same answer, the encoder's time still reported, nothing from the cache;
     with the cache already holding the image's prompt, nothing is encoded ahead."""
@@ -284,9 +282,10 @@ def test_first_image_is_encoded_while_the_model_loads(random_pair, many, tmp_pat
     from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
+    many = photos(6)
     s = GenerationSettings(temperature=0, max_tokens=40, think_budget=0)
     cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=64)
-    img = load_image(InputRef(str(many[3]), path=many[3]), max_tokens=64)
+    img = load_image(InputRef(many[3], path=Path(many[3])), max_tokens=64)
     req = Request(default_marker() + "\nDescribe.", [img], None, s)
 
     def answer(eng: Engine) -> tuple[str, dict, dict]:
@@ -331,7 +330,8 @@ def test_parallel_plan_cpu_workers_gpu_sequences(monkeypatch):
 # ---- choosing the inputs of a batch --------------------------------------------------------------
 
 
-def test_inputs_from_a_file_and_from_stdin(kvl, scripted, many, tmp_path):
+def test_inputs_from_a_file_and_from_stdin(kvl, scripted, photos, tmp_path):
+    many = photos(6)
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my photos\n{many[0]}\n\n{many[1]}\n")
     r = kvl("caption", "--from", listing, many[2], *scripted.args(), "--json")
@@ -343,7 +343,8 @@ def test_inputs_from_a_file_and_from_stdin(kvl, scripted, many, tmp_path):
     assert r.code == 3 and "--from" in r.err and "not found" in r.err
 
 
-def test_skip_done_resumes_an_interrupted_batch(kvl, scripted, many, tmp_path):
+def test_skip_done_resumes_an_interrupted_batch(kvl, scripted, photos, tmp_path):
+    many = photos(6)
     out = tmp_path / "out.jsonl"
     first = kvl("caption", *many[:2], *scripted.args(), "--json")
     # the earlier run was killed while writing its third line
@@ -363,7 +364,8 @@ def test_skip_done_resumes_an_interrupted_batch(kvl, scripted, many, tmp_path):
     assert r.code == 0 and r.out == ""
 
 
-def test_shards_cover_every_input_once(kvl, scripted, many):
+def test_shards_cover_every_input_once(kvl, scripted, photos):
+    many = photos(6)
     seen: list[str] = []
     for k in (1, 2, 3):
         r = kvl("caption", *many, *scripted.args(), "--json", "--shard", f"{k}/3")
@@ -400,7 +402,8 @@ def test_bench_reports_every_measurement(kvl, random_pair, isolated):
 # ---- reuse within one process -------------------------------------------------------------------
 
 
-def test_a_batch_shares_the_system_prompt_and_answers_as_alone(kvl, random_pair, many):
+def test_a_batch_shares_the_system_prompt_and_answers_as_alone(kvl, random_pair, photos):
+    many = photos(6)
     alone = {str(p): records(kvl("caption", p, *random_pair.args(), *GREEDY, "--json", "--no-cache").out)[0]
              for p in many[:3]}
     batch = records(kvl("caption", *many[:3], *random_pair.args(), *GREEDY, "--json", "--no-cache", "-P", "1").out)
@@ -432,11 +435,12 @@ def test_same_image_again_in_one_process_reuses_it_in_memory(random_pair, images
     assert other.cached.prefix_tokens >= first.tokens.image
 
 
-def test_requests_are_pulled_lazily(random_pair, many):
+def test_requests_are_pulled_lazily(random_pair, photos):
     from kvl_cli.engine.engine import Engine
     from kvl_cli.engine.types import DoneEvent, EngineConfig, GenerationSettings, Request
     from kvl_cli.media.images import InputRef, load_image
 
+    many = photos(6)
     pulled: list[int] = []
     cfg = EngineConfig(model=random_pair.model, mmproj=random_pair.mmproj, n_ctx=700, image_max_tokens=32,
                        parallel=2)
@@ -445,7 +449,7 @@ def test_requests_are_pulled_lazily(random_pair, many):
         def requests():  # type: ignore[no-untyped-def]
             for i, path in enumerate(many):
                 pulled.append(i)
-                yield Request(eng.marker + "\nDescribe.", [load_image(InputRef(str(path), path=path), max_tokens=32)],
+                yield Request(eng.marker + "\nDescribe.", [load_image(InputRef(path, path=Path(path)), max_tokens=32)],
                               None, s)
 
         done: list[int] = []
@@ -460,16 +464,18 @@ def test_requests_are_pulled_lazily(random_pair, many):
     assert pulled_at_first_done is not None and pulled_at_first_done <= 3  # not the whole batch up front
 
 
-def test_paths_or_an_image_on_stdin_without_arguments(kvl, scripted, many):
+def test_paths_or_an_image_on_stdin_without_arguments(kvl, scripted, photos):
+    many = photos(6)
     r = kvl("caption", *scripted.args(), "--json", stdin=f"{many[0]}\n# skip me\n{many[1]}\n".encode())
     assert r.code == 0, r.err
     assert [x["input"] for x in records(r.out)] == [str(many[0]), str(many[1])]
-    r = kvl("ocr", *scripted.args(), "--json", stdin=many[2].read_bytes())  # the image itself
+    r = kvl("ocr", *scripted.args(), "--json", stdin=Path(many[2]).read_bytes())  # the image itself
     assert r.code == 0, r.err
     assert [x["input"] for x in records(r.out)] == ["-"]
 
 
-def test_a_prompt_cached_by_a_parallel_batch_serves_a_single_question(kvl, random_pair, many):
+def test_a_prompt_cached_by_a_parallel_batch_serves_a_single_question(kvl, random_pair, photos):
+    many = photos(6)
     args = (*random_pair.args(), *GREEDY, "--json")
     batch = records(kvl("caption", *many[:3], *args, "-P", "3").out)
     assert len(batch) == 3
