@@ -15,7 +15,7 @@ import pytest
 
 from .clips import write_video
 from .conftest import kvl_env, make_image
-from .kvlproc import DISK_FULL, KVL, LONG
+from .kvlrun import DISK_FULL, KVL, LONG
 
 
 def run(pair, args, **kw) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from kvl_cli.render import JsonRenderer, LiveRenderer, OutputOptions, PlainRende
 from kvl_cli.safetext import escape_controls, json_safe, one_line
 
 from .conftest import kvl_env
-from .kvlproc import DISK_FULL, KVL, LONG, kvl_proc
+from .kvlrun import DISK_FULL, KVL, LONG, kvl_proc
 from .terminal import RESULT, FakeTTY
 
 HOSTILE = "a\x1b]0;pwned\x07b\x1b[2J\x9b31m\u202eevil\x7f\tok\r\n"
