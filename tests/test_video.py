@@ -77,6 +77,23 @@ def test_scenes_as_srt(kvl, scripted, clip):
         assert re.fullmatch(r"\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n.+", b)
 
 
+def test_verbose_into_a_log_says_each_status_once(kvl, scripted, clip, tmp_path):
+    """-v with stderr not a terminal (a log): each status line once, not once per progress event (it was
+    "captioning scene 2/3" and its siblings 33 times for this 3-scene video), scenes taking turns or not."""
+    def status_lines(*args: object) -> list[str]:
+        r = kvl("video", "--scenes", "-v", *args, *scripted.args())
+        assert r.code == 0, r.err
+        return [line for line in r.err.splitlines() if line.startswith("kvl: ")]
+
+    scenes = [f"kvl: captioning scene {i}/3" for i in (1, 2, 3)]
+    for parallel in ("1", "2"):
+        lines = status_lines(clip, "-P", parallel)
+        assert [lines.count(line) for line in ["kvl: finding scenes", *scenes]] == [1, 1, 1, 1], lines
+    # the next video's scenes are said again, once each
+    lines = status_lines(clip, write_video(tmp_path / "again.mp4"))
+    assert [lines.count(line) for line in ["kvl: finding scenes", *scenes]] == [2, 2, 2, 2], lines
+
+
 def test_scenes_as_vtt_and_jsonl(kvl, scripted, clip, tmp_path):
     vtt = kvl("video", "--scenes", "--format", "vtt", clip, *scripted.args()).out
     assert vtt.startswith("WEBVTT\n\n") and "00:00:04.000 --> 00:00:06.000" in vtt
