@@ -1,4 +1,5 @@
-"""Generated video clips for scene detection: shots, cuts, fades, dissolves and camera motion.
+"""Generated video clips: ``write_video`` (three flat colours, hard cuts at 2 s and 4 s) for the tests
+that need any short video, and the clips for scene detection: shots, cuts, fades, dissolves and camera motion.
 
 Each shot is a colour with a smooth texture on it; colours are chosen by hue and luma (BT.601), so
 "same brightness, other hue" means what it says. Written with OpenCV's mp4v encoder, never committed.
@@ -14,6 +15,19 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+COLORS = [(30, 30, 220), (220, 250, 220), (90, 10, 10)]  # BGR; cuts at 2 s and 4 s at 10 fps
+
+
+def write_video(path: Path, seconds: float = 6.0, fps: int = 10, size=(160, 120), segment: float = 2.0) -> Path:
+    """Flat colour segments of ``segment`` seconds each (the COLORS in turn): with the defaults, 60 frames
+    of 160x120 at 10 fps, three scenes."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(int(seconds * fps)):
+        color = COLORS[int(i / fps / segment) % len(COLORS)]
+        w.write(np.full((size[1], size[0], 3), color, np.uint8))
+    w.release()
+    return path
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,23 @@ def images(tmp_path: Path) -> dict[str, Path]:
         "bmp": make_image(d / "gray.bmp", color=(90, 90, 90)),
         "tiff": make_image(d / "cmyk.tiff", mode="CMYK", color=(10, 20, 30, 0)),
     }
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Callable[[int], list[str]]:
+    """``photos(n)``: n small PNGs, each of its own size and colour (p00.png, p01.png, ... in a folder of
+    their own), their paths as strings, the way a command line and a record carry them."""
+    folders = 0
+
+    def make(n: int) -> list[str]:
+        nonlocal folders
+        folders += 1
+        d = tmp_path / ("photos" if folders == 1 else f"photos{folders}")
+        d.mkdir()
+        return [str(make_image(d / f"p{i:02d}.png", size=(64 + 4 * i, 48), color=(9 * i, 80, 200 - 7 * i)))
+                for i in range(n)]
+
+    return make
 
 
 # ---- running kvl -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from kvl_cli.media import sandbox
 from kvl_cli.media.images import InputRef, load_image, precheck_image
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
+from .clips import write_video
 from .conftest import REPO, kvl_env, make_image
 
 ANSWER = SCRIPTED_ANSWER + "\n"
@@ -234,8 +235,6 @@ def test_the_smallest_token_limits_libmtmd_accepts(kvl, scripted, images, args):
 
 @pytest.fixture
 def clip(tmp_path: Path) -> Path:
-    from .test_video import write_video
-
     return write_video(tmp_path / "clip.mp4")
 
 

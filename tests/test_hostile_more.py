@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from .clips import write_video
 from .conftest import kvl_env, make_image
-from .test_hostile_output import DISK_FULL, KVL, LONG
-from .test_video import write_video
+from .kvlrun import DISK_FULL, KVL, LONG
 
 
 def run(pair, args, **kw) -> subprocess.CompletedProcess[str]:
@@ -56,10 +56,9 @@ def test_several_videos_on_dev_full_stop_at_once_and_say_it_once(scripted, video
 # ---- 1. a file opened read-write at an offset (`1<> FILE`): what kvl never wrote is cut off -------------
 
 
-def test_read_write_stdout_keeps_what_follows_kvls_writes(random_pair, tmp_path, tiny_fs):
+def test_read_write_stdout_keeps_what_follows_kvls_writes(random_pair, photos, tiny_fs):
     # was: the file is truncated to kvl's last record; the trailer (4 MiB into a sparse file) is gone
-    photos = [str(make_image(tmp_path / f"p{i:02d}.png", size=(64 + 4 * i, 48), color=(9 * i, 80, 200 - 7 * i)))
-              for i in range(24)]
+    inputs = photos(24)
     out = tiny_fs / "out"
     with out.open("wb") as f:
         f.write(b"HEADER\n" * 10)
@@ -68,7 +67,7 @@ def test_read_write_stdout_keeps_what_follows_kvls_writes(random_pair, tmp_path,
     fd = os.open(out, os.O_RDWR)
     try:
         os.lseek(fd, 70, os.SEEK_SET)  # sh: kvl caption --json ... 1<>out after the header
-        r = run(random_pair, ["caption", "--json", *LONG, *photos], stdout=fd, timeout=300)
+        r = run(random_pair, ["caption", "--json", *LONG, *inputs], stdout=fd, timeout=300)
     finally:
         os.close(fd)
     assert r.returncode == 7 and r.stderr == DISK_FULL

@@ -8,9 +8,7 @@ import json
 import os
 import re
 import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -23,29 +21,12 @@ from kvl_cli.render import JsonRenderer, LiveRenderer, OutputOptions, PlainRende
 from kvl_cli.run.batch import in_shard, input_key, select
 from kvl_cli.safetext import escape_controls, json_safe, one_line
 
-from .conftest import kvl_env, make_image
-from .test_units import RESULT, FakeTTY
+from .conftest import kvl_env
+from .kvlrun import DISK_FULL, KVL, LONG, kvl_proc
+from .terminal import RESULT, FakeTTY
 
-KVL = [sys.executable, "-m", "kvl_cli"]
-DISK_FULL = ("kvl: error: cannot write to stdout: No space left on device (free some space and run it again; "
-             "a --json batch resumes with --skip-done OUT.jsonl)\n")
-# the random toy model, greedy: long answers (kilobytes per record), the same every run
-LONG = ["--no-think", "--temperature", "0", "--image-max-tokens", "16", "--max-tokens", "1500"]
 HOSTILE = "a\x1b]0;pwned\x07b\x1b[2J\x9b31m\u202eevil\x7f\tok\r\n"
 SGR = re.compile("\x1b\\[[0-9;]*m")
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> list[str]:
-    d = tmp_path / "photos"
-    d.mkdir()
-    return [str(make_image(d / f"p{i:02d}.png", size=(64 + 4 * i, 48), color=(9 * i, 80, 200 - 7 * i)))
-            for i in range(24)]
-
-
-def kvl_proc(pair, args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run(KVL + args, stderr=subprocess.PIPE, text=True, env=env or kvl_env(pair), timeout=300, **kw)
 
 
 # ---- a full disk, /dev/full --------------------------------------------------------------------
@@ -53,8 +34,9 @@ def kvl_proc(pair, args: list[str], env: dict[str, str] | None = None, **kw) -> 
 
 @pytest.mark.parametrize("mode", [["--json"], []], ids=["json", "text"])
 def test_dev_full_is_exit_7_with_one_line(scripted, photos, mode):
+    inputs = photos(3)
     with open("/dev/full", "w") as full:
-        r = kvl_proc(scripted, ["caption", *mode, *photos[:3]], stdout=full)
+        r = kvl_proc(scripted, ["caption", *mode, *inputs], stdout=full)
     assert r.returncode == 7
     assert r.stderr == DISK_FULL
 
@@ -69,50 +51,53 @@ def test_dev_full_for_a_command_that_echoes():
 
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
 def test_full_filesystem_keeps_whole_lines_and_skip_done_resumes(random_pair, photos, tiny_fs, unbuffered):
+    inputs = photos(24)
     # PYTHONUNBUFFERED: Python's own text stream would drop what a short write left over, silently
     out = tiny_fs / "out.jsonl"
     with out.open("w") as f:
-        r = kvl_proc(random_pair, ["caption", "--json", *LONG, *photos], stdout=f,
+        r = kvl_proc(random_pair, ["caption", "--json", *LONG, *inputs], stdout=f,
                      env=kvl_env(random_pair, PYTHONUNBUFFERED=unbuffered))
     assert r.returncode == 7
     assert r.stderr == DISK_FULL
     *whole, cut = out.read_bytes().split(b"\n")
     assert cut == b""  # the part of the record that reached the disk was cut off again
     recs = [json.loads(line) for line in whole]  # every line before the failure is a whole record
-    assert 0 < len(recs) < len(photos)
-    assert [rec["input"] for rec in recs] == photos[:len(recs)] and all(rec["error"] is None for rec in recs)
+    assert 0 < len(recs) < len(inputs)
+    assert [rec["input"] for rec in recs] == inputs[:len(recs)] and all(rec["error"] is None for rec in recs)
 
     # room again: the same command with --skip-done, appended to the same file
     subprocess.run(["mount", "-o", "remount,size=4m", "tmpfs", str(tiny_fs)], check=True)
     with out.open("a") as f:
-        r = kvl_proc(random_pair, ["caption", "--json", "--skip-done", str(out), *LONG, *photos], stdout=f)
+        r = kvl_proc(random_pair, ["caption", "--json", "--skip-done", str(out), *LONG, *inputs], stdout=f)
     assert r.returncode == 0, r.stderr
-    assert r.stderr == f"kvl: skipping {len(recs)} already done in {out}; {len(photos) - len(recs)} to run\n"
+    assert r.stderr == f"kvl: skipping {len(recs)} already done in {out}; {len(inputs) - len(recs)} to run\n"
     lines = out.read_text().split("\n")
     assert lines[-1] == ""  # ends with a newline
-    assert [json.loads(line)["input"] for line in lines[:-1]] == photos  # each input once, in order
+    assert [json.loads(line)["input"] for line in lines[:-1]] == inputs  # each input once, in order
 
 
 def test_skip_done_starts_a_new_line_after_a_cut_one(scripted, photos, tmp_path):
+    inputs = photos(3)
     out = tmp_path / "out.jsonl"
-    first = kvl_proc(scripted, ["caption", "--json", photos[0]]).stdout
-    out.write_text(first + '{"input": "' + photos[1] + '", "answ')  # killed while writing the second
+    first = kvl_proc(scripted, ["caption", "--json", inputs[0]]).stdout
+    out.write_text(first + '{"input": "' + inputs[1] + '", "answ')  # killed while writing the second
     with out.open("a") as f:
-        r = kvl_proc(scripted, ["caption", "--json", "--skip-done", str(out), *photos[:3]], stdout=f)
+        r = kvl_proc(scripted, ["caption", "--json", "--skip-done", str(out), *inputs], stdout=f)
     assert r.returncode == 0, r.stderr
     lines = out.read_text().splitlines()
-    assert lines[1] == '{"input": "' + photos[1] + '", "answ'
-    assert [json.loads(x)["input"] for x in lines[:1] + lines[2:]] == photos[:3]
+    assert lines[1] == '{"input": "' + inputs[1] + '", "answ'
+    assert [json.loads(x)["input"] for x in lines[:1] + lines[2:]] == inputs
 
 
 def test_skip_done_writes_no_newline_into_a_pipe_or_a_whole_file(scripted, photos, tmp_path):
+    inputs = photos(2)
     out = tmp_path / "out.jsonl"
-    out.write_text(kvl_proc(scripted, ["caption", "--json", photos[0]]).stdout)
-    r = kvl_proc(scripted, ["caption", "--json", "--skip-done", str(out), *photos[:2]])
-    assert r.returncode == 0 and r.stdout.startswith('{"input": "' + photos[1])
+    out.write_text(kvl_proc(scripted, ["caption", "--json", inputs[0]]).stdout)
+    r = kvl_proc(scripted, ["caption", "--json", "--skip-done", str(out), *inputs])
+    assert r.returncode == 0 and r.stdout.startswith('{"input": "' + inputs[1])
     with out.open("a") as f:
-        kvl_proc(scripted, ["caption", "--json", "--skip-done", str(out), *photos[:2]], stdout=f)
-    assert [json.loads(x)["input"] for x in out.read_text().splitlines()] == photos[:2]
+        kvl_proc(scripted, ["caption", "--json", "--skip-done", str(out), *inputs], stdout=f)
+    assert [json.loads(x)["input"] for x in out.read_text().splitlines()] == inputs
 
 
 # ---- a closed stdout ---------------------------------------------------------------------------
@@ -120,8 +105,9 @@ def test_skip_done_writes_no_newline_into_a_pipe_or_a_whole_file(scripted, photo
 
 @pytest.mark.parametrize("mode", [["--json"], []], ids=["json", "text"])
 def test_closed_stdout_stops_quietly_with_141(random_pair, photos, mode):
+    inputs = photos(24)
     # more output than a pipe holds: kvl is still writing when the reader goes away
-    proc = subprocess.Popen(KVL + ["caption", *mode, *LONG, *photos], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(KVL + ["caption", *mode, *LONG, *inputs], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=kvl_env(random_pair))
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()  # `| head -n 1`
@@ -129,7 +115,7 @@ def test_closed_stdout_stops_quietly_with_141(random_pair, photos, mode):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141
     assert err == b""
-    assert first.startswith(b'{"input": "' + photos[0].encode() if mode else b"==> " + photos[0].encode())
+    assert first.startswith(b'{"input": "' + inputs[0].encode() if mode else b"==> " + inputs[0].encode())
 
 
 # ---- shards and names ----------------------------------------------------------------------------
@@ -220,7 +206,8 @@ def test_a_usage_error_quoting_a_control_character_is_escaped(kvl):
 
 
 def test_the_models_control_bytes_reach_a_pipe_exactly_and_a_terminal_escaped(random_pair, photos):
-    raw = subprocess.run(KVL + ["caption", *LONG, photos[0]], capture_output=True, env=kvl_env(random_pair),
+    (photo,) = photos(1)
+    raw = subprocess.run(KVL + ["caption", *LONG, photo], capture_output=True, env=kvl_env(random_pair),
                          timeout=120)
     assert raw.returncode == 0
     answer = raw.stdout.decode("utf-8")
@@ -230,7 +217,7 @@ def test_the_models_control_bytes_reach_a_pipe_exactly_and_a_terminal_escaped(ra
     out, err = FakeTTY(), io.StringIO()
     env = Environment(stdout=out, stderr=err, stdin=io.BytesIO(b""), stdin_isatty=True, no_color=True)
     with pytest.raises(SystemExit) as exc:
-        main(["caption", *LONG, *random_pair.args(), photos[0]], env=env)
+        main(["caption", *LONG, *random_pair.args(), photo], env=env)
     assert exc.value.code == 0, err.getvalue()
     shown = out.getvalue()  # the live view: the answer as Markdown, cursor movements around it
     for ch in set(re.findall("[\x00-\x08\x0b-\x1f\x7f]", answer)):
@@ -240,11 +227,12 @@ def test_the_models_control_bytes_reach_a_pipe_exactly_and_a_terminal_escaped(ra
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 @pytest.mark.parametrize("no_color", [True, False], ids=["NO_COLOR", "colour"])
 def test_no_color_on_a_real_terminal(scripted, photos, no_color):
+    (photo,) = photos(1)
     controller, terminal = os.openpty()
     env = kvl_env(scripted, COLUMNS="100", TERM="xterm-256color")
     if no_color:
         env["NO_COLOR"] = "1"
-    proc = subprocess.Popen(KVL + ["caption", "--verbose", photos[0]], stdin=subprocess.DEVNULL, stdout=terminal,
+    proc = subprocess.Popen(KVL + ["caption", "--verbose", photo], stdin=subprocess.DEVNULL, stdout=terminal,
                             stderr=terminal, env=env)
     os.close(terminal)
     chunks = []

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from .clips import write_video
 from .conftest import make_image
-from .test_video import write_video
 
 SYSTEM = "You are a helpful assistant"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,40 @@ def test_remove(kvl, hub, isolated):
     assert not installed_folder(isolated).exists()
     r = kvl("models", "path", "toy-kimi-vl")
     assert r.code == 4 and "is not installed" in r.err
+
+
+def test_models_in_a_pipe_prints_whole_values(kvl, hub, isolated, monkeypatch):
+    """In a pipe the table has every value whole, on one line, whatever the width (at 80 columns the
+    path was folded, or cut to "pat"); on a terminal it keeps to the terminal's width."""
+    assert kvl("pull").code == 0
+    folder = str(installed_folder(isolated))
+    monkeypatch.setenv("COLUMNS", "80")
+    r = kvl("models")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["name", "quant", "size", "status", "path"]
+    row = next(line for line in lines if "Q4_K_M" in line)
+    assert len(row) > 80 and row.split()[:2] == ["toy-kimi-vl", "Q4_K_M"] and row.endswith(folder)
+    assert all(len(line.split()) >= 5 for line in lines if line.startswith("toy-kimi-vl"))  # no folded rows
+
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "kvl_cli", "models"], stdin=subprocess.DEVNULL, stdout=terminal,
+                            stderr=terminal, env=kvl_env(NO_COLOR="1", TERM="xterm"))
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert proc.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode().splitlines()
+    assert screen[0].split() == ["name", "quant", "size", "status", "path"]
+    assert all(len(line) <= 80 for line in screen) and folder not in "\n".join(screen)  # folded to fit
 
 
 def test_first_use_pulls_with_auto_pull(kvl, hub, images, monkeypatch):

@@ -19,8 +19,8 @@ import pytest
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from . import hubserver
-from .conftest import kvl_env, make_image
-from .test_ray import head_node, kvl_proc
+from .conftest import kvl_env
+from .raycluster import head_node, kvl_proc
 
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -73,13 +73,6 @@ def node(scripted, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         server.shutdown()
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> list[Path]:
-    d = tmp_path / "photos"
-    d.mkdir()
-    return [make_image(d / f"p{i}.jpg", color=(60 * i, 120, 200 - 50 * i)) for i in range(4)]
-
-
 def caption_on(node: Node, photos: list[Path], *model: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     """``kvl caption --ray`` from a driver without the model, the hub or the catalog; (run, records by input)."""
     r = kvl_proc(["caption", "--ray", node.address, "--workers", "2", "--json", *model, *photos],
@@ -109,14 +102,15 @@ def tree(folder: Path) -> dict[str, bytes | None]:
 
 
 def test_default_model_each_node_pulls_once(node, photos, scripted, kvl, isolated, monkeypatch):
+    inputs = photos(4)
     node.hub.delay_s = 1.5  # each file: long enough for the second worker to find the first one downloading
     before = {name: node.hub.downloads(name) for name in (MODEL, MMPROJ)}
     try:
-        r, recs = caption_on(node, photos)  # no --model: the catalog's default, which the node lacks
+        r, recs = caption_on(node, inputs)  # no --model: the catalog's default, which the node lacks
     finally:
         node.hub.delay_s = 0
     assert r.returncode == 0, r.stderr
-    for p in photos:
+    for p in inputs:
         rec = recs[str(p)]
         assert rec["error"] is None and rec["answer"] == SCRIPTED_ANSWER, rec
         assert rec["model"] == "toy-kimi-vl:Q4_K_M"
@@ -143,9 +137,10 @@ def test_default_model_each_node_pulls_once(node, photos, scripted, kvl, isolate
 
 
 def test_a_corrupt_download_fails_every_input_and_installs_nothing(node, photos, kvl, monkeypatch):
+    inputs = photos(4)
     before = node.hub.downloads(BAD)
-    r, recs = caption_on(node, photos, "--model", "toy-kimi-vl:BAD")
-    for p in photos:
+    r, recs = caption_on(node, inputs, "--model", "toy-kimi-vl:BAD")
+    for p in inputs:
         rec = recs[str(p)]
         assert rec.get("answer") is None and f"{BAD} failed its sha256 check" in rec["error"], rec
         assert rec["exit_code"] == 6

@@ -21,7 +21,7 @@ import pytest
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from .conftest import kvl_env, make_image
-from .test_ray import kvl_proc
+from .raycluster import kvl_proc
 
 pytest.importorskip("ray.data", reason="needs Ray: pip install 'kvl[ray]'")
 boto3 = pytest.importorskip("boto3", reason="needs moto's S3 server: pip install 'moto[server]'")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -34,14 +33,6 @@ def fresh_stop():
     stop._state["abandoned"] = 0
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> list[str]:
-    d = tmp_path / "photos"
-    d.mkdir()
-    return [str(make_image(d / f"p{i:02d}.png", size=(64 + 4 * i, 48), color=(9 * i, 80, 200 - 7 * i)))
-            for i in range(12)]
-
-
 def interrupt_main_after(seconds: float) -> None:
     threading.Timer(seconds, _thread.interrupt_main).start()
 
@@ -53,7 +44,8 @@ def interrupt_main_after(seconds: float) -> None:
 @pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "kvl: terminated"),
                                                    (signal.SIGINT, 130, "kvl: interrupted")], ids=["TERM", "INT"])
 def test_a_signal_stops_a_batch_and_keeps_whole_records(random_pair, photos, sig, code, line, workers):
-    proc = subprocess.Popen(KVL + ["caption", "--json", "-P", workers, *LONG, *photos], stdout=subprocess.PIPE,
+    inputs = photos(12)
+    proc = subprocess.Popen(KVL + ["caption", "--json", "-P", workers, *LONG, *inputs], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=kvl_env(random_pair))
     assert proc.stdout is not None
     first = proc.stdout.readline()  # one record is out: the batch is running
@@ -69,8 +61,8 @@ def test_a_signal_stops_a_batch_and_keeps_whole_records(random_pair, photos, sig
     *lines, end = (first + out).decode().split("\n")
     assert end == ""
     recs = [json.loads(x) for x in lines]  # whole lines only
-    assert 0 < len(recs) < len(photos)
-    assert recs[0]["input"] == photos[0] and recs[0]["finish_reason"] == "length"
+    assert 0 < len(recs) < len(inputs)
+    assert recs[0]["input"] == inputs[0] and recs[0]["finish_reason"] == "length"
     assert all(r["finish_reason"] in ("length", "interrupted") for r in recs)
 
 
@@ -89,7 +81,8 @@ main()
 
 
 def test_ctrl_c_during_a_load_that_does_not_return_exits_at_once(scripted, photos):
-    proc = subprocess.Popen([sys.executable, "-c", HUNG_LOAD, "caption", photos[0]], stdout=subprocess.PIPE,
+    (photo,) = photos(1)
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_LOAD, "caption", photo], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=kvl_env(scripted))
     assert proc.stderr is not None
     assert proc.stderr.readline() == b"loading\n"

@@ -13,19 +13,7 @@ from kvl_cli.media.scenes import detect_scenes
 from kvl_cli.media.video import FrameSampler, parse_time, probe, target_times
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
-COLORS = [(30, 30, 220), (220, 250, 220), (90, 10, 10)]  # BGR; cuts at 2 s and 4 s at 10 fps
-
-
-def write_video(path: Path, seconds: float = 6.0, fps: int = 10, size=(160, 120), segment: float = 2.0) -> Path:
-    import cv2
-    import numpy as np
-
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for i in range(int(seconds * fps)):
-        color = COLORS[int(i / fps / segment) % len(COLORS)]
-        w.write(np.full((size[1], size[0], 3), color, np.uint8))
-    w.release()
-    return path
+from .clips import write_video
 
 
 @pytest.fixture
@@ -88,6 +76,23 @@ def test_scenes_as_srt(kvl, scripted, clip):
     assert blocks[1].splitlines() == ["2", "00:00:02,000 --> 00:00:04,000", SCRIPTED_ANSWER]
     for b in blocks:
         assert re.fullmatch(r"\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n.+", b)
+
+
+def test_verbose_into_a_log_says_each_status_once(kvl, scripted, clip, tmp_path):
+    """-v with stderr not a terminal (a log): each status line once, not once per progress event (it was
+    "captioning scene 2/3" and its siblings 33 times for this 3-scene video), scenes taking turns or not."""
+    def status_lines(*args: object) -> list[str]:
+        r = kvl("video", "--scenes", "-v", *args, *scripted.args())
+        assert r.code == 0, r.err
+        return [line for line in r.err.splitlines() if line.startswith("kvl: ")]
+
+    scenes = [f"kvl: captioning scene {i}/3" for i in (1, 2, 3)]
+    for parallel in ("1", "2"):
+        lines = status_lines(clip, "-P", parallel)
+        assert [lines.count(line) for line in ["kvl: finding scenes", *scenes]] == [1, 1, 1, 1], lines
+    # the next video's scenes are said again, once each
+    lines = status_lines(clip, write_video(tmp_path / "again.mp4"))
+    assert [lines.count(line) for line in ["kvl: finding scenes", *scenes]] == [2, 2, 2, 2], lines
 
 
 def test_scenes_as_vtt_and_jsonl(kvl, scripted, clip, tmp_path):

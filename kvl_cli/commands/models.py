@@ -63,6 +63,8 @@ def models(ctx: click.Context, as_json: bool, debug: bool) -> int:
         status = ("verified" if r["installed"] else "not installed") + (" · default" if r["default"] else "")
         table.add_row(r["name"], r["quant"], hub.human(r["size"]), status, r["path"] or "-")
     console = make_console(highlight=True)
+    if not console.is_terminal:  # in a pipe: whole values on one line each, however wide the table gets
+        console.width = console.measure(table, options=console.options.update_width(1 << 20)).maximum
     console.print(table)
     if not all(r["installed"] for r in rows):
         console.print("[dim]pull one with: kvl pull [NAME] [--quant QUANT][/]")

@@ -80,6 +80,7 @@ class Renderer:
         self.err = make_console(self.err_stream, stderr=True, force_terminal=opts.color, no_color=self.env.no_color)
         self.progress = _Progress()
         self._status: Live | None = None
+        self._said: tuple[str, set[str]] = ("", set())  # -v into a log: a label, the lines said since it came
         self.total = 1
         self.failed = 0
 
@@ -88,10 +89,20 @@ class Renderer:
         detail = one_line(detail)  # it may name an input
         self.progress.set(label, detail)
         if self.opts.verbose and not self.err.is_terminal:
-            self.err.print(Text(f"kvl: {label} {detail}".rstrip()), soft_wrap=True)
+            self._say(label, f"kvl: {label} {detail}".rstrip())
         if self.err.is_terminal and self._status is None:
             self._status = Live(self.progress, console=self.err, transient=True, refresh_per_second=8)
             self._status.start()
+
+    def _say(self, label: str, line: str) -> None:
+        """A status line in a log once, not once per progress event (a scene's frames, a prompt's chunks),
+        also while several sequences take turns; said again once another label has come in between (the
+        next video's "finding scenes" and its scenes)."""
+        if label != self._said[0]:
+            self._said = (label, set())
+        if line not in self._said[1]:
+            self._said[1].add(line)
+            self.err.print(Text(line), soft_wrap=True)
 
     def stop_status(self) -> None:
         if self._status is not None:
