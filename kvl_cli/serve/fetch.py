@@ -1,0 +1,298 @@
+"""Image URLs named by a request, fetched as hostile names.
+
+* **One deadline** for the whole fetch (waiting for a slot, DNS, connect, headers, body, redirects):
+  ``--fetch-timeout``, 30 s by default. It is kept by shutting the socket down from outside, so a
+  source that trickles a byte every few seconds ends at the deadline like one that says nothing.
+  The same happens when the request's client hangs up (its handler is cancelled) and when the
+  server stops.
+* **Bounded**: at most ``--fetch-concurrency`` fetches at once, each on a daemon thread of its own
+  (never the threads other requests need; never one that holds the process at exit).
+* **Only http and https**, at the URL and at each of at most ``MAX_REDIRECTS`` redirects.
+* **A URL policy** (``--fetch-urls``): ``all``; ``public`` (refuse any name that resolves to a
+  loopback, private, link-local, shared, multicast or reserved address, cloud metadata services
+  included; the address checked is the one connected to, so a name that resolves differently the
+  second time, DNS rebinding, gets nowhere); ``none``.
+* **One answer for every failure** of a fetch that was made (refused, timed out, an HTTP error, a
+  reply that is not HTTP, not an image), so the server is no port scanner; only a policy refusal
+  (known before any connection) and an image over the size cap say more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..limits import CHUNK
+from .errors import ApiError
+
+MAX_REDIRECTS = 3
+REDIRECTS = (301, 302, 303, 307, 308)
+USER_AGENT = "kvl-serve"
+
+
+class FetchPolicy(enum.Enum):
+    ALL = "all"
+    PUBLIC = "public"
+    NONE = "none"
+
+    @classmethod
+    def default_for(cls, host: str) -> FetchPolicy:
+        """``all`` when only this machine can connect (a loopback ``--host``), else ``public``."""
+        return cls.ALL if is_loopback(host) else cls.PUBLIC
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_public(address: str) -> bool:
+    """A globally reachable unicast address (an IPv4 address inside IPv6 judged as itself)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is not None:
+            ip = inner
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    policy: FetchPolicy = FetchPolicy.ALL
+    deadline_s: float = 30.0
+    concurrency: int = 4
+
+
+class Failed(Exception):
+    """The fetch did not give the bytes of a reply (what happened is not told to the client)."""
+
+
+class Oversized(Exception):
+    """The reply is larger than the cap."""
+
+
+class NotAllowed(Exception):
+    """The URL policy refuses this address, before any connection."""
+
+
+def shown(url: str) -> str:
+    """A URL as messages show it: without user info, query or fragment (they may hold secrets)."""
+    try:
+        p = urllib.parse.urlsplit(url)
+        host = p.hostname or ""
+        port = f":{p.port}" if p.port else ""
+    except ValueError:
+        return "the URL"
+    host = f"[{host}]" if ":" in host else host
+    return f"{p.scheme}://{host}{port}{p.path}"[:300]
+
+
+class Download:
+    """One URL's fetch, run on its own thread; ``abort`` (any thread) ends it at its next socket call."""
+
+    def __init__(self, url: str, policy: FetchPolicy, cap: int, deadline: float) -> None:
+        self.url = url
+        self.policy = policy
+        self.cap = cap
+        self.deadline = deadline  # time.monotonic()
+        self.aborted = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            if self._sock is not None:
+                try:
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)  # the raw fd, TLS or not
+                except OSError:
+                    pass
+
+    def run(self) -> bytes:
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                parts = urllib.parse.urlsplit(url)
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+            except ValueError:  # a port that is not a number, a bracket left open
+                ok = False
+            if not ok:
+                raise Failed("not an http(s) URL")
+            status, location, body = self._get(parts)
+            if status not in REDIRECTS:
+                return body
+            url = urllib.parse.urljoin(url, location)
+        raise Failed("too many redirects")
+
+    def _get(self, parts: urllib.parse.SplitResult) -> tuple[int, str, bytes]:
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        sock = self._connect(host, port)
+        try:
+            if parts.scheme == "https":
+                sock = self._register(ssl.create_default_context().wrap_socket(sock, server_hostname=host))
+            conn = http.client.HTTPConnection(host, port)
+            conn.sock = sock
+            target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+            conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*",
+                                                 "Accept-Encoding": "identity", "Connection": "close"})
+            resp = conn.getresponse()
+            if resp.status in REDIRECTS:
+                return resp.status, resp.getheader("Location") or "", b""
+            if resp.status != 200:
+                raise Failed(f"HTTP {resp.status}")
+            return resp.status, "", self._body(resp)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise Failed(type(exc).__name__) from None
+        finally:
+            sock.close()
+
+    def _body(self, resp: http.client.HTTPResponse) -> bytes:
+        length = resp.getheader("Content-Length") or ""
+        if length.isdigit() and int(length) > self.cap:
+            raise Oversized()
+        buf = bytearray()
+        while chunk := resp.read(min(CHUNK, self.cap + 1 - len(buf))):
+            buf += chunk
+            if len(buf) > self.cap:
+                raise Oversized()
+            if self.aborted:
+                raise Failed("aborted")
+        if self.aborted:
+            raise Failed("aborted")
+        return bytes(buf)
+
+    def _connect(self, host: str, port: int) -> socket.socket:
+        """A connection to an address the policy allows (the very address checked)."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise Failed("no address") from exc
+        if self.policy is FetchPolicy.PUBLIC and not all(is_public(str(info[4][0])) for info in infos):
+            raise NotAllowed(host)
+        for family, kind, proto, _, addr in infos:
+            sock = self._register(socket.socket(family, kind, proto))
+            try:
+                sock.settimeout(max(0.01, self.left()))
+                sock.connect(addr)
+                return sock
+            except OSError:
+                sock.close()
+            if self.aborted or self.left() <= 0:
+                break
+        raise Failed("no connection")
+
+    def _register(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sock = sock
+            if self.aborted:
+                raise Failed("aborted")
+        return sock
+
+
+class Fetcher:
+    """The server's fetches: the policy, the deadline, the slots; ``close`` abandons them all."""
+
+    def __init__(self, limits: FetchLimits) -> None:
+        self.limits = limits
+        self.closed = False
+        self._active: set[Download] = set()
+        self._slots: asyncio.Semaphore | None = None
+
+    def close(self) -> None:
+        """The server is stopping: every fetch in flight ends now, and no new one starts."""
+        self.closed = True
+        for download in list(self._active):
+            download.abort()
+
+    async def fetch(self, url: str, where: str, cap: int) -> bytes:
+        """The URL's bytes; ApiError otherwise (403 by policy, 413 over ``cap``, 400 for the rest)."""
+        if self.limits.policy is FetchPolicy.NONE:
+            raise ApiError(403, f"{where}: this server fetches no URL (kvl serve --fetch-urls none); send the "
+                           "image as a data: URI", type="permission_error", code="url_not_allowed", param=where)
+        self._check_open()
+        download = Download(url, self.limits.policy, cap, time.monotonic() + self.limits.deadline_s)
+        slots = self._slots = self._slots or asyncio.Semaphore(self.limits.concurrency)
+        try:
+            await asyncio.wait_for(slots.acquire(), max(0.0, download.left()))
+        except asyncio.TimeoutError:
+            raise self._failed(url, where) from None
+        if self.closed:
+            slots.release()
+            self._check_open()
+        self._active.add(download)
+        try:
+            return await asyncio.wait_for(_on_thread(download.run, slots.release), max(0.0, download.left()))
+        except (asyncio.TimeoutError, Failed):
+            if self.closed:
+                self._check_open()
+            raise self._failed(url, where) from None
+        except NotAllowed:
+            raise ApiError(403, f"{where}: {shown(url)} is not fetched: it resolves to an address that is not "
+                           "public (this server fetches public addresses only: --fetch-urls)",
+                           type="permission_error", code="url_not_allowed", param=where) from None
+        except Oversized:
+            raise ApiError(413, f"{where}: the image at {shown(url)} is over the server's limit "
+                           "(KVL_MAX_INPUT_BYTES where the server runs)", code="image_too_large") from None
+        finally:
+            download.abort()
+            self._active.discard(download)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ApiError(503, "the server is stopping", type="server_error", code="unavailable")
+
+    def _failed(self, url: str, where: str) -> ApiError:
+        return failed(url, where, self.limits.deadline_s)
+
+
+def failed(url: str, where: str, deadline_s: float) -> ApiError:
+    """The one answer for a fetch that did not give an image, whatever the reason."""
+    return ApiError(400, f"{where}: no image from {shown(url)}: it did not answer with one within {deadline_s:g} s "
+                    "(a refused connection, a timeout, an HTTP error, a redirect that is not http(s) and an "
+                    "answer that is not an image are not told apart)", code="invalid_image", param=where)
+
+
+def _on_thread(work: Callable[[], bytes], done: Callable[[], None]) -> asyncio.Future[bytes]:
+    """``work()`` on a daemon thread of its own; ``done`` runs on the loop once the thread has ended
+    (so a slot is held as long as its thread lives)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes] = loop.create_future()
+
+    def settle(result: bytes | None, error: BaseException | None) -> None:
+        done()
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or b"")
+
+    def thread() -> None:
+        result, error = None, None
+        try:
+            result = work()
+        except BaseException as exc:  # noqa: B036 - handed to the awaiting side, whatever it is
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+    threading.Thread(target=thread, name="kvl-fetch", daemon=True).start()
+    return future
