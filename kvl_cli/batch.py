@@ -39,11 +39,28 @@ def read_list(source: str, env: Environment) -> list[str]:
     data = env.read_stdin() if source == "-" else read_file(Path(source).expanduser(), f"--from {source}")
     if b"\0" in data:
         raise InputError(f"--from {source}: a binary file, not a list", hint="give a text file with one input per line")
+    return _names(data)
+
+
+def _names(data: bytes) -> list[str]:
     # names as the system spells them (bytes that are not UTF-8 kept, as for names given as
     # arguments); lines end at \n only: a file name may hold \f or \v
     text = data.decode("utf-8", "surrogateescape")
     lines = (line.strip() for line in text.split("\n"))
     return [line for line in lines if line and not line.startswith("#")]
+
+
+# how the image formats kvl reads begin (each also holds a NUL byte near its start)
+IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\0", b"MM\0*")
+
+
+def names_on_stdin(data: bytes) -> list[str] | None:
+    """``find … | kvl caption``: the names piped on stdin, read as ``--from -`` reads them (names that
+    are not UTF-8 kept as they are); None when stdin holds an image itself (``kvl caption <
+    photo.jpg``): binary data, with a NUL byte or an image's first bytes."""
+    if not data or b"\0" in data[:4096] or data.startswith(IMAGE_SIGNATURES) or data[4:12].startswith(b"ftyp"):
+        return None
+    return _names(data)
 
 
 def parse_shard(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[int, int] | None:

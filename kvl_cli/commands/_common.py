@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..batch import in_shard, read_list, select, start_new_line
+from ..batch import in_shard, names_on_stdin, read_list, select, start_new_line
 from ..distributed.options import ray_from
 from ..environment import Environment
 from ..errors import InputError, UsageError
@@ -134,9 +134,9 @@ def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
     elif not args and not env.stdin_isatty:
         # `find … | kvl caption`: paths on stdin; `kvl caption < photo.jpg`: the image itself
         stdin = env.read_stdin()
-        if _is_text(stdin):
-            args = [line.strip() for line in stdin.decode("utf-8").splitlines()
-                    if line.strip() and not line.strip().startswith("#")]
+        names = names_on_stdin(stdin)
+        if names is not None:
+            args = names
         elif stdin:
             args = ["-"]
     refs, problems = expand_inputs(args, stdin=env.read_stdin)
@@ -165,14 +165,3 @@ def _replace_problems(problems: list[InputProblem], refs: list[InputRef], kept: 
         before.append(before[-1] + (id(ref) in kept_ids))
     return [InputProblem(p.label, p.error, None if p.at is None else before[p.at]) for p in problems
             if shard is None or in_shard(p.label, shard)]
-
-
-def _is_text(data: bytes) -> bool:
-    head = data[:4096]
-    if not head or b"\x00" in head:
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
