@@ -164,13 +164,17 @@ async def read_json(request: Request, cap: int) -> Any:
     except ClientDisconnect:
         raise Disconnected() from None
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not JSON ({exc})") from None
     except RecursionError:
         raise bad_request("the request body is nested too deep") from None
     check_strings(value)
     return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def check_strings(value: Any) -> None:
@@ -205,8 +209,14 @@ async def until_disconnect(request: Request, work: Any) -> Any:
         watch.cancel()
     if task not in done:
         task.cancel()
+        task.add_done_callback(_retrieve)  # whatever it ends with, nobody waits for it now
         raise Disconnected()
     return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _disconnect(request: Request) -> None:

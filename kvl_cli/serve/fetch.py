@@ -30,6 +30,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..limits import CHUNK
 from .errors import ApiError
@@ -227,20 +228,13 @@ class Fetcher:
                            "image as a data: URI", type="permission_error", code="url_not_allowed", param=where)
         self._check_open()
         download = Download(url, self.limits.policy, cap, time.monotonic() + self.limits.deadline_s)
-        slots = self._slots = self._slots or asyncio.Semaphore(self.limits.concurrency)
-        try:
-            await asyncio.wait_for(slots.acquire(), max(0.0, download.left()))
-        except asyncio.TimeoutError:
-            raise self._failed(url, where) from None
-        if self.closed:
-            slots.release()
-            self._check_open()
+        if not await self._take_slot(download):
+            raise self._failed(url, where)
         self._active.add(download)
         try:
-            return await asyncio.wait_for(_on_thread(download.run, slots.release), max(0.0, download.left()))
+            return await _within(_on_thread(download.run, self._slots_().release), download.left())
         except (asyncio.TimeoutError, Failed):
-            if self.closed:
-                self._check_open()
+            self._check_open()
             raise self._failed(url, where) from None
         except NotAllowed:
             raise ApiError(403, f"{where}: {shown(url)} is not fetched: it resolves to an address that is not "
@@ -252,6 +246,29 @@ class Fetcher:
         finally:
             download.abort()
             self._active.discard(download)
+
+    def _slots_(self) -> asyncio.Semaphore:
+        self._slots = self._slots or asyncio.Semaphore(self.limits.concurrency)
+        return self._slots
+
+    async def _take_slot(self, download: Download) -> bool:
+        """Wait for a free slot until the download's deadline (False then). A wait that is cancelled
+        (its client left) never keeps a slot, even one handed to it at that very moment (which
+        ``asyncio.wait_for`` would keep, swallowing the cancellation)."""
+        slots = self._slots_()
+        acquire = asyncio.ensure_future(slots.acquire())
+        try:
+            await asyncio.wait({acquire}, timeout=max(0.0, download.left()))
+        except asyncio.CancelledError:
+            _give_back(acquire, slots)
+            raise
+        if not acquire.done():
+            _give_back(acquire, slots)
+            return False
+        if self.closed:
+            slots.release()
+            self._check_open()
+        return True
 
     def _check_open(self) -> None:
         if self.closed:
@@ -266,6 +283,28 @@ def failed(url: str, where: str, deadline_s: float) -> ApiError:
     return ApiError(400, f"{where}: no image from {shown(url)}: it did not answer with one within {deadline_s:g} s "
                     "(a refused connection, a timeout, an HTTP error, a redirect that is not http(s) and an "
                     "answer that is not an image are not told apart)", code="invalid_image", param=where)
+
+
+def _give_back(acquire: asyncio.Future[Any], slots: asyncio.Semaphore) -> None:
+    """A slot wait given up: cancelled if it still waits (the semaphore passes a wake-up it got on),
+    the slot released if it had one."""
+    if acquire.done() and not acquire.cancelled():
+        slots.release()
+    else:
+        acquire.cancel()
+
+
+async def _within(future: asyncio.Future[bytes], seconds: float) -> bytes:
+    """``future``'s result, or TimeoutError after ``seconds``; a cancellation always goes through."""
+    try:
+        done, _ = await asyncio.wait({future}, timeout=max(0.0, seconds))
+    except asyncio.CancelledError:
+        future.cancel()  # what the thread ends with goes nowhere
+        raise
+    if not done:
+        future.cancel()
+        raise asyncio.TimeoutError()
+    return future.result()
 
 
 def _on_thread(work: Callable[[], bytes], done: Callable[[], None]) -> asyncio.Future[bytes]:

@@ -129,7 +129,8 @@ def _open_dir(name: bytes, parent: int, shown: str, where: str) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
     except NotADirectoryError:  # Linux's answer for a link met with O_DIRECTORY | O_NOFOLLOW
-        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):  # a link (a folder now: swapped back since)
             raise _outside(shown, where) from None
         raise
 
