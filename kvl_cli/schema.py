@@ -146,10 +146,12 @@ def checked(schema: Any) -> AnswerSchema:
         raise UsageError("--schema: a JSON Schema is an object", hint='e.g. {"type": "object", "properties": {…}}')
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
+        answer = AnswerSchema(schema)
+        answer.grammar()  # a schema the converter cannot handle is a usage error now, not after the model loads
     except jsonschema.SchemaError as exc:
         raise UsageError(f"--schema: not a valid JSON Schema: {exc.message}", hint="fix the schema") from None
-    answer = AnswerSchema(schema)
-    answer.grammar()  # a schema the converter cannot handle is a usage error now, not after the model loads
+    except RecursionError:
+        raise UsageError("--schema: nested too deep", hint="simplify the schema") from None
     return answer
 
 

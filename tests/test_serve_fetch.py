@@ -157,6 +157,10 @@ def test_one_answer_for_refused_timed_out_not_http_http_errors_and_bad_redirects
         "404": source(answer("404 Not Found", b"nope")).url + "/x.png",
         "ftp redirect": source(answer("302 Found", headers=f"Location: ftp://127.0.0.1:{ftp.port}/x\r\n")).url,
         "file redirect": source(answer("301 Moved", headers="Location: file:///etc/passwd\r\n")).url,
+        "bad redirect": source(answer("302 Found", headers="Location: http://[::1\r\n")).url,
+        "no location": source(answer("302 Found")).url,
+        "bad chunks": source(lambda c: c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")).url,
+        "huge header": source(lambda c: c.sendall(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 200_000 + b"\r\n\r\n")).url,
     }
     messages = {}
     for name, url in cases.items():

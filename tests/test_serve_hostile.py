@@ -170,9 +170,26 @@ def test_bad_bodies_are_400(server, body):
     assert status == 400 and answer_["error"]["type"] == "invalid_request_error", answer_
 
 
+def test_a_schema_nested_too_deep_is_400(server):
+    deep = json.loads('{"items": ' * 600 + "{}" + "}" * 600)
+    status, _, body = chat(server.port, {**HI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "deep", "schema": deep}}})
+    assert status == 400 and body["error"]["code"] == "invalid_schema", body
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_400_and_stays_off_stderr(server):
+    status, _, body = chat(server.port, {**HI, "kvl": {"grammar": 'root ::= ( "\x1b[2J" OWNED'}})
+    assert status == 400 and body["error"]["code"] == "invalid_grammar", body
+    status, _, body = chat(server.port, HI)
+    assert status == 200
+    log = server.log_text()
+    assert "OWNED" not in log and "\x1b" not in log and "error parsing grammar" not in log, log
+
+
 def test_bad_file_urls_are_400(server, files):
     base = files["allowed"].as_uri()
-    for url in (base + "/in.png%00.txt", base + "/%ff%fe.png", "file:///%00", base + "/\udcff.png", "file://[::1/x"):
+    for url in (base + "/in.png%00.txt", base + "/%ff%fe.png", "file:///%00", base + "/\udcff.png", "file://[::1/x",
+                base, base + "/", base + "/sub"):
         status, _, body = chat(server.port, image(url))
         assert status in (400, 403) and body["error"]["code"] in ("invalid_image", "invalid_request",
                                                                   "file_not_allowed"), (url, body)

@@ -138,7 +138,10 @@ class Download:
             status, location, body = self._get(parts)
             if status not in REDIRECTS:
                 return body
-            url = urllib.parse.urljoin(url, location)
+            try:
+                url = urllib.parse.urljoin(url, location)
+            except ValueError:  # a Location that is not a URL
+                raise Failed("a bad redirect") from None
         raise Failed("too many redirects")
 
     def _get(self, parts: urllib.parse.SplitResult) -> tuple[int, str, bytes]:

@@ -47,7 +47,9 @@ class AllowedFolders:
         path = _path(url, where)
         parts = _parts(path)
         for folder, fd in self.folders:
-            if parts[:len(folder)] == tuple(folder) and len(parts) > len(folder):
+            if parts == tuple(folder):
+                raise bad_request(f"{where}: {_show(path)} is a directory", param=where, code="invalid_image")
+            if parts[:len(folder)] == tuple(folder):
                 return _read_beneath(fd, parts[len(folder):], _show(path), where, cap)
         raise _outside(_show(path), where)
 
