@@ -68,8 +68,9 @@ class Environment:
 
     def read_stdin(self) -> bytes:
         """All of stdin (an image, a list of paths, a question), read once however often it is
-        asked for; empty when it cannot be read. More than ``KVL_MAX_INPUT_BYTES`` is refused
-        (InputError "oversized", every time it is asked for) without holding more than that."""
+        asked for; empty when it is closed, InputError when it cannot be read. More than
+        ``KVL_MAX_INPUT_BYTES`` is refused (InputError "oversized", every time it is asked for)
+        without holding more than that."""
         from .limits import read_limited
 
         if self._stdin_error is not None:
@@ -77,8 +78,12 @@ class Environment:
         if self._stdin_data is None:
             try:
                 self._stdin_data = read_limited(self.stdin, "stdin")
-            except (OSError, ValueError):
+            except ValueError:  # closed
                 self._stdin_data = b""
+            except OSError as exc:  # opened for writing only (`kvl caption 0>file`), a socket gone bad
+                self._stdin_error = InputError(f"stdin: cannot read it ({exc.strerror or exc})",
+                                               hint="give the inputs as arguments, or pipe them in")
+                raise self._stdin_error from None
             except InputError as exc:
                 self._stdin_error = exc
                 raise

@@ -10,6 +10,8 @@ validate is an error for that input, never half a document on stdout.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import Any
 
 from .engine.reasoning import Section
 from .engine.types import Event, FinishReason, Result, TextEvent
-from .errors import ContextError, ExitCode, KvlError, UsageError
+from .errors import ContextError, ExitCode, InputError, KvlError, UsageError
+from .limits import read_file
 
 
 class AnswerError(KvlError):
@@ -32,16 +35,11 @@ class AnswerSchema:
     choices: tuple[str, ...] = ()  # --choices: the bare choice is printed, not a JSON string
 
     def grammar(self) -> str:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
         try:
-            gbnf = str(json_schema_to_gbnf(json.dumps(self.schema)))
+            return schema_gbnf(self.schema)
         except Exception as exc:  # the converter raises plain exceptions for what it does not support
             raise UsageError(f"--schema: cannot turn this schema into a grammar ({exc})",
                              hint="use the JSON Schema subset llama.cpp supports (no remote $ref)") from None
-        # llama-cpp-python's port lets raw control characters into strings, which JSON forbids
-        # (llama.cpp's own converter excludes them): the same rule as llama.cpp's
-        return gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
 
     def parse(self, result: Result) -> Any:
         """The answer as data, or AnswerError saying why there is none."""
@@ -52,9 +50,12 @@ class AnswerSchema:
             raise AnswerError("the answer was cut by --max-tokens before its JSON was complete",
                               hint="raise --max-tokens, or lower --think-budget")
         try:
-            data = json.loads(result.answer)
-        except ValueError as exc:
+            data = json.loads(result.answer, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
             raise AnswerError(f"the answer is not JSON ({exc})", hint="try again, or simplify the schema") from None
+        if not finite(data):
+            raise AnswerError("the answer holds a number too large for JSON (it would read as Infinity)",
+                              hint="try again, or bound the number in the schema (maximum)")
         import jsonschema
 
         try:
@@ -68,29 +69,72 @@ class AnswerSchema:
         """What stdout carries in a pipe: the JSON document (a bare choice with --choices)."""
         if self.choices and isinstance(data, str):
             return data
-        return json.dumps(data, ensure_ascii=False)
+        return json.dumps(data, ensure_ascii=False, allow_nan=False)
+
+
+def schema_gbnf(schema: dict[str, Any]) -> str:
+    """llama-cpp-python's JSON-schema-to-grammar, with three of llama.cpp's own rules put back."""
+    from llama_cpp import llama_grammar
+
+    # its port formats a literal without escaping a backslash (llama.cpp's converter escapes it):
+    # an enum value or a property name holding one broke the grammar ('say "hi"' as JSON is
+    # "say \"hi\"") or changed its meaning (C:\tmp matched a tab)
+    llama_grammar.GRAMMAR_LITERAL_ESCAPE_RE = re.compile(r'[\r\n"\\]')
+    llama_grammar.GRAMMAR_LITERAL_ESCAPES = {**llama_grammar.GRAMMAR_LITERAL_ESCAPES, "\\": "\\\\"}
+    gbnf = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema, allow_nan=False)))
+    # it lets raw control characters into strings, which JSON forbids (llama.cpp excludes them)
+    gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+    # an exponent of up to 16 digits reads as Infinity (1e999); two digits keep every number finite
+    # (at most 16 digits before the point: below 1e115)
+    return gbnf.replace("([eE] [-+]? integral-part)?", "([eE] [-+]? [0-9] [0-9]?)?")
+
+
+def finite(value: Any) -> bool:
+    """No number in ``value`` is infinite or NaN (JSON has neither)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return True
 
 
 def load_schema(value: str) -> AnswerSchema:
-    """``--schema FILE|JSON``: checked now (exit 2 with the schema error)."""
+    """``--schema FILE|JSON``: checked now (exit 2 with the schema error). A file is read within
+    ``KVL_MAX_INPUT_BYTES`` like any input (``--schema /dev/zero`` is refused, not read forever)."""
     text = value
     if not value.lstrip().startswith(("{", "[", "true", "false")):
-        path = Path(value).expanduser()
+        label = f"--schema {value}"
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--schema {value}: cannot read it ({exc})",
+            text = read_file(Path(value).expanduser(), label).decode("utf-8")
+        except InputError as exc:
+            reason = exc.message.removeprefix(f"{label}: ")
+            raise UsageError(f"{label}: cannot read it ({reason})", hint=exc.hint) from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--schema {value}: not a text file (it is not UTF-8)",
                              hint="give a JSON Schema file, or the schema itself as JSON") from None
     try:
-        schema = json.loads(text)
+        schema = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise UsageError(f"--schema: not JSON ({exc})", hint="give a JSON Schema file or inline JSON") from None
+    except RecursionError:
+        raise UsageError("--schema: nested too deep", hint="simplify the schema") from None
     return checked(schema)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def choices_schema(value: str) -> AnswerSchema:
-    """``--choices a,b,c``: the answer is one of them."""
-    options = tuple(dict.fromkeys(c.strip() for c in value.split(",") if c.strip()))
+    """``--choices a,b,c``: the answer is one of them, each a literal string (quotes, backslashes and
+    all); ``\\,`` is a comma inside a choice (``--choices 'yes\\, sure,no'``)."""
+    pieces = [c.replace("\0", ",").strip() for c in value.replace("\\,", "\0").split(",")]
+    options = tuple(dict.fromkeys(c for c in pieces if c))
     if len(options) < 2:
         raise UsageError(f"--choices {value!r}: give at least two choices", hint="e.g. --choices yes,no")
     return AnswerSchema({"enum": list(options)}, options)
@@ -103,10 +147,12 @@ def checked(schema: Any) -> AnswerSchema:
         raise UsageError("--schema: a JSON Schema is an object", hint='e.g. {"type": "object", "properties": {…}}')
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
+        answer = AnswerSchema(schema)
+        answer.grammar()  # a schema the converter cannot handle is a usage error now, not after the model loads
     except jsonschema.SchemaError as exc:
         raise UsageError(f"--schema: not a valid JSON Schema: {exc.message}", hint="fix the schema") from None
-    answer = AnswerSchema(schema)
-    answer.grammar()  # a schema the converter cannot handle is a usage error now, not after the model loads
+    except RecursionError:
+        raise UsageError("--schema: nested too deep", hint="simplify the schema") from None
     return answer
 
 

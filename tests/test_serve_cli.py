@@ -40,7 +40,8 @@ def test_ask_answers_through_the_server(kvl, served, scripted, tmp_path):
     assert rec["server"] == served.url and rec["answer"] == SCRIPTED_ANSWER and rec["thinking"] == SCRIPTED_THINKING
     assert rec["load_s"] == 0 and rec["tokens"]["generated"] == 8 and rec["image_tokens"]
     assert set(rec["timings"]) >= {"encode_s", "prefill_s", "generate_s"}
-    assert posts(served) == before + 1
+    # the access-log line is written once the response has ended, which the client may see first
+    assert wait_for(lambda: posts(served) == before + 1, 5), served.log_text()
 
 
 def test_the_same_answer_in_process(kvl, served, scripted, tmp_path):

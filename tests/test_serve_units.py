@@ -8,7 +8,8 @@ import pytest
 
 from kvl_cli.errors import ContextError, InputError
 from kvl_cli.serve.errors import ApiError, from_kvl, to_kvl
-from kvl_cli.serve.media import _text, allowed_file, decode_data_uri
+from kvl_cli.serve.files import AllowedFolders
+from kvl_cli.serve.media import _text, decode_data_uri
 from kvl_cli.serve.protocol import Defaults, ImagePart, parse_chat
 from kvl_cli.serve.replies import StopMatcher
 
@@ -101,14 +102,18 @@ def test_file_urls(tmp_path):
     inside = tmp_path / "in"
     inside.mkdir()
     (inside / "a b.png").write_bytes(b"x")
-    assert allowed_file((inside / "a b.png").as_uri(), [inside], "w") == inside / "a b.png"
-    for url in ("file:///etc/passwd", f"file://{inside}/../in/../../x.png"):
+    folders = AllowedFolders([inside])
+    try:
+        assert folders.read((inside / "a b.png").as_uri(), "w", 100) == b"x"
+        for url in ("file:///etc/passwd", f"file://{inside}/../in/../../x.png"):
+            with pytest.raises(ApiError) as exc:
+                folders.read(url, "w", 100)
+            assert exc.value.status == 403
         with pytest.raises(ApiError) as exc:
-            allowed_file(url, [inside], "w")
-        assert exc.value.status == 403
-    with pytest.raises(ApiError) as exc:
-        allowed_file("file://otherhost/x.png", [inside], "w")
-    assert exc.value.status == 400
+            folders.read("file://otherhost/x.png", "w", 100)
+        assert exc.value.status == 400
+    finally:
+        folders.close()
 
 
 def test_records_of_dead_servers_are_removed(tmp_path, monkeypatch):

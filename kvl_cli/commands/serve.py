@@ -36,6 +36,14 @@ def _drop(name: str):  # type: ignore[no-untyped-def]
 @click.option("--allow-files", "allow_files", multiple=True, metavar="DIR",
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Let requests name file:// images inside DIR (repeatable); none by default.")
+@click.option("--fetch-urls", "fetch_urls", type=click.Choice(["all", "public", "none"]), default=None,
+              help="Which http(s) image URLs requests may make the server fetch: all; public (no loopback, private, "
+              "link-local or metadata address, checked on the address connected to); none "
+              "[default: all on a loopback --host, else public].")
+@click.option("--fetch-timeout", type=click.FloatRange(1, 600), default=30, show_default=True, metavar="SECONDS",
+              help="Deadline for fetching one image URL, whole (connect, redirects, body).")
+@click.option("--fetch-concurrency", type=click.IntRange(1, 64), default=4, show_default=True, metavar="N",
+              help="Image URLs fetched at once; more wait (within their deadline).")
 @click.option("--parallel", "-P", type=click.IntRange(1, 64), default=None,
               help=f"Answers generated together, sharing each decode [default: {GPU_PARALLEL} with a GPU, 2 on a CPU].")
 @click.option("--queue", type=click.IntRange(0, 10_000), default=64, show_default=True,
@@ -47,7 +55,8 @@ def _drop(name: str):  # type: ignore[no-untyped-def]
 @click.option("--verbose", "-v", count=True, help="-v: more server logs; -vv: llama.cpp's own logs too.")
 @pass_env
 def serve(env: Environment, host: str, port: int, api_key: str | None, allow_files: tuple[Path, ...],
-          parallel: int | None, queue: int, max_tokens: int, stop_: bool, verbose: int, **kwargs: Any) -> int:
+          fetch_urls: str | None, fetch_timeout: float, fetch_concurrency: int, parallel: int | None, queue: int,
+          max_tokens: int, stop_: bool, verbose: int, **kwargs: Any) -> int:
     """Serve the model over OpenAI's chat-completions API, loaded once, with the CLI's disk caches.
 
     POST /v1/chat/completions (text and image_url parts, streaming with the thinking in
@@ -58,12 +67,14 @@ def serve(env: Environment, host: str, port: int, api_key: str | None, allow_fil
       kvl serve                                   http://127.0.0.1:8411/v1
       kvl serve --port 9000 --api-key random
       kvl serve --stop
+      kvl serve --host 0.0.0.0 --api-key random   image URLs: public addresses only
     """
     if stop_:
         return stop_servers(env, port if _given("port") else None)
     m = take(ModelOptions, {**kwargs, "server": False})
     try:
         from ..serve import server
+        from ..serve.fetch import FetchLimits, FetchPolicy
     except ImportError as exc:
         raise UsageError(f"kvl serve needs the server packages ({exc.name} is missing)",
                          hint="pip install 'kvl[serve]'") from None
@@ -73,6 +84,8 @@ def serve(env: Environment, host: str, port: int, api_key: str | None, allow_fil
     cfg = _config(env, m, verbose, parallel)
     cfg.host, cfg.port, cfg.api_key, cfg.queue = host, port, api_key or None, queue
     cfg.allow_files = [p.resolve() for p in allow_files]
+    policy = FetchPolicy(fetch_urls) if fetch_urls else FetchPolicy.default_for(host)
+    cfg.fetch = FetchLimits(policy=policy, deadline_s=fetch_timeout, concurrency=fetch_concurrency)
     cfg.defaults.max_tokens = max_tokens
     server.setup_logging(env.stderr, verbose >= 1)
     return server.run(cfg, env.stderr)

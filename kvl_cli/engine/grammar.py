@@ -9,8 +9,13 @@ grammar refuses it are all the logits masked by the grammar and sampled again.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import math
+import os
+import sys
+import threading
+from collections.abc import Iterator
 
 from ..errors import UsageError
 from . import native
@@ -23,7 +28,8 @@ class Grammar(Owned):
 
     def __init__(self, model: Model, gbnf: str) -> None:
         llama = native.llama()
-        ptr = llama.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
+        with _parse_errors_kept_off_stderr(gbnf):
+            ptr = llama.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
         if not ptr:
             raise UsageError(f"llama.cpp could not parse the answer grammar: {native.last_error('unknown error')}",
                              hint="simplify the schema")
@@ -39,6 +45,54 @@ class Grammar(Owned):
 
     def accept(self, token: int) -> None:
         native.llama().llama_sampler_accept(self.ptr, token)
+
+
+_STDERR_LOCK = threading.Lock()
+_PARSE_ERROR = b"parse: error parsing grammar: "
+_KEPT = 1 << 20  # of what came to stderr meanwhile, at most this much is written out again
+
+
+@contextlib.contextmanager
+def _parse_errors_kept_off_stderr(gbnf: str) -> Iterator[None]:
+    """llama.cpp's grammar parser writes a grammar it cannot parse, whole, to fd 2 (not through its
+    log callback): a client's text, control characters and all, or pages of GBNF after a one-line
+    error. Around the parse fd 2 is a pipe; afterwards what else came meanwhile is written out again."""
+    with _STDERR_LOCK:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        saved = os.dup(2)
+        chunks: list[bytes] = []
+
+        def drain() -> None:
+            while data := os.read(read_end, 65536):
+                if sum(map(len, chunks)) < _KEPT:
+                    chunks.append(data)
+
+        reader = threading.Thread(target=drain, name="kvl-stderr", daemon=True)
+        reader.start()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)  # the pipe's last writer is gone: the reader sees its end
+            os.close(saved)
+            reader.join(5)
+            os.close(read_end)
+            rest = _without_parse_error(b"".join(chunks), gbnf.encode("utf-8", "replace"))
+            if rest:
+                with contextlib.suppress(OSError):
+                    os.write(2, rest)
+
+
+def _without_parse_error(text: bytes, src: bytes) -> bytes:
+    start = text.find(_PARSE_ERROR)
+    if start < 0:
+        return text
+    at = text.find(src, start)
+    end = at + len(src) + 1 if at >= 0 else len(text)
+    return text[:start] + text[end:]
 
 
 class Utf8Table:

@@ -49,7 +49,8 @@ def names_in(data: bytes) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*", b"\x00\x00\x00")
+# how the image formats kvl reads begin (each also holds a NUL byte near its start); HEIF/AVIF: a box
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*")
 
 
 def input_names(inputs: tuple[str, ...], from_file: str | None, env: Environment) -> list[str]:
@@ -64,7 +65,7 @@ def input_names(inputs: tuple[str, ...], from_file: str | None, env: Environment
     if not data:
         return []
     head = data[:4096]
-    if b"\0" in head or head.startswith(IMAGE_MAGIC):
+    if b"\0" in head or head.startswith(IMAGE_MAGIC) or head[4:12].startswith(b"ftyp"):
         return ["-"]
     return names_in(data)
 

@@ -3,7 +3,8 @@
     127.0.0.1 - - [29/Nov/2026:18:34:02 +0000] "POST /v1/chat/completions HTTP/1.1" 200 1873 "-" "curl/8.5" 0.412
 
 written when the response ends (for a stream: its last event). A client that went away before its
-answer was complete is logged with status 499. Neither the body nor the API key is ever logged.
+answer was complete (or while it sent its body) is logged with status 499. Neither the body, nor
+the API key, nor a query string (``?api_key=…`` is written ``?...``) is ever logged.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ def line(scope: Scope, status: int, size: int, seconds: float) -> str:
     client = scope.get("client") or ("-", 0)
     headers = dict(scope.get("headers") or [])
     path = scope.get("path", "")
-    query = scope.get("query_string", b"").decode("latin-1")
-    target = f"{path}?{query}" if query else path
+    target = f"{path}?..." if scope.get("query_string") else path  # a query may hold a key or a token
     when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
     referer = _quoted(headers.get(b"referer"))
     agent = _quoted(headers.get(b"user-agent"))

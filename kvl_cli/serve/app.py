@@ -14,7 +14,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,7 +23,9 @@ from ..engine.types import FailedEvent
 from ..limits import human
 from .accesslog import AccessLog
 from .errors import ApiError, bad_request, from_kvl, internal, too_large
-from .media import build_request
+from .fetch import Fetcher, FetchLimits
+from .files import AllowedFolders
+from .media import Media
 from .protocol import Defaults, parse_chat
 from .replies import SSE_DONE, Answer, sse
 from .service import Job, Message, Service
@@ -39,12 +41,20 @@ class Settings:
     max_body: int
     api_key: str | None = None
     allow_files: list[Path] = field(default_factory=list)
+    fetch: FetchLimits = field(default_factory=FetchLimits)
     defaults: Defaults = field(default_factory=Defaults)
     created: int = 0
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON in ASCII: an error message that quotes what a client sent cannot fail to encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return AsciiJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 class Guard:
@@ -67,8 +77,8 @@ class Guard:
         await self.app(scope, receive, send)
 
 
-def create_app(service: Service, settings: Settings) -> Starlette:
-    api = Api(service, settings)
+def create_app(service: Service, settings: Settings, media: Media | None = None) -> Starlette:
+    api = Api(service, settings, media or Media(AllowedFolders(settings.allow_files), Fetcher(settings.fetch)))
     routes = [Route("/health", api.health, methods=["GET"]), Route("/v1/models", api.models, methods=["GET"]),
               Route("/v1/chat/completions", api.chat, methods=["POST"])]
     handlers: dict[Any, Any] = {ApiError: api.on_api_error, HTTPException: api.on_http_error,
@@ -78,9 +88,10 @@ def create_app(service: Service, settings: Settings) -> Starlette:
 
 
 class Api:
-    def __init__(self, service: Service, settings: Settings) -> None:
+    def __init__(self, service: Service, settings: Settings, media: Media) -> None:
         self.service = service
         self.settings = settings
+        self.media = media
 
     async def health(self, request: Request) -> Response:
         state = self.service.state
@@ -100,7 +111,7 @@ class Api:
         self.service.check_room()  # a full queue is refused before the images are read
         if call.settings.grammar and call.schema is None:
             await asyncio.to_thread(self.service.check_grammar, call.settings.grammar)
-        req = await asyncio.to_thread(build_request, call, self.settings.marker, self.settings.allow_files)
+        req = await until_disconnect(request, self.media.build_request(call, self.settings.marker))
         job = Job(req, asyncio.get_running_loop())
         self.service.submit(job)
         answer = Answer(self.settings.model_name, call.stop, call.progress)
@@ -108,7 +119,7 @@ class Api:
             first = await until_disconnect(request, job.events.get())
             payloads = answer_payloads(first, job, answer)
         except BaseException:
-            job.cancel()
+            self.service.withdraw(job)  # a client gone while it waited leaves the queue now
             raise
         if call.stream:
             return StreamingResponse(stream(job, answer, payloads, call.include_usage), media_type="text/event-stream",
@@ -138,19 +149,50 @@ class Api:
 
 
 async def read_json(request: Request, cap: int) -> Any:
-    """The body as JSON: refused with 413 from its Content-Length, or as soon as it passes ``cap``."""
+    """The body as JSON: refused with 413 from its Content-Length, or as soon as it passes ``cap``;
+    400 if it is not JSON, is nested too deep, or holds a string that is not Unicode (a lone
+    surrogate); Disconnected if the client hangs up while sending it."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap:
         raise too_large(f"the request body ({human(int(length))}) is over the server's limit of {human(cap)}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise too_large(f"the request body is over the server's limit of {human(cap)}")
     try:
-        return json.loads(body)
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise too_large(f"the request body is over the server's limit of {human(cap)}")
+    except ClientDisconnect:
+        raise Disconnected() from None
+    try:
+        value = json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not JSON ({exc})") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deep") from None
+    check_strings(value)
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def check_strings(value: Any) -> None:
+    """400 if a string or key anywhere in ``value`` is not Unicode text (JSON lets ``\\ud800`` through)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += item.keys()
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request("the request body holds a string that is not Unicode text (a lone surrogate "
+                                  "escape such as \\ud800)") from None
 
 
 class Disconnected(Exception):
@@ -167,8 +209,14 @@ async def until_disconnect(request: Request, work: Any) -> Any:
         watch.cancel()
     if task not in done:
         task.cancel()
+        task.add_done_callback(_retrieve)  # whatever it ends with, nobody waits for it now
         raise Disconnected()
     return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _disconnect(request: Request) -> None:

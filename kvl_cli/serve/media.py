@@ -1,37 +1,81 @@
 """A request's images, read within the CLI's limits, and the engine request they go into.
 
 ``image_url`` may be a data URI (base64; its decoded size is known from its length, so one over
-``KVL_MAX_INPUT_BYTES`` is refused before a byte is decoded), an http(s) URL (fetched with the CLI's
-cap and timeout), or a ``file://`` path inside a folder the server was started with
-(``--allow-files``; the path is resolved first, so neither ``..`` nor a symlink leads out). Decoding
-is the CLI's: kvl's sandboxed decoder, downsized to the request's image token budget.
+``KVL_MAX_INPUT_BYTES`` is refused before a byte is decoded), an http(s) URL (fetched by ``fetch``:
+one deadline, the URL policy, bounded), or a ``file://`` path inside a folder the server was started
+with (``--allow-files``, read by ``files``: no symbolic link followed, regular files only).
+Decoding is the CLI's: kvl's sandboxed decoder, downsized to the request's image token budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import threading
-import urllib.parse
-import urllib.request
-from pathlib import Path
 
 from ..engine.types import ImageInput, Request
 from ..errors import InputError
 from ..limits import human, max_input_bytes
 from ..media.images import InputRef, load_image
 from .errors import ApiError, bad_request, from_kvl, too_large
+from .fetch import Fetcher, failed
+from .files import AllowedFolders
 from .protocol import ChatCall, ImagePart, Part
 
+DECODES = 2  # images decoded at once (kvl's decoder process takes one at a time)
 
-def build_request(call: ChatCall, marker: str, allow_files: list[Path]) -> Request:
-    """The engine request for ``call``: every image read and decoded (blocking: run it off the event
-    loop). Raises ApiError."""
-    images = [load_part(part, call.image_max_tokens, allow_files) for part in call.images]
-    texts = [_text(turn.parts, marker) for turn in call.turns]
-    return Request(user_text=texts[-1], images=images, system=call.system, settings=call.settings,
-                   messages=[(turn.role, text) for turn, text in zip(call.turns[:-1], texts, strict=False)],
-                   cancel=threading.Event())
+
+class Media:
+    """Where a request's images come from: data URIs, URLs (``fetcher``), allowed files (``files``)."""
+
+    def __init__(self, files: AllowedFolders, fetcher: Fetcher) -> None:
+        self.files = files
+        self.fetcher = fetcher
+        self._decoding: asyncio.Semaphore | None = None
+
+    async def decode(self, data: bytes, where: str, max_tokens: int) -> ImageInput:
+        """Decoded on a worker thread, at most ``DECODES`` at once (the rest wait here, where a client
+        that leaves stops waiting, not on a thread the server's other work needs)."""
+        self._decoding = self._decoding or asyncio.Semaphore(DECODES)
+        async with self._decoding:
+            return await asyncio.to_thread(decode, data, where, max_tokens)
+
+    async def build_request(self, call: ChatCall, marker: str) -> Request:
+        """The engine request for ``call``, every image read and decoded. Raises ApiError."""
+        images = [await self.load(part, call.image_max_tokens) for part in call.images]
+        texts = [_text(turn.parts, marker) for turn in call.turns]
+        return Request(user_text=texts[-1], images=images, system=call.system, settings=call.settings,
+                       messages=[(turn.role, text) for turn, text in zip(call.turns[:-1], texts, strict=False)],
+                       cancel=threading.Event())
+
+    async def load(self, part: ImagePart, max_tokens: int) -> ImageInput:
+        url, where = part.url, part.where
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        cap = max_input_bytes()
+        if scheme == "data":
+            data = await asyncio.to_thread(decode_data_uri, url, where)
+            return await self.decode(data, where, max_tokens)
+        if scheme == "file":
+            data = await asyncio.to_thread(self.files.read, url, where, cap)
+            return await self.decode(data, where, max_tokens)
+        if scheme in ("http", "https"):
+            data = await self.fetcher.fetch(url, where, cap)
+            try:
+                return await self.decode(data, where, max_tokens)
+            except ApiError as exc:
+                if exc.status == 413:
+                    raise
+                raise failed(url, where, self.fetcher.limits.deadline_s) from None  # not told apart
+        raise bad_request(f"{where}: image_url must be a data: URI, an http(s) URL or a file:// URL",
+                          param=where, code="invalid_image")
+
+
+def decode(data: bytes, label: str, max_tokens: int) -> ImageInput:
+    try:
+        return load_image(InputRef(label=label, data=data), max_tokens=max_tokens)
+    except InputError as exc:
+        raise from_kvl(exc) from None
 
 
 def _text(parts: list[Part], marker: str) -> str:
@@ -46,29 +90,6 @@ def _text(parts: list[Part], marker: str) -> str:
         out += part if isinstance(part, str) else marker
         prev_text = is_text
     return out
-
-
-def load_part(part: ImagePart, max_tokens: int, allow_files: list[Path]) -> ImageInput:
-    ref = _ref(part, allow_files)
-    try:
-        return load_image(ref, max_tokens=max_tokens)
-    except InputError as exc:
-        raise from_kvl(exc) from None
-    finally:
-        ref.release()
-
-
-def _ref(part: ImagePart, allow_files: list[Path]) -> InputRef:
-    url = part.url
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme == "data":
-        return InputRef(label=part.where, data=decode_data_uri(url, part.where))
-    if scheme in ("http", "https"):
-        return InputRef(label=url, url=url)
-    if scheme == "file":
-        return InputRef(label=url, path=allowed_file(url, allow_files, part.where))
-    raise bad_request(f"{part.where}: image_url must be a data: URI, an http(s) URL or a file:// URL",
-                      param=part.where, code="invalid_image")
 
 
 def decode_data_uri(url: str, where: str) -> bytes:
@@ -86,19 +107,3 @@ def decode_data_uri(url: str, where: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request(f"{where}: the data URI is not valid base64", param=where, code="invalid_image") from None
-
-
-def allowed_file(url: str, allow_files: list[Path], where: str) -> Path:
-    """The path of a ``file://`` URL, if it lies inside one of ``allow_files`` once resolved."""
-    parsed = urllib.parse.urlparse(url)
-    if not allow_files:
-        raise ApiError(403, f"{where}: file:// images are off (start kvl serve with --allow-files DIR)",
-                       type="permission_error", code="file_not_allowed", param=where)
-    if parsed.netloc not in ("", "localhost"):
-        raise bad_request(f"{where}: a file:// URL names a local path (file:///path)", param=where,
-                          code="invalid_image")
-    path = Path(urllib.request.url2pathname(parsed.path)).resolve()
-    if not any(path.is_relative_to(folder) for folder in allow_files):
-        raise ApiError(403, f"{where}: {path} is outside the folders this server reads (--allow-files)",
-                       type="permission_error", code="file_not_allowed", param=where)
-    return path

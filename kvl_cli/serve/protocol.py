@@ -79,8 +79,9 @@ def parse_chat(body: Any, defaults: Defaults) -> ChatCall:
     for name, why in REFUSED.items():
         if body.get(name) not in (None, False, [], {}):
             raise bad_request(f"{why} by kvl serve", param=name, code="unsupported_parameter")
-    if _int(body, "n", 1, 1, 1) != 1:
-        raise bad_request("n must be 1", param="n")
+    if _int(body, "n", 1, 1, 1 << 30) != 1:
+        raise bad_request("n > 1 is not supported by kvl serve (one answer per request)", param="n",
+                          code="unsupported_parameter")
     ext = body.get("kvl") or {}
     if not isinstance(ext, dict) or set(ext) - set(EXTENSIONS):
         raise bad_request(f"kvl: an object with some of {', '.join(EXTENSIONS)}", param="kvl")

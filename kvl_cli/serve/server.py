@@ -2,9 +2,10 @@
 
 The socket is bound before anything loads (a port in use fails at once), ``/health`` answers
 "loading" until the model is in, and the record in the runtime folder is written once the server
-listens. SIGINT or SIGTERM (``kvl serve --stop``) first ends the engine's work (running answers end
-as interrupted and their streams close, queued requests get 503), then uvicorn closes the
-connections, then the record goes.
+listens. SIGINT or SIGTERM (``kvl serve --stop``) first abandons the image fetches in flight and
+ends the engine's work (their requests and the queued ones get 503 ``unavailable``; running answers
+end as interrupted and their streams close), then uvicorn closes the connections (a few seconds at
+most), then the record goes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -27,10 +30,14 @@ from ..errors import ExitCode, UsageError
 from ..run.runner import open_cache
 from . import record
 from .app import Settings, create_app
+from .fetch import Fetcher, FetchLimits
+from .files import AllowedFolders
+from .media import Media
 from .protocol import Defaults
 from .service import Service
 
 log = logging.getLogger("kvl.serve")
+GRACE_S = 3  # after the engine and the fetches are stopped, how long answers in flight get to finish
 
 
 @dataclass
@@ -46,14 +53,17 @@ class ServeConfig:
     max_body: int = 0
     cache: bool = True
     defaults: Defaults = field(default_factory=Defaults)
+    fetch: FetchLimits = field(default_factory=FetchLimits)
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, which stops the engine first and exits on a failed load."""
 
-    def __init__(self, config: uvicorn.Config, service: Service, on_stop: list[record.ServerRecord]) -> None:
+    def __init__(self, config: uvicorn.Config, service: Service, media: Media,
+                 on_stop: list[record.ServerRecord]) -> None:
         super().__init__(config)
         self.service = service
+        self.media = media
         self.records = on_stop
 
     async def on_tick(self, counter: int) -> bool:
@@ -63,11 +73,27 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info("stopping")
-        await asyncio.to_thread(self.service.stop)
+        self.media.fetcher.close()  # fetches in flight end now; their clients get 503
+        await _on_own_thread(self.service.stop)  # not the shared executor, whatever waits there
         await super().shutdown(sockets)
+        self.media.files.close()
         for rec in self.records:
             record.remove(rec)
         self._captured_signals.clear()  # a stop by signal is a clean exit, not a re-raised signal
+
+
+async def _on_own_thread(work: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=run, name="kvl-stop", daemon=True).start()
+    await done.wait()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -106,18 +132,19 @@ def run(cfg: ServeConfig, err: IO[str] | None = None) -> int:
     from ..engine.mtmd_handles import default_marker
 
     settings = Settings(model_name=cfg.model_name, marker=default_marker(), max_body=cfg.max_body, api_key=cfg.api_key,
-                        allow_files=cfg.allow_files, defaults=cfg.defaults, created=int(time.time()))
-    config = uvicorn.Config(create_app(service, settings), log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=10, log_level="warning")
+                        allow_files=cfg.allow_files, fetch=cfg.fetch, defaults=cfg.defaults, created=int(time.time()))
+    media = Media(AllowedFolders(cfg.allow_files), Fetcher(cfg.fetch))
+    config = uvicorn.Config(create_app(service, settings, media), log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=GRACE_S, log_level="warning")
     rec = record.ServerRecord(pid=os.getpid(), host=cfg.host, port=port, model=str(cfg.engine.model.resolve()),
                               mmproj=str(cfg.engine.mmproj.resolve()), identity=_identity(cfg.engine),
                               model_name=cfg.model_name, image_max_tokens=cfg.defaults.image_max_tokens,
                               api_key=cfg.api_key, started=time.time())
-    server = _Server(config, service, [rec])
+    server = _Server(config, service, media, [rec])
     service.start()
     record.write(rec)
-    log.info("listening on %s (model %s, %d sequence(s), queue %d); loading the model", rec.url, cfg.model_name,
-             cfg.parallel, cfg.queue)
+    log.info("listening on %s (model %s, %d sequence(s), queue %d, image URLs: %s); loading the model", rec.url,
+             cfg.model_name, cfg.parallel, cfg.queue, cfg.fetch.policy.value)
     try:
         server.run(sockets=[sock])
     finally:

@@ -30,7 +30,7 @@ IDLE_WAIT_S = 0.5  # with nothing running, how long the engine thread waits on t
 Message = AnyEvent | ApiError
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: the queue finds it by identity
 class Job:
     """One HTTP request's answer: its engine request and where its events go (an asyncio queue)."""
 
@@ -81,6 +81,16 @@ class Service:
             self._check()
             self._waiting.append(job)
             self._cond.notify()
+
+    def withdraw(self, job: Job) -> None:
+        """The job's client is gone: cancel it, and take it off the queue if it still waits there (so
+        ``queued`` and the queue's room count only requests someone waits for)."""
+        job.cancel()
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:  # already taken by the engine thread, or never queued
+                pass
 
     def check_room(self) -> None:
         """ApiError 503 now if ``submit`` would refuse (before a request's images are read)."""
