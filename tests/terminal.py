@@ -4,6 +4,8 @@ the engine streams it (EVENTS) and as it ends (RESULT)."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 
 from kvl_cli.engine.reasoning import Section
 from kvl_cli.engine.types import (
@@ -28,3 +30,21 @@ EVENTS = [PhaseEvent(Phase.ENCODE, 1, 1), PhaseEvent(Phase.PREFILL), PhaseEvent(
 class FakeTTY(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+def in_terminal(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    """Run ``argv`` with stdout and stderr on a pseudo-terminal; its exit code and all it wrote there."""
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return proc.wait(timeout=timeout), b"".join(chunks)

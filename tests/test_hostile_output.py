@@ -23,7 +23,7 @@ from kvl_cli.safetext import escape_controls, json_safe, one_line
 
 from .conftest import kvl_env
 from .kvlrun import DISK_FULL, KVL, LONG, kvl_proc
-from .terminal import RESULT, FakeTTY
+from .terminal import RESULT, FakeTTY, in_terminal
 
 HOSTILE = "a\x1b]0;pwned\x07b\x1b[2J\x9b31m\u202eevil\x7f\tok\r\n"
 SGR = re.compile("\x1b\\[[0-9;]*m")
@@ -228,25 +228,12 @@ def test_the_models_control_bytes_reach_a_pipe_exactly_and_a_terminal_escaped(ra
 @pytest.mark.parametrize("no_color", [True, False], ids=["NO_COLOR", "colour"])
 def test_no_color_on_a_real_terminal(scripted, photos, no_color):
     (photo,) = photos(1)
-    controller, terminal = os.openpty()
     env = kvl_env(scripted, COLUMNS="100", TERM="xterm-256color")
     if no_color:
         env["NO_COLOR"] = "1"
-    proc = subprocess.Popen(KVL + ["caption", "--verbose", photo], stdin=subprocess.DEVNULL, stdout=terminal,
-                            stderr=terminal, env=env)
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(controller)
-    assert proc.wait(timeout=120) == 0
-    text = b"".join(chunks).decode("utf-8", errors="replace")
+    code, written = in_terminal(KVL + ["caption", "--verbose", photo], env, 120)
+    assert code == 0
+    text = written.decode("utf-8", errors="replace")
     assert "thought for" in text
     assert bool(SGR.findall(text)) is not no_color
 

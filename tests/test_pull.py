@@ -15,6 +15,7 @@ from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from . import hubserver
 from .conftest import kvl_env
+from .terminal import in_terminal
 
 REPO = hubserver.TOY_REPO
 
@@ -149,7 +150,6 @@ def test_concurrent_pulls_do_not_corrupt_each_other(hub, isolated, tmp_path):
 
 
 def hub_url(state) -> str:
-    import os
 
     return os.environ["HF_ENDPOINT"]
 
@@ -189,22 +189,9 @@ def test_models_in_a_pipe_prints_whole_values(kvl, hub, isolated, monkeypatch):
     assert len(row) > 80 and row.split()[:2] == ["toy-kimi-vl", "Q4_K_M"] and row.endswith(folder)
     assert all(len(line.split()) >= 5 for line in lines if line.startswith("toy-kimi-vl"))  # no folded rows
 
-    controller, terminal = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "kvl_cli", "models"], stdin=subprocess.DEVNULL, stdout=terminal,
-                            stderr=terminal, env=kvl_env(NO_COLOR="1", TERM="xterm"))
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(controller)
-    assert proc.wait(timeout=60) == 0
-    screen = b"".join(chunks).decode().splitlines()
+    code, written = in_terminal([sys.executable, "-m", "kvl_cli", "models"], kvl_env(NO_COLOR="1", TERM="xterm"), 60)
+    assert code == 0
+    screen = written.decode().splitlines()
     assert screen[0].split() == ["name", "quant", "size", "status", "path"]
     assert all(len(line) <= 80 for line in screen) and folder not in "\n".join(screen)  # folded to fit
 
