@@ -2,9 +2,9 @@
 
 ``kvl_cli.open()`` gives a ``Session``. The commands are its first client: they parse flags, build
 a run plan (``plan``), pick a renderer and call ``run_images`` or ``run_videos``, which write each
-input's outcome through that renderer in input order. Library callers use ``caption``, ``ocr``,
-``ask`` and ``video``, which run the same code with a renderer that keeps the answers
-(``Answer``), or ``ask(..., stream=True)`` for the events of one answer as they come. The engine
+input's outcome through that renderer in input order. Library callers get ``api.Library``, a
+session with ``caption``, ``ocr``, ``ask`` and ``video``, which run the same code with a renderer
+that keeps the answers (``Answer``), or ``ask(..., stream=True)`` for one answer's events. The engine
 loads on first use, once for every call that needs the same configuration, and ``close`` (or the
 ``with`` block's end) frees its native handles.
 """
@@ -12,7 +12,6 @@ loads on first use, once for every call that needs the same configuration, and `
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any
 
 from .engine.types import Answerer, EngineConfig, Request
@@ -25,9 +24,8 @@ from .run.plan import RunPlan
 from .run.runner import Job, JobOutcome, load_engine
 from .run.video import VideoRun
 from .run.videos import VideoArgs
+from .store.catalog import Pair
 from .store.pull import ensure_model
-
-Pair = tuple[Path, Path, str]  # text model, projector, the model's name
 
 
 class Session:

@@ -9,7 +9,6 @@ through the run's engine (a running ``kvl serve``, or this process's).
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..engine.types import Answerer, EngineConfig, Request
@@ -17,12 +16,12 @@ from ..environment import Environment
 from ..errors import InputError
 from ..media.images import InputProblem, InputRef
 from ..render import Renderer
+from ..store.catalog import Pair
 from .batch import batch_inputs
 from .plan import RunPlan
 from .preview import preview_jobs
 from .runner import Job, JobOutcome, prepare, run_jobs, runnable
 
-Pair = tuple[Path, Path, str]  # text model, projector, the model's name
 # (config, the run's record fields) -> the run's engine factory; a running server names itself in the fields
 EngineFor = Callable[[EngineConfig, dict[str, Any]], Callable[[Request | None], Answerer]]
 

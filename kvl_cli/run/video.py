@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO
 
 from ..engine.dryrun import PromptPreview
@@ -23,13 +22,13 @@ from ..media import video_sandbox
 from ..media.images import InputProblem, InputRef, expand_inputs
 from ..media.video import Frame, Scene, VideoInfo
 from ..render import Renderer
+from ..store.catalog import Pair
 from ..tasks import SCENE_PROMPT
 from .plan import RunPlan
 from .preview import PreviewWriter
 from .videos import SceneWriter, VideoArgs, caption_scenes, frame_budget, frames_request, run_request
 
 Probed = tuple[InputRef, VideoInfo] | InputProblem  # a video ready to run, or one that failed
-Pair = tuple[Path, Path, str]  # text model, projector, the model's name
 
 
 def probe_all(inputs: list[str]) -> list[Probed]:

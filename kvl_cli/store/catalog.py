@@ -64,6 +64,9 @@ class CatalogEntry:
                          hint=f"choose one of: {', '.join(self.quants)}")
 
 
+Pair = tuple[Path, Path, str]  # a model pair: text model, projector, the model's name
+
+
 def catalog_dirs() -> list[Path]:
     override = os.environ.get("KVL_CATALOG")
     if override:

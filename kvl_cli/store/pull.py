@@ -4,7 +4,6 @@ time, under a file lock); and finding the pair a run uses, offering the default 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +14,7 @@ from ..environment import env_flag
 from ..render import Renderer
 from ..render.base import make_console
 from . import hub
-from .catalog import Installed, NoModelError, resolve
+from .catalog import Installed, NoModelError, Pair, resolve
 
 
 def _progress(console: Console) -> Progress:
@@ -91,8 +90,7 @@ def _pull_locked(plan: hub.PullPlan, force: bool, err: Console) -> Installed:
     return inst
 
 
-def ensure_model(model: str | None, mmproj: str | None, renderer: Renderer, yes: bool = False
-                 ) -> tuple[Path, Path, str]:
+def ensure_model(model: str | None, mmproj: str | None, renderer: Renderer, yes: bool = False) -> Pair:
     """Resolve the model; with none installed, offer to pull the default (TTY), or pull with --yes."""
     try:
         return resolve(model, mmproj)
