@@ -39,8 +39,12 @@ class RunPlan:
     workers: int = 1  # engines on a CPU, each its own context and projector
     sequences: int = 1  # sequences per worker (a GPU's batch)
     images_per_input: int = 1  # images (frames) in the largest prompt, for the per-sequence context
-    frames: bool = False  # the images are video frames, each after its timestamp
     verbose: int = 0
+
+    @property
+    def frames(self) -> bool:
+        """The images are video frames, each after its timestamp."""
+        return self.task == "video"
 
     def fit(self, inputs: int | None = None, images_per_input: int | None = None) -> RunPlan:
         """The plan for a run of ``inputs`` inputs (None: not known yet, as a video's scenes) of at most
@@ -104,7 +108,7 @@ def make_plan(task: str, common: CommonOptions, *, parallel: int | None = None, 
                            verbose=common.out.verbose >= 1)
     return RunPlan(task=task, model=m, settings=settings, answer=answer, render=render,
                    image_tokens=image_tokens(m, task), parallel=parallel, images_per_input=images_per_input,
-                   frames=task == "video", verbose=common.out.verbose)
+                   verbose=common.out.verbose)
 
 
 def image_tokens(m: ModelOptions, task: str) -> int:

@@ -44,13 +44,6 @@ class PreviewWriter:
         self.env.stdout.flush()
 
 
-def preview(config: EngineConfig, items: list[tuple[str, Request, dict[str, Any]]], writer: PreviewWriter) -> None:
-    """Lay out each (label, request, meta) as the engine would and write it."""
-    with PromptPreview(config) as pp:
-        for label, request, meta in items:
-            writer.write(label, pp.view(request), meta)
-
-
 def preview_jobs(slots: list[Slot], config: EngineConfig, settings: GenerationSettings, meta: dict[str, Any],
                  renderer: Renderer, env: Environment, *, as_json: bool) -> list[JobOutcome]:
     """``--dry-run`` for caption, ocr and ask: each job's prompt, in input order; the inputs that
