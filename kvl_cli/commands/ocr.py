@@ -7,7 +7,7 @@ import click
 from ..environment import Environment
 from ..tasks import ocr_prompt
 from ._common import pass_env, run_per_image
-from .flags import batch_options, generation_options, model_options, output_options, ray_options
+from .flags import batch_options, generation_options, model_options, output_options, ray_options, sidecar_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,7 @@ from .flags import batch_options, generation_options, model_options, output_opti
               help="Plain text, or Markdown keeping headings, lists and tables.")
 @model_options
 @batch_options
+@sidecar_options
 @ray_options
 @generation_options
 @output_options
