@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import click
+
+from ..environment import Environment
+from ..errors import ExitCode
+from ..safetext import one_line
+
+pass_env = click.make_pass_decorator(Environment, ensure=True)  # not _common's: it imports the engine
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--index", "index_file", metavar="FILE", default=None,
+              help="The index file [default: index.sqlite in kvl's data folder].")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error [env KVL_DEBUG=1].")
+@pass_env
+def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debug: bool) -> int:
+    """Add kvl's records to the local search index (SQLite FTS5), for kvl search.
+
+    PATH is a JSON Lines file (--json, video --scenes --format jsonl), a folder of them (Ray's
+    --output parts, .json sidecars), a bucket URI (s3://…) or - for stdin. Incremental: a record
+    already indexed is not added again, a changed one replaces it; an unchanged file is not read.
+
+    \b
+      kvl caption --json photos/ > caps.jsonl && kvl index caps.jsonl
+      kvl video --scenes --format jsonl talks/ | kvl index -
+      kvl index --index lib.sqlite runs/ s3://bucket/out/
+    """
+    from ..index import build, index_path
+
+    target = index_path(index_file)
+    tally = build(list(paths), target, env.stderr, env.stdin)
+    unchanged_files = f", {tally.unchanged_files} unchanged (not read)" if tally.unchanged_files else ""
+    failed = f"; {tally.failed} records of failed inputs left out" if tally.failed else ""
+    env.stderr.write(one_line(
+        f"kvl: indexed {tally.files} files{unchanged_files} into {target}: {tally.added} new records, "
+        f"{tally.replaced} replaced, {tally.unchanged} already there{failed}") + "\n")
+    if tally.damage.count:
+        env.stderr.write(one_line(f"kvl: error: {tally.damage.count} damaged lines skipped (the first: "
+                                  f"{tally.damage.first}); everything else is indexed") + "\n")
+        return int(ExitCode.PARTIAL)
+    return 0
