@@ -4,6 +4,7 @@ turns; hits ranked with their file, time range or page, snippets, filters, hosti
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -100,6 +101,16 @@ def test_damaged_lines_are_skipped_and_counted(kvl, tmp_path):
     assert sorted(h["file"] for h in hits(kvl, "lighthouse")) == ["a.jpg", "v.mp4"]
 
 
+def test_an_unreadable_file_is_counted_and_the_others_indexed(kvl, tmp_path):
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [image("a.jpg", "a lighthouse")])
+    (folder / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    r = kvl("index", folder)
+    assert r.code == 5 and "1 damaged lines skipped" in r.err and "b.jsonl" in r.err
+    assert [h["file"] for h in hits(kvl, "lighthouse")] == ["a.jpg"]
+
+
 def test_ray_part_folders_and_stdin(kvl, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -137,6 +148,19 @@ def test_search_ranks_filters_and_limits(kvl, tmp_path):
     assert {h["file"] for h in hits(kvl, "diagram OR sentence")} == {"talks/b.jpg", "other/c.jpg"}
     r = kvl("search", "zebra")
     assert r.code == 0 and r.out == "" and "no records match" in r.err
+
+
+def test_a_very_common_word_is_ranked_among_its_newest_matches(tmp_path, monkeypatch):
+    index = tmp_path / "i.sqlite"
+    src = write_jsonl(tmp_path / "r.jsonl", [image("old.jpg", "kayak kayak kayak")] +
+                      [image(f"new{i}.jpg", f"a kayak and {i} other things on a long shore") for i in range(5)])
+    build([str(src)], index, sys.stderr)
+    conn = open_index(index)
+    assert search(conn, "kayak", limit=1)[0].file == "old.jpg"  # the best by BM25
+    monkeypatch.setattr(importlib.import_module("kvl_cli.index.search"), "RANK_WINDOW", 5)
+    found = [h.file for h in search(conn, "kayak", limit=10)]
+    assert len(found) == 5 and "old.jpg" not in found  # past the window: the newest five matches are ranked
+    conn.close()
 
 
 @pytest.mark.parametrize("query", ['"', '"unclosed phrase', "NEAR(a b)", "a AND", "OR", "-x", "a:b", "^start",

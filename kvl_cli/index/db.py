@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sources(
     mtime_ns INTEGER NOT NULL
 );
 """
+MMAP_BYTES = 256 * 1024 * 1024
 BUSY_TIMEOUT_S = 60.0  # a search waits this long for an indexer's commit at most
 
 
@@ -84,6 +85,7 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         _check_schema(conn, path, create)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")  # a search process reads its pages without copying them
         if create:
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -4,10 +4,13 @@ The query language is deliberately small: words (all must match), ``"quoted phra
 for a prefix, and ``OR`` between two terms. Every term is quoted before it reaches FTS5, so the
 characters FTS5's own syntax gives meaning to (``"``, ``*``, ``:``, ``^``, ``(``, ``-``, ``+``,
 ``NEAR``) are searched as text and never break the query.
+
+Hits are ranked by BM25 (FTS5's ``rank``), among the newest ``RANK_WINDOW`` records that match.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
 import sqlite3
 from dataclasses import asdict, dataclass
@@ -18,6 +21,11 @@ from ..errors import UsageError
 # snippet markers: control characters no caption holds (kvl's records escape them), replaced when shown
 MARK_ON, MARK_OFF = "\x02", "\x03"
 SNIPPET_TOKENS = 16
+# BM25 is computed for every record that matches, about a microsecond each: a word in one record of
+# six (a library of a million captions: "man", "table") would cost 150 ms and more. A query is
+# ranked among its newest RANK_WINDOW matches (the most recently indexed); a narrower query (two
+# words, a phrase, --task, --path) is ranked over all its matches.
+RANK_WINDOW = 10_000
 TERM = re.compile(r'"([^"]*)"?|(\S+)')
 
 
@@ -74,7 +82,7 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
     snippet (a snippet for every match would cost more than the ranking)."""
     match = fts_query(query)
     try:
-        ranked = conn.execute(*_ranking(match, limit, task, path)).fetchall()
+        ranked = _ranked(conn, match, limit, task, path)
         if not ranked:
             return []
         marks = ",".join("?" * len(ranked))
@@ -96,11 +104,10 @@ def _hit(row: tuple[Any, ...], score: float) -> Hit:
     return Hit(file, scene, page, start, end, task, model, date, score, snippet, text)
 
 
-def _ranking(match: str, limit: int, task: str | None, path: str | None) -> tuple[str, tuple[Any, ...]]:
-    """The query that ranks: on the FTS table alone (FTS5 keeps only the best ``limit``) unless a
-    filter needs the docs."""
-    if not task and not path:
-        return "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, limit)
+def _ranked(conn: sqlite3.Connection, match: str, limit: int, task: str | None,
+            path: str | None) -> list[tuple[int, float]]:
+    """(rowid, BM25) of the best ``limit`` among the newest ``RANK_WINDOW`` matches, in one pass over
+    them (FTS5 walks its matches newest first and stops at the window)."""
     where, args = ["fts MATCH ?"], [match]
     if task:
         where.append("d.task = ?")
@@ -108,8 +115,10 @@ def _ranking(match: str, limit: int, task: str | None, path: str | None) -> tupl
     if path:
         where.append("d.file GLOB ?")
         args.append(path)
-    return (f"SELECT fts.rowid, fts.rank FROM fts JOIN docs d ON d.id = fts.rowid WHERE {' AND '.join(where)} "
-            "ORDER BY fts.rank LIMIT ?", (*args, limit))
+    join = "JOIN docs d ON d.id = fts.rowid " if task or path else ""
+    rows = conn.execute(f"SELECT fts.rowid, fts.rank FROM fts {join}WHERE {' AND '.join(where)} "
+                        "ORDER BY fts.rowid DESC LIMIT ?", (*args, RANK_WINDOW))
+    return heapq.nsmallest(limit, rows, key=lambda row: row[1])
 
 
 def clock(seconds: float) -> str:

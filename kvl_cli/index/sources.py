@@ -78,13 +78,16 @@ def _local_sources(arg: str) -> Iterator[Source]:
         for file in sorted(found):
             yield _local(file)
         return
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"{arg}: not found", hint="give a JSON Lines file, a folder of them, or .json sidecars")
     yield _local(path)
 
 
 def _local(path: Path) -> Source:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:  # a dangling link: said when it is read
+        return Source(os.path.abspath(path), None, None, whole=path.suffix == ".json")
     return Source(os.path.abspath(path), st.st_size, st.st_mtime_ns, whole=path.suffix == ".json")
 
 
@@ -99,7 +102,7 @@ def _bucket_sources(uri: str) -> Iterator[Source]:
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{uri}: not found", hint="check the bucket and the path")
         infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    except (OSError, pafs.ArrowException) as exc:  # type: ignore[attr-defined]
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowIOError is an OSError, ArrowInvalid a ValueError
         raise InputError(f"{uri}: cannot list it ({exc})", hint="check the URI and your credentials") from None
     scheme = uri.split("://", 1)[0]
     for i in sorted(infos, key=lambda i: i.path):

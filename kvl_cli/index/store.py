@@ -102,7 +102,10 @@ class Indexer:
                 self.tally.unchanged_files += 1
                 continue
             before = self.tally.damage.count
-            self._read(source)
+            try:
+                self._read(source)
+            except OSError as exc:  # unreadable, or a bucket gone mid-read: what was committed stays
+                self.tally.damage.add(f"{source.name}: {exc.strerror or exc}")
             if self.tally.damage.count == before and source.mtime_ns is not None:
                 self.conn.execute("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)",
                                   (source.name, source.size, source.mtime_ns))
