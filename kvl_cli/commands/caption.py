@@ -32,5 +32,6 @@ def caption(env: Environment, inputs: tuple[str, ...], detail: str, **kwargs: An
       kvl caption --detail short --json photos/ > captions.jsonl
       cat photo.jpg | kvl caption -
       find photos -name '*.jpg' | kvl caption --json --skip-done caps.jsonl >> caps.jsonl
+      kvl caption --sidecar txt --sidecar xmp dataset/     # dataset/a.jpg -> a.txt, a.xmp
     """
     return run_per_image("caption", inputs, kwargs, env, caption_prompt(detail), {"detail": detail})

@@ -31,5 +31,6 @@ def ocr(env: Environment, inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> i
       kvl ocr scan.png > scan.txt
       kvl ocr --format markdown receipt.jpg
       kvl ocr --json scans/*.png | jq -r .answer
+      kvl ocr --sidecar txt --sidecar-dir ocr/ scans/
     """
     return run_per_image("ocr", inputs, kwargs, env, ocr_prompt(fmt), {"format": fmt})
