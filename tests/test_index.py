@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,8 +66,10 @@ def test_captions_and_their_json_sidecars_are_one_entry_each(kvl, scripted, phot
     many = photos(3)
     r = kvl("caption", *many, *scripted.args(), "--json", "--sidecar", "json")
     caps = write_jsonl(tmp_path / "caps.jsonl", records(r.out))
+    (Path(many[0]).parent / "p00.png.json").write_text('{"title": "p00.png", "photoTakenTime": {}}')  # Takeout's
     r = kvl("index", caps, Path(many[0]).parent)  # the JSON Lines and the folder of .json sidecars
     assert r.code == 0, r.err
+    assert "1 .json files that are not kvl records passed over" in r.err
     assert "3 new records" in r.err  # a sidecar's record is the same input's: it replaces the line (or is the same)
     found = hits(kvl, "answer", "--task", "caption")
     assert sorted(h["file"] for h in found) == many
@@ -79,9 +82,10 @@ def test_indexing_is_incremental(kvl, tmp_path):
     assert "2 new records, 0 replaced, 0 already there" in kvl("index", src).err
     again = kvl("index", src)
     assert again.code == 0 and "1 unchanged (not read)" in again.err and "0 new records" in again.err
-    # a run appended to the file: one new record, one input captioned again (the later record replaces it)
+    # a later run appended to the file: one new record, one input captioned again (the later record replaces it)
     write_jsonl(src, [image("a.jpg", "a red kayak on a lake"), image("b.jpg", "a whiteboard with a diagram"),
                       image("c.jpg", "a green tent"), image("b.jpg", "a chalkboard with equations")])
+    os.utime(src, (time.time() + 3600, time.time() + 3600))
     r = kvl("index", src)
     assert "1 new records, 1 replaced, 1 already there" in r.err
     assert hits(kvl, "whiteboard") == []

@@ -33,6 +33,7 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
     tally = build(list(paths), target, env.stderr, env.stdin)
     unchanged_files = f", {tally.unchanged_files} unchanged (not read)" if tally.unchanged_files else ""
     failed = f"; {tally.failed} records of failed inputs left out" if tally.failed else ""
+    failed += f"; {tally.damage.others} .json files that are not kvl records passed over" if tally.damage.others else ""
     env.stderr.write(one_line(
         f"kvl: indexed {tally.files} files{unchanged_files} into {target}: {tally.added} new records, "
         f"{tally.replaced} replaced, {tally.unchanged} already there{failed}") + "\n")

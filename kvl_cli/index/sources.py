@@ -3,7 +3,8 @@ jsonl``), folders of them (Ray's ``--output`` parts, trees of ``.json`` sidecars
 (``s3://…``, anything pyarrow's filesystems open, as for ``--output``), or ``-`` for stdin.
 
 A line that is not a kvl record (cut short, not JSON, not an object, no file and no text) is
-damaged: it is counted and passed over, never the end of the run.
+damaged: it is counted and passed over, never the end of the run. A ``.json`` file that is JSON but
+not a kvl record (Google Takeout's, a tool's settings) is not kvl's: passed over, counted apart.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Damage:
 
     count: int = 0
     first: str = ""
+    others: int = 0  # .json files that are JSON but not kvl's records (a photo library's own metadata)
 
     def add(self, where: str) -> None:
         self.count += 1
@@ -136,10 +138,12 @@ def records(source: Source, damage: Damage, stdin: IO[bytes] | None = None) -> I
         if source.whole:
             text = f.read(MAX_LINE_CHARS + 1)
             rec = _record(text) if len(text) <= MAX_LINE_CHARS else None
-            if rec is None:
-                damage.add(source.name)
-            else:
+            if rec is not None:
                 yield rec
+            elif _is_json(text):
+                damage.others += 1
+            else:
+                damage.add(source.name)
             return
         for n, line in enumerate(_lines(f), 1):
             if line is None:
@@ -175,3 +179,11 @@ def _record(text: str) -> dict[str, Any] | None:
     if not isinstance(rec, dict) or not isinstance(rec.get("input", rec.get("file")), str):
         return None
     return rec
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True

@@ -74,10 +74,12 @@ def to_doc(rec: dict[str, Any], source: str, default_date: str | None) -> Doc | 
     scene, page = _int(rec.get("scene")), _int(rec.get("page"))
     task = _str(rec.get("task")) or ("video" if scene is not None else None)
     kept = (file, scene, page, _float(rec.get("start")), _float(rec.get("end")), task, _str(rec.get("model")),
-            _str(rec.get("date")) or default_date, text)
+            _str(rec.get("date")), text)
     key = "\x1f".join((task or "", file, "" if scene is None else str(scene), "" if page is None else str(page)))
+    # the digest covers the record's own fields: a record without a date of its own takes its file's
+    # mtime, which changes when a run appends to the file, and the record has not changed for that
     digest = hashlib.blake2b(repr(kept).encode("utf-8", "replace"), digest_size=12).digest()
-    return Doc(key, digest, *kept[:-1], source, text)
+    return Doc(key, digest, *kept[:7], kept[7] or default_date, source, text)
 
 
 def _mtime_date(mtime_ns: int | None) -> str | None:
