@@ -103,6 +103,14 @@ def test_damaged_lines_are_skipped_and_counted(kvl, tmp_path):
     assert r.code == 5
     assert f"5 damaged lines skipped (the first: {src}:2)" in r.err and "1 records of failed inputs left out" in r.err
     assert sorted(h["file"] for h in hits(kvl, "lighthouse")) == ["a.jpg", "v.mp4"]
+    # a .json sidecar cut short (the run killed while writing it) is damage too
+    folder = tmp_path / "sidecars"
+    folder.mkdir()
+    (folder / "b.json").write_text(json.dumps(image("b.jpg", "a lighthouse keeper")))
+    (folder / "c.json").write_text(json.dumps(image("c.jpg", "a lighthouse"))[:30])
+    r = kvl("index", folder)
+    assert r.code == 5 and f"1 damaged lines skipped (the first: {folder / 'c.json'})" in r.err
+    assert "b.jpg" in {h["file"] for h in hits(kvl, "keeper")}
 
 
 def test_an_unreadable_file_is_counted_and_the_others_indexed(kvl, tmp_path):

@@ -83,10 +83,10 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
     conn: sqlite3.Connection = module.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         _check_schema(conn, path, create)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")  # a search process reads its pages without copying them
-        if create:
+        if create:  # a search changes nothing (a read-only index can be searched)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.DatabaseError as exc:
