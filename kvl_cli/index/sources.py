@@ -132,14 +132,16 @@ def open_text(source: Source, stdin: IO[bytes] | None = None) -> Iterator[IO[str
         yield f
 
 
-def records(source: Source, damage: Damage, stdin: IO[bytes] | None = None) -> Iterator[dict[str, Any]]:
-    """The source's records; each damaged line counted in ``damage`` (and passed over)."""
+def records(source: Source, damage: Damage,
+            stdin: IO[bytes] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """The source's records, each with its text as read; each damaged line counted in ``damage``
+    (and passed over)."""
     with open_text(source, stdin) as f:
         if source.whole:
             text = f.read(MAX_LINE_CHARS + 1)
             rec = _record(text) if len(text) <= MAX_LINE_CHARS else None
             if rec is not None:
-                yield rec
+                yield rec, text
             elif _is_json(text):
                 damage.others += 1
             else:
@@ -155,7 +157,7 @@ def records(source: Source, damage: Damage, stdin: IO[bytes] | None = None) -> I
             if rec is None:
                 damage.add(f"{source.name}:{n}")
             else:
-                yield rec
+                yield rec, line
 
 
 def _lines(f: IO[str]) -> Iterator[str | None]:

@@ -1,9 +1,9 @@
 """Records into the index, incrementally: a record is indexed once, a changed one replaces its entry.
 
 A record's key is what it describes: its task, its file (``file``, or ``input`` for an image), and
-its scene or page; its digest covers everything kept (text, times, task, model, date). Indexing the
-same records again changes nothing; a record with the key of one indexed before but another digest
-(the image captioned again) replaces it, in ``docs`` and in the FTS table. A file read whole and
+its scene or page; its digest is of the record as written. Indexing the same records again changes
+nothing; a record with the key of one indexed before but another digest (the image captioned again)
+replaces it, in ``docs`` and in the FTS table. A file read whole and
 without damage is remembered by size and mtime, so an unchanged file is not even read again.
 Records are written in transactions of ``BATCH`` records: Ctrl-C keeps what was committed.
 """
@@ -63,23 +63,25 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def to_doc(rec: dict[str, Any], source: str, default_date: str | None) -> Doc | None:
-    """The record as a ``Doc``; None for a failed input's record or one with no text."""
+def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None) -> Doc | None:
+    """The record (``raw``: its text as read) as a ``Doc``; None for a failed input's record or one
+    with no text."""
     if rec.get("error") is not None:
         return None
     text = _str(rec.get("answer")) or _str(rec.get("caption")) or _str(rec.get("text"))
     if text is None:
         return None
-    file = str(rec.get("file") if isinstance(rec.get("file"), str) else rec["input"])
+    file = rec.get("file")
+    file = file if isinstance(file, str) else str(rec["input"])
     scene, page = _int(rec.get("scene")), _int(rec.get("page"))
     task = _str(rec.get("task")) or ("video" if scene is not None else None)
-    kept = (file, scene, page, _float(rec.get("start")), _float(rec.get("end")), task, _str(rec.get("model")),
-            _str(rec.get("date")), text)
-    key = "\x1f".join((task or "", file, "" if scene is None else str(scene), "" if page is None else str(page)))
-    # the digest covers the record's own fields: a record without a date of its own takes its file's
-    # mtime, which changes when a run appends to the file, and the record has not changed for that
-    digest = hashlib.blake2b(repr(kept).encode("utf-8", "replace"), digest_size=12).digest()
-    return Doc(key, digest, *kept[:7], kept[7] or default_date, source, text)
+    key = f"{task or ''}\x1f{file}\x1f{'' if scene is None else scene}\x1f{'' if page is None else page}"
+    # the digest is of the record as written: the same line read again (a file a run appended to,
+    # whose mtime, the date of records without one, has changed) is unchanged; a record written
+    # again (the input captioned again) replaces the old one
+    digest = hashlib.blake2b(raw.strip().encode("utf-8", "replace"), digest_size=12).digest()
+    return Doc(key, digest, file, scene, page, _float(rec.get("start")), _float(rec.get("end")), task,
+               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, text)
 
 
 def _mtime_date(mtime_ns: int | None) -> str | None:
@@ -122,8 +124,8 @@ class Indexer:
     def _read(self, source: Source) -> None:
         date = _mtime_date(source.mtime_ns)
         batch: dict[str, Doc] = {}
-        for rec in records(source, self.tally.damage, self.stdin):
-            doc = to_doc(rec, source.name, date)
+        for rec, raw in records(source, self.tally.damage, self.stdin):
+            doc = to_doc(rec, raw, source.name, date)
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue
