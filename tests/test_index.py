@@ -134,9 +134,9 @@ def test_ray_part_folders_and_stdin(kvl, tmp_path):
     found = hits(kvl, "dog")
     assert sorted(h["file"] for h in found) == ["s3://b/p.jpg", "s3://b/v1.mp4"]
     assert "s3://b/v1.mp4 @ 00:01:00–00:01:12  (video)" in kvl("search", "beach").out
-    piped = json.dumps(image("doc.pdf", "an invoice total", task="ocr", page=3)) + "\n"
+    piped = json.dumps(image("doc.pdf", "INVOICE\n\nan invoice total\x1b[2J", task="ocr", page=3)) + "\n"
     assert kvl("index", "-", stdin=piped.encode()).code == 0
-    assert "doc.pdf p. 3  (ocr)" in kvl("search", "invoice").out
+    assert "doc.pdf p. 3  (ocr)\n  INVOICE an invoice total\\x1b[2J\n" in kvl("search", "invoice").out
     assert hits(kvl, "invoice")[0]["page"] == 3
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
@@ -58,7 +59,8 @@ def _json(hit: Hit) -> str:
 def _text(hit: Hit, *, bold: bool) -> str:
     """The hit's place, then its snippet on the next line: matched words bold on a terminal."""
     on, off = (BOLD, PLAIN) if bold else ("", "")
-    pieces = [one_line(p) for p in hit.snippet.replace(MARK_OFF, MARK_ON).split(MARK_ON)]
+    flat = re.sub(r"\s+", " ", hit.snippet)  # OCR text's lines: one line of snippet
+    pieces = [one_line(p) for p in flat.replace(MARK_OFF, MARK_ON).split(MARK_ON)]
     snippet = "".join(p if i % 2 == 0 else f"{on}{p}{off}" for i, p in enumerate(pieces))
     head = one_line(where_line(hit)) + (f"  ({hit.task})" if hit.task else "")
     return f"{on}{head}{off}\n  {snippet}\n" if bold else f"{head}\n  {snippet}\n"

@@ -26,11 +26,10 @@ class RecordTee(Renderer):
     """Delegates everything shown to ``inner``; each result goes to ``sinks`` before it is shown."""
 
     def __init__(self, inner: Renderer, sinks: list[RecordSink]) -> None:
-        # no Renderer.__init__: nothing is drawn here, the inner renderer owns the streams and the progress
+        super().__init__(inner.opts, inner.env)  # every attribute a renderer has; nothing is drawn here
         self.inner = inner
         self.sinks = sinks
-        self.opts, self.env, self.out = inner.opts, inner.env, inner.out
-        self.err_stream, self.err = inner.err_stream, inner.err
+        self.out, self.err_stream, self.err = inner.out, inner.err_stream, inner.err
         self.failed_labels: dict[str, KvlError] = {}
 
     def status(self, label: str, detail: str = "") -> None:
