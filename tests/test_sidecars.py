@@ -143,6 +143,25 @@ def test_merge_unit_cases():
         xmp.merge(b"<html><body/></html>", "x", {"task": "ocr"})
 
 
+HEAD = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description>')
+TAIL = b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+
+
+def test_a_hostile_xmp_is_refused_not_expanded():
+    external = b'<!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]>' + HEAD + b"&e;" + TAIL
+    with pytest.raises(xmp.XmpError, match="undefined entity"):
+        xmp.merge(external, "x", {"task": "caption"})
+    import pyexpat
+
+    if tuple(int(n) for n in pyexpat.EXPAT_VERSION.split("_")[1].split(".")) < (2, 4):
+        pytest.skip("this expat has no limit on entity amplification (2.4+ has)")
+    entities = b"".join(b'<!ENTITY l%d "%s">' % (i, (b"&l%d;" % (i - 1)) * 10) for i in range(1, 10))
+    bomb = b'<!DOCTYPE r [<!ENTITY l0 "lol">' + entities + b"]>" + HEAD + b"&l9;" + TAIL
+    with pytest.raises(xmp.XmpError, match="amplification"):
+        xmp.merge(bomb, "x", {"task": "caption"})
+
+
 def test_a_damaged_xmp_is_left_alone_and_the_input_fails(kvl, scripted, photos):
     many = photos(2)
     bad = Path(many[0]).with_suffix(".xmp")

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from ..environment import Environment
 from ..errors import ExitCode
+from ..index import Tally, build, index_path
 from ..safetext import one_line
 
 pass_env = click.make_pass_decorator(Environment, ensure=True)  # not _common's: it imports the engine
@@ -27,10 +30,10 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
       kvl video --scenes --format jsonl talks/ | kvl index -
       kvl index --index lib.sqlite runs/ s3://bucket/out/
     """
-    from ..index import build, index_path
-
     target = index_path(index_file)
-    tally = build(list(paths), target, env.stderr, env.stdin)
+    tally = build(list(paths), target, env.stderr, env.stdin, progress=_progress(env))
+    if env.stderr_isatty:
+        env.stderr.write("\r\x1b[K")
     unchanged_files = f", {tally.unchanged_files} unchanged (not read)" if tally.unchanged_files else ""
     failed = f"; {tally.failed} records of failed inputs left out" if tally.failed else ""
     failed += f"; {tally.damage.others} .json files that are not kvl records passed over" if tally.damage.others else ""
@@ -42,3 +45,15 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
                                   f"{tally.damage.first}); everything else is indexed") + "\n")
         return int(ExitCode.PARTIAL)
     return 0
+
+
+def _progress(env: Environment) -> Callable[[Tally], None] | None:
+    """On a terminal, one line that counts the records as they are committed."""
+    if not env.stderr_isatty:
+        return None
+
+    def show(tally: Tally) -> None:
+        env.stderr.write(f"\rkvl: indexing: {tally.added + tally.replaced + tally.unchanged:,} records…")
+        env.stderr.flush()
+
+    return show

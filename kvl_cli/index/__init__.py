@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -54,12 +54,14 @@ def _locked(path: Path, err: IO[str]) -> Iterator[None]:
         lock.release()
 
 
-def build(paths: list[str], index: Path, err: IO[str], stdin: IO[bytes] | None = None) -> Tally:
-    """Index the records under ``paths`` (``-``: ``stdin``) into ``index`` (made if new); what was done."""
+def build(paths: list[str], index: Path, err: IO[str], stdin: IO[bytes] | None = None,
+          progress: Callable[[Tally], None] | None = None) -> Tally:
+    """Index the records under ``paths`` (``-``: ``stdin``) into ``index`` (made if new); what was done.
+    ``progress`` is told the tally after each transaction."""
     with _locked(index, err):
         conn = connect(index, create=True)
         try:
-            return Indexer(conn, stdin).index(find_sources(paths))
+            return Indexer(conn, stdin, progress).index(find_sources(paths))
         finally:
             conn.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, NamedTuple
@@ -93,9 +93,11 @@ def _mtime_date(mtime_ns: int | None) -> str | None:
 class Indexer:
     """Writes into one index connection (the caller holds the index's lock)."""
 
-    def __init__(self, conn: sqlite3.Connection, stdin: IO[bytes] | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, stdin: IO[bytes] | None = None,
+                 progress: Callable[[Tally], None] | None = None) -> None:
         self.conn = conn
         self.stdin = stdin  # what "-" reads
+        self.progress = progress  # called after each transaction
         self.tally = Tally()
         self.next_id = (conn.execute("SELECT max(id) FROM docs").fetchone()[0] or 0) + 1
 
@@ -165,6 +167,8 @@ class Indexer:
             raise
         self.tally.added += len(new)
         self.tally.replaced += len(changed)
+        if self.progress is not None:
+            self.progress(self.tally)
 
     def _existing(self, keys: list[str]) -> Iterator[tuple[str, tuple[int, bytes, str]]]:
         for i in range(0, len(keys), LOOKUP):
