@@ -69,7 +69,7 @@ def test_captions_and_their_json_sidecars_are_one_entry_each(kvl, scripted, phot
     (Path(many[0]).parent / "p00.png.json").write_text('{"title": "p00.png", "photoTakenTime": {}}')  # Takeout's
     r = kvl("index", caps, Path(many[0]).parent)  # the JSON Lines and the folder of .json sidecars
     assert r.code == 0, r.err
-    assert "1 .json files that are not kvl records passed over" in r.err
+    assert "1 .json file not kvl's passed over" in r.err
     assert "3 new records" in r.err  # a sidecar's record is the same input's: it replaces the line (or is the same)
     found = hits(kvl, "answer", "--task", "caption")
     assert sorted(h["file"] for h in found) == many
@@ -87,7 +87,7 @@ def test_indexing_is_incremental(kvl, tmp_path):
                       image("c.jpg", "a green tent"), image("b.jpg", "a chalkboard with equations")])
     os.utime(src, (time.time() + 3600, time.time() + 3600))
     r = kvl("index", src)
-    assert "1 new records, 1 replaced, 1 already there" in r.err
+    assert "1 new record, 1 replaced, 1 already there" in r.err
     assert hits(kvl, "whiteboard") == []
     assert [h["file"] for h in hits(kvl, "chalkboard")] == ["b.jpg"]
     assert len(hits(kvl, "a")) == 3
@@ -101,7 +101,7 @@ def test_damaged_lines_are_skipped_and_counted(kvl, tmp_path):
                       + "\n")
     r = kvl("index", src)
     assert r.code == 5
-    assert f"5 damaged lines skipped (the first: {src}:2)" in r.err and "1 records of failed inputs left out" in r.err
+    assert f"5 damaged lines skipped (the first: {src}:2)" in r.err and "1 record of failed inputs left out" in r.err
     assert sorted(h["file"] for h in hits(kvl, "lighthouse")) == ["a.jpg", "v.mp4"]
     # a .json sidecar cut short (the run killed while writing it) is damage too
     folder = tmp_path / "sidecars"
@@ -109,7 +109,7 @@ def test_damaged_lines_are_skipped_and_counted(kvl, tmp_path):
     (folder / "b.json").write_text(json.dumps(image("b.jpg", "a lighthouse keeper")))
     (folder / "c.json").write_text(json.dumps(image("c.jpg", "a lighthouse"))[:30])
     r = kvl("index", folder)
-    assert r.code == 5 and f"1 damaged lines skipped (the first: {folder / 'c.json'})" in r.err
+    assert r.code == 5 and f"1 damaged line skipped (the first: {folder / 'c.json'})" in r.err
     assert "b.jpg" in {h["file"] for h in hits(kvl, "keeper")}
 
 
@@ -119,7 +119,7 @@ def test_an_unreadable_file_is_counted_and_the_others_indexed(kvl, tmp_path):
     write_jsonl(folder / "a.jsonl", [image("a.jpg", "a lighthouse")])
     (folder / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
     r = kvl("index", folder)
-    assert r.code == 5 and "1 damaged lines skipped" in r.err and "b.jsonl" in r.err
+    assert r.code == 5 and "1 damaged line skipped" in r.err and "b.jsonl" in r.err
     assert [h["file"] for h in hits(kvl, "lighthouse")] == ["a.jpg"]
 
 

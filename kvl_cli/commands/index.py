@@ -35,13 +35,14 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
     if env.stderr_isatty:
         env.stderr.write("\r\x1b[K")
     unchanged_files = f", {tally.unchanged_files} unchanged (not read)" if tally.unchanged_files else ""
-    failed = f"; {tally.failed} records of failed inputs left out" if tally.failed else ""
-    failed += f"; {tally.damage.others} .json files that are not kvl records passed over" if tally.damage.others else ""
+    notes = f"; {_n(tally.failed, 'record')} of failed inputs left out" if tally.failed else ""
+    if tally.damage.others:
+        notes += f"; {_n(tally.damage.others, '.json file')} not kvl's passed over"
     env.stderr.write(one_line(
-        f"kvl: indexed {tally.files} files{unchanged_files} into {target}: {tally.added} new records, "
-        f"{tally.replaced} replaced, {tally.unchanged} already there{failed}") + "\n")
+        f"kvl: indexed {_n(tally.files, 'file')}{unchanged_files} into {target}: {_n(tally.added, 'new record')}, "
+        f"{tally.replaced} replaced, {tally.unchanged} already there{notes}") + "\n")
     if tally.damage.count:
-        env.stderr.write(one_line(f"kvl: error: {tally.damage.count} damaged lines skipped (the first: "
+        env.stderr.write(one_line(f"kvl: error: {_n(tally.damage.count, 'damaged line')} skipped (the first: "
                                   f"{tally.damage.first}); everything else is indexed") + "\n")
         return int(ExitCode.PARTIAL)
     return 0
@@ -57,3 +58,7 @@ def _progress(env: Environment) -> Callable[[Tally], None] | None:
         env.stderr.flush()
 
     return show
+
+
+def _n(count: int, thing: str) -> str:
+    return f"{count:,} {thing}{'' if count == 1 else 's'}"
