@@ -85,7 +85,10 @@ class SidecarWriter:
     def _written(self, path: Path, kind: str) -> bool:
         if kind == "txt":
             return path.is_file()  # plain text carries no mark: whatever wrote it, it is not replaced
-        data = _read_existing(path)
+        try:
+            data = _read_existing(path)
+        except (DiskError, InputError):
+            return False  # not readable as a sidecar: the input runs, and its write says what is wrong
         if data is None:
             return False
         if kind == "xmp":
