@@ -223,3 +223,19 @@ def test_exiftool_reads_the_merged_sidecar(kvl, scripted, photos):
     assert tags["XMP-dc:Subject"] == ["cat", "window"]
     assert tags["XMP-dc:Description"] == SCRIPTED_ANSWER and tags["XMP-dc:Description-de"] == "meine Worte"
     assert tags["XMP-kvl:Task"] == "caption" and tags["XMP-kvl:Model"] == scripted.model.name
+
+
+def test_where_a_sidecar_goes(tmp_path, monkeypatch):
+    from kvl_cli.errors import UsageError
+    from kvl_cli.sidecars import sidecar_path
+
+    monkeypatch.chdir(tmp_path)
+    assert sidecar_path("photos/./a.jpg", "txt", None) == Path("photos/a.txt")
+    assert sidecar_path("photos/scan", "json", None) == Path("photos/scan.json")  # no suffix: one added
+    assert sidecar_path("photos/a.jpg", "xmp", "out") == Path("out/photos/a.xmp")
+    assert sidecar_path("/srv/media/a.jpg", "txt", "out") == Path("out/srv/media/a.txt")
+    assert sidecar_path("https://example.org/img/../a%2Fb.png?x=1", "txt", "out") == Path("out/example.org/img/a/b.txt")
+    assert sidecar_path("s3://bucket/p/c.jpg", "txt", "out") == Path("out/bucket/p/c.txt")
+    for label in ("-", "https://example.org/a.png", "s3://bucket/c.jpg"):
+        with pytest.raises(UsageError):
+            sidecar_path(label, "txt", None)

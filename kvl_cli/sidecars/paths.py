@@ -10,6 +10,7 @@ input always has the same sidecar, so a rerun finds it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -18,8 +19,12 @@ from ..errors import UsageError
 KINDS = ("txt", "json", "xmp")
 
 
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def is_url(label: str) -> bool:
-    return label.startswith(("http://", "https://"))
+    """http(s), or a bucket's URI (s3://…): a name with no folder on this machine beside it."""
+    return bool(URI.match(label))
 
 
 def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
@@ -29,7 +34,7 @@ def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
                          hint="give the file's path instead of piping it in")
     if is_url(label):
         if folder is None:
-            raise UsageError(f"--sidecar: {label} is a URL: there is no folder beside it",
+            raise UsageError(f"--sidecar: {label} is a URL: there is no folder here beside it",
                              hint="add --sidecar-dir DIR")
         base = Path(folder).expanduser() / _url_part(label)
     elif folder is None:
