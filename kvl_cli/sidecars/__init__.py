@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..engine.types import Result
 from ..errors import DiskError, InputError, UsageError
 from ..options import SidecarOptions
@@ -69,7 +68,7 @@ class SidecarWriter:
         if kind == "json":
             record = {**result_record(label, result, meta), "date": date}
             return (json_safe(json.dumps(record, ensure_ascii=False)) + "\n").encode("utf-8")
-        fields = {"task": str(meta["task"]), "model": str(meta.get("model", "")), "date": date, "version": __version__}
+        fields = {"task": str(meta["task"]), "model": str(meta.get("model", "")), "date": date, "version": _version()}
         try:
             return xmp.merge(_read_existing(path), result.answer.strip(), fields)
         except xmp.XmpError as exc:
@@ -98,6 +97,16 @@ class SidecarWriter:
         except (ValueError, RecursionError):
             return False
         return isinstance(rec, dict) and rec.get("task") == self.task and rec.get("error") is None
+
+
+def _version() -> str:
+    """kvl's version, from its installed metadata (the package's face imports the whole library)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvl")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _read_existing(path: Path) -> bytes | None:
