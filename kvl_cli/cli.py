@@ -31,6 +31,8 @@ COMMANDS = {
     "bench": "kvl_cli.commands.bench:bench",
     "doctor": "kvl_cli.commands.doctor:doctor",
     "serve": "kvl_cli.commands.serve:serve",
+    "index": "kvl_cli.commands.index:index",
+    "search": "kvl_cli.commands.search:search",
 }
 SHORT_HELP = {
     "caption": "Describe images.",
@@ -43,6 +45,8 @@ SHORT_HELP = {
     "bench": "Measure load, image encode, prefill and generation speed on this machine.",
     "doctor": "Show the engine, hardware and model files kvl sees.",
     "serve": "Serve the model over OpenAI's chat-completions API (the CLI uses it).",
+    "index": "Add records (JSON Lines, Ray parts, .json sidecars) to the local search index.",
+    "search": "Search the indexed captions, OCR text and scenes.",
 }
 
 

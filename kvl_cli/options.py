@@ -48,11 +48,21 @@ class OutputFlags:
 
 
 @dataclass(frozen=True)
+class SidecarOptions:
+    """``--sidecar txt|json|xmp`` (repeatable), ``--sidecar-dir DIR``, ``--overwrite`` (see ``sidecars``)."""
+
+    kinds: tuple[str, ...]
+    folder: str | None = None  # None: beside each input
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
 class BatchOptions:
     from_file: str | None
     skip_done: str | None
     shard: tuple[int, int] | None
     parallel: int | None
+    sidecars: SidecarOptions | None = None  # caption, ocr: files written beside each input (the resume mark)
 
 
 @dataclass(frozen=True)

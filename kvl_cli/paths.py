@@ -27,6 +27,11 @@ def models_dir() -> Path:
     return data_dir() / "models"
 
 
+def index_file() -> Path:
+    """``kvl index`` and ``kvl search``'s default index (``--index FILE`` for another)."""
+    return data_dir() / "index.sqlite"
+
+
 def cache_dir() -> Path:
     base = home()
     if base is not None:

@@ -10,11 +10,13 @@ import click
 from ..environment import Environment
 from ..media.images import InputProblem
 from ..options import BatchOptions, CommonOptions
-from ..render import make_renderer
+from ..render import Renderer, make_renderer
+from ..render.tee import RecordTee
 from ..run.plan import make_plan
-from ..run.runner import Job, exit_code
+from ..run.runner import Job, JobOutcome, exit_code
 from ..session import Session
-from .flags import common_options, ray_from, take
+from ..sidecars import with_sidecars
+from .flags import common_options, ray_from, sidecars_from, take
 
 pass_env = click.make_pass_decorator(Environment, ensure=True)
 
@@ -22,6 +24,7 @@ pass_env = click.make_pass_decorator(Environment, ensure=True)
 def run_per_image(task: str, inputs: tuple[str, ...], kwargs: dict[str, Any], env: Environment,
                   instruction: str, meta: dict[str, Any]) -> int:
     """caption and ocr: one job per image, with ``instruction``; in-process or (``--ray``) on a cluster."""
+    kwargs["sidecars"] = sidecars_from(kwargs)
     b = take(BatchOptions, kwargs)
     ray = ray_from(kwargs)
     common = common_options(kwargs)
@@ -30,10 +33,16 @@ def run_per_image(task: str, inputs: tuple[str, ...], kwargs: dict[str, Any], en
 
         return run_on_ray(task, inputs, ray, common, env, batch=b, meta=meta, instruction=instruction)
     plan = make_plan(task, common, parallel=b.parallel)
-    renderer = make_renderer(plan.render, env)
+    renderer = with_sidecars(make_renderer(plan.render, env), b.sidecars, task)
     outcomes = Session(common.model, env=env).run_batch(plan, inputs, b, instruction, renderer, meta,
                                                         dry_run=common.out.dry_run)
-    return exit_code(outcomes)
+    return exit_code(with_failures(outcomes, renderer))
+
+
+def with_failures(outcomes: list[JobOutcome], renderer: Renderer) -> list[JobOutcome]:
+    """The outcomes, an input whose record a sink could not keep (a sidecar) counted as failed."""
+    failed = renderer.failed_labels if isinstance(renderer, RecordTee) else {}
+    return [JobOutcome(o.label, error=failed[o.label]) if o.label in failed else o for o in outcomes]
 
 
 def run_image_task(task: str, jobs: list[Job], problems: list[InputProblem], common: CommonOptions,

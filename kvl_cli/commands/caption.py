@@ -7,7 +7,7 @@ import click
 from ..environment import Environment
 from ..tasks import caption_prompt
 from ._common import pass_env, run_per_image
-from .flags import batch_options, generation_options, model_options, output_options, ray_options
+from .flags import batch_options, generation_options, model_options, output_options, ray_options, sidecar_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,7 @@ from .flags import batch_options, generation_options, model_options, output_opti
               help="How much to say.")
 @model_options
 @batch_options
+@sidecar_options
 @ray_options
 @generation_options
 @output_options
@@ -31,5 +32,6 @@ def caption(env: Environment, inputs: tuple[str, ...], detail: str, **kwargs: An
       kvl caption --detail short --json photos/ > captions.jsonl
       cat photo.jpg | kvl caption -
       find photos -name '*.jpg' | kvl caption --json --skip-done caps.jsonl >> caps.jsonl
+      kvl caption --sidecar txt --sidecar xmp dataset/     # dataset/a.jpg -> a.txt, a.xmp
     """
     return run_per_image("caption", inputs, kwargs, env, caption_prompt(detail), {"detail": detail})

@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from ..distributed.options import RayOptions
 from ..environment import env_flag
 from ..errors import UsageError
-from ..options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags
+from ..options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags, SidecarOptions
 
 F = Callable[..., Any]
 
@@ -86,6 +86,18 @@ batch_options = stack_options(
                  help="Inputs worked on at once in a batch; each answer is printed whole, in input order. On "
                  "a GPU they share each decode; on a CPU up to one worker per core runs, each with its own share "
                  "of the cores [default: 4 with a GPU; 2 on a CPU with 2+ cores; 1 streams each answer live]."),
+)
+
+sidecar_options = stack_options(
+    click.option("--sidecar", "sidecar", type=click.Choice(["txt", "json", "xmp"]), multiple=True,
+                 help="Also write each answer beside its input: photo.txt (the answer), photo.json (the --json "
+                 "record) or photo.xmp (dc:description, merged into an existing one); repeatable. A rerun skips "
+                 "inputs whose sidecars kvl already wrote."),
+    click.option("--sidecar-dir", metavar="DIR", default=None,
+                 help="Write the sidecars under DIR, mirroring the inputs' paths, instead of beside them "
+                 "(read-only media, URLs)."),
+    click.option("--overwrite", is_flag=True, help="Run inputs whose sidecars are already there again, "
+                 "and replace them (an XMP sidecar is still merged)."),
 )
 
 generation_options = stack_options(
@@ -192,6 +204,19 @@ def take(cls: type[T], kwargs: dict[str, Any]) -> T:
 
 def common_options(kwargs: dict[str, Any]) -> CommonOptions:
     return CommonOptions(take(ModelOptions, kwargs), take(GenerationOptions, kwargs), take(OutputFlags, kwargs))
+
+
+def sidecars_from(kwargs: dict[str, Any]) -> SidecarOptions | None:
+    """Pop ``--sidecar``, ``--sidecar-dir`` and ``--overwrite``: None when no sidecar is asked for (and
+    then the other two may not be given)."""
+    kinds, folder = kwargs.pop("sidecar", ()), kwargs.pop("sidecar_dir", None)
+    overwrite = kwargs.pop("overwrite", False)
+    if not kinds:
+        if folder is not None or overwrite:
+            flag = "--sidecar-dir" if folder is not None else "--overwrite"
+            raise UsageError(f"{flag} works only with --sidecar", hint="add --sidecar txt, json or xmp")
+        return None
+    return SidecarOptions(tuple(dict.fromkeys(kinds)), folder, overwrite)
 
 
 def ray_from(kwargs: dict[str, Any], *, video: bool = False) -> RayOptions | None:

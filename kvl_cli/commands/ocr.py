@@ -7,7 +7,7 @@ import click
 from ..environment import Environment
 from ..tasks import ocr_prompt
 from ._common import pass_env, run_per_image
-from .flags import batch_options, generation_options, model_options, output_options, ray_options
+from .flags import batch_options, generation_options, model_options, output_options, ray_options, sidecar_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,7 @@ from .flags import batch_options, generation_options, model_options, output_opti
               help="Plain text, or Markdown keeping headings, lists and tables.")
 @model_options
 @batch_options
+@sidecar_options
 @ray_options
 @generation_options
 @output_options
@@ -30,5 +31,6 @@ def ocr(env: Environment, inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> i
       kvl ocr scan.png > scan.txt
       kvl ocr --format markdown receipt.jpg
       kvl ocr --json scans/*.png | jq -r .answer
+      kvl ocr --sidecar txt --sidecar-dir ocr/ scans/
     """
     return run_per_image("ocr", inputs, kwargs, env, ocr_prompt(fmt), {"format": fmt})

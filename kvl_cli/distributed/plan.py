@@ -25,6 +25,9 @@ def refuse_unsupported(ray_opts: RayOptions, common: CommonOptions, batch: Batch
         raise UsageError("--dry-run shows the prompt on this machine", hint="drop --ray")
     if batch is not None and batch.shard is not None:
         raise UsageError("--shard is for machines without a cluster", hint="drop --shard: Ray spreads the inputs")
+    if batch is not None and batch.sidecars is not None:
+        raise UsageError("--sidecar writes beside the inputs from this machine",
+                         hint="drop --ray, or write --output DIR and search it: kvl index DIR")
     if video is not None and not scenes:
         raise UsageError("kvl video --ray captions scene by scene", hint="add --scenes")
     if fmt in ("srt", "vtt") and ray_opts.output is None:

@@ -68,6 +68,17 @@ class PlainRenderer(Renderer):
         super().end(label, result, meta)
 
 
+def result_record(label: str, result: Result, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` record of one input's result (its ``meta``: the run's fields, task and model)."""
+    return {
+        "input": label, **{k: v for k, v in meta.items() if not k.startswith("_")},
+        "answer": result.answer, "thinking": result.thinking,
+        "finish_reason": result.finish_reason.value, "tokens": result.tokens.to_dict(),
+        "image_tokens": result.image_tokens, "timings": result.timings.to_dict(),
+        "think_budget_hit": result.think_budget_hit, "cached": result.cached.to_dict(), "error": None,
+    }
+
+
 class JsonRenderer(Renderer):
     """``--json``: one object per input, written when that input finishes."""
 
@@ -77,14 +88,7 @@ class JsonRenderer(Renderer):
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
         super().end(label, result, meta)
-        record = {
-            "input": label, **{k: v for k, v in meta.items() if not k.startswith("_")},
-            "answer": result.answer, "thinking": result.thinking,
-            "finish_reason": result.finish_reason.value, "tokens": result.tokens.to_dict(),
-            "image_tokens": result.image_tokens, "timings": result.timings.to_dict(),
-            "think_budget_hit": result.think_budget_hit, "cached": result.cached.to_dict(), "error": None,
-        }
-        self.write(record)
+        self.write(result_record(label, result, meta))
 
     def error(self, label: str, error: KvlError) -> None:
         super().error(label, error)

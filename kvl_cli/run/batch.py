@@ -25,7 +25,7 @@ from ..environment import Environment
 from ..errors import InputError, UsageError
 from ..limits import is_regular, max_input_bytes, oversized, read_file
 from ..media.images import InputProblem, InputRef, expand_inputs
-from ..options import BatchOptions
+from ..options import BatchOptions, SidecarOptions
 
 # a --json record is kilobytes (a long answer with its thinking: tens of kB); a line longer than
 # this in a --skip-done file is not one of them
@@ -181,11 +181,13 @@ def select(refs: list[InputRef], *, skip_done: str | None,
     return kept, n_done, n_other
 
 
-def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
-                 env: Environment) -> tuple[list[InputRef], list[InputProblem]]:
-    """Arguments plus --from, then --skip-done and --shard; says on stderr what it skipped. Each
-    problem keeps its place among the inputs that remain."""
+def batch_inputs(inputs: tuple[str, ...], b: BatchOptions, env: Environment,
+                 task: str = "caption") -> tuple[list[InputRef], list[InputProblem]]:
+    """Arguments plus --from, then the inputs whose --sidecar files ``task`` wrote already, --skip-done and
+    --shard; says on stderr what it skipped. Each problem keeps its place among the inputs that remain."""
     refs, problems = expand_inputs(input_names(inputs, b.from_file, env), stdin=env.read_stdin)
+    if b.sidecars is not None:
+        refs, problems = _without_sidecars(refs, problems, b.sidecars, task, env)
     if b.skip_done or b.shard:
         kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard)
         problems = _replace_problems(problems, refs, kept, b.shard)
@@ -200,6 +202,18 @@ def batch_inputs(inputs: tuple[str, ...], b: BatchOptions,
     if b.skip_done and (refs or problems):
         start_new_line(b.skip_done, env.stdout)
     return refs, problems
+
+
+def _without_sidecars(refs: list[InputRef], problems: list[InputProblem], options: SidecarOptions, task: str,
+                      env: Environment) -> tuple[list[InputRef], list[InputProblem]]:
+    """The inputs whose sidecars are not all there yet (the sidecar is the resume mark)."""
+    from ..sidecars import pending
+
+    kept = [ref for ref, todo in zip(refs, pending([r.label for r in refs], options, task), strict=True) if todo]
+    if len(kept) < len(refs):
+        env.stderr.write(f"kvl: skipping {len(refs) - len(kept)} with their sidecars already written "
+                         f"(--overwrite to redo them); {len(kept)} to run\n")
+    return kept, _replace_problems(problems, refs, kept, None)
 
 
 def _replace_problems(problems: list[InputProblem], refs: list[InputRef], kept: list[InputRef],

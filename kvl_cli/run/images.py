@@ -62,8 +62,8 @@ def run_batch(plan: RunPlan, inputs: tuple[str, ...], batch: Any, instruction: s
               dry_run: bool = False) -> list[JobOutcome]:
     """caption and ocr: the arguments, ``--from``, ``--skip-done`` and ``--shard`` (``batch``) make one
     job per image with ``instruction``."""
-    refs, problems = batch_inputs(inputs, batch, env)
-    if not refs and not problems and (batch.skip_done or batch.shard):
+    refs, problems = batch_inputs(inputs, batch, env, plan.task)
+    if not refs and not problems and (batch.skip_done or batch.shard or batch.sidecars):
         return []  # everything is done or belongs to other shards
     return run_image_jobs(plan, per_image_jobs(refs, instruction), problems, renderer, meta, find_pair=find_pair,
                           engine_for=engine_for, env=env, dry_run=dry_run)

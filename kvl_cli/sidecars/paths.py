@@ -1,0 +1,59 @@
+"""Where an input's sidecar goes: beside it (``photo.jpg`` -> ``photo.txt``), or under
+``--sidecar-dir DIR`` mirroring the input's path (for read-only media and URLs).
+
+Under a folder, a path inside the current directory keeps its relative path (``photos/a.jpg`` ->
+``DIR/photos/a.txt``), any other its absolute path without the root (``/mnt/x/a.jpg`` ->
+``DIR/mnt/x/a.txt``), and a URL its host and path (``DIR/example.org/img/a.txt``): the same
+input always has the same sidecar, so a rerun finds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from ..errors import UsageError
+
+KINDS = ("txt", "json", "xmp")
+
+
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(label: str) -> bool:
+    """http(s), or a bucket's URI (s3://…): a name with no folder on this machine beside it."""
+    return bool(URI.match(label))
+
+
+def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
+    """The ``kind`` sidecar of the input named ``label``; UsageError where it has none."""
+    if label == "-":
+        raise UsageError("--sidecar: an image read from stdin has no name to write a sidecar for",
+                         hint="give the file's path instead of piping it in")
+    if is_url(label):
+        if folder is None:
+            raise UsageError(f"--sidecar: {label} is a URL: there is no folder here beside it",
+                             hint="add --sidecar-dir DIR")
+        base = Path(folder).expanduser() / _url_part(label)
+    elif folder is None:
+        base = Path(os.path.normpath(label))
+    else:
+        base = Path(folder).expanduser() / _mirrored(label)
+    return base.with_name(f"{base.stem}.{kind}" if base.suffix else f"{base.name}.{kind}")
+
+
+def _mirrored(label: str) -> Path:
+    path = Path(os.path.abspath(os.path.expanduser(label)))
+    here = Path.cwd()
+    try:
+        return path.relative_to(here)
+    except ValueError:
+        return path.relative_to(path.anchor)
+
+
+def _url_part(label: str) -> Path:
+    url = urlsplit(label)
+    parts = [p for p in PurePosixPath(unquote(url.path)).parts if p not in ("/", ".", "..")]
+    return Path(url.hostname or "_", *parts) if parts else Path(url.hostname or "_", "index")
