@@ -45,6 +45,9 @@ class ImageInput:
     height: int
     id: str
     label: str = ""
+    # the image as a person sees it (EXIF orientation applied) before kvl scaled it to the token budget;
+    # None: these pixels are the source (a video frame). ``kvl locate`` maps its boxes back to it.
+    source_size: tuple[int, int] | None = None
 
 
 class ConstraintKind(str, enum.Enum):

@@ -43,6 +43,9 @@ class Job:
     instruction: str
     system: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # called with the job's images once decoded, before what an input kept is let go (kvl locate keeps
+    # their geometry, to map its answer back to the pixels of each original)
+    on_images: Callable[[Job, list[ImageInput]], None] | None = None
 
 
 @dataclass
@@ -142,7 +145,7 @@ class JobSink:
         slot = self.slots[pos]
         meta = slot.meta if isinstance(slot, Job) else {}
         if isinstance(outcome, Result):
-            outcome, meta = self._checked(outcome, meta)
+            outcome, meta = self._checked(outcome, meta, slot.label)
         if isinstance(outcome, KvlError):
             self.renderer.error(slot.label, outcome)
             self.outcomes.append(JobOutcome(slot.label, error=outcome))
@@ -151,10 +154,10 @@ class JobSink:
         self.outcomes.append(JobOutcome(slot.label, result=outcome))
 
 
-    def _checked(self, result: Result, meta: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    def _checked(self, result: Result, meta: dict[str, Any], label: str) -> tuple[Outcome, dict[str, Any]]:
         """With --schema: the validated answer, streamed now, and its data; or the reason there is none."""
         try:
-            result, extra = self.gate.release(result, self.renderer.event)
+            result, extra = self.gate.release(result, self.renderer.event, label)
         except KvlError as exc:
             return exc, meta
         return result, {**meta, **extra}
@@ -181,7 +184,7 @@ class JobRequests:
         try:
             images = self._ahead.pop(pos, None)
             if images is None:
-                images = [load_image(ref, max_tokens=self.image_max_tokens) for ref in job.refs]
+                images = self._load(job)
         finally:
             for ref in job.refs:
                 ref.release()
@@ -192,10 +195,16 @@ class JobRequests:
         are kept for the job); None if they are bad (reported when the job runs)."""
         pos = next(i for i, slot in enumerate(self.slots) if isinstance(slot, Job))
         try:
-            self._ahead[pos] = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self._job(pos).refs]
+            self._ahead[pos] = self._load(self._job(pos))
         except InputError:
             return None
         return self._build(self._job(pos), self._ahead[pos], default_marker())
+
+    def _load(self, job: Job) -> list[ImageInput]:
+        images = [load_image(ref, max_tokens=self.image_max_tokens) for ref in job.refs]
+        if job.on_images is not None:
+            job.on_images(job, images)
+        return images
 
     def _build(self, job: Job, images: list[ImageInput], marker: str) -> Request:
         return Request(user_text=user_text(marker, len(images), job.instruction), images=images,
@@ -213,7 +222,8 @@ class JobRequests:
 
 def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[Slot], *, settings: GenerationSettings,
              renderer: Renderer, image_max_tokens: int | None,
-             meta: dict[str, Any], parallel: int = 1, answer: AnswerSchema | None = None) -> list[JobOutcome]:
+             meta: dict[str, Any], parallel: int = 1, answer: AnswerSchema | None = None,
+             gate: AnswerGate | None = None) -> list[JobOutcome]:
     """Run every job of ``slots`` (from ``prepare``), writing results in input order; one outcome
     per input (failed ones included, in their place; with no job, only those, and no engine).
     Raises ``Interrupted`` on Ctrl-C, after writing what finished.
@@ -221,7 +231,7 @@ def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[S
     With ``parallel`` > 1, up to that many jobs are worked on at once; the first in order streams
     live, the others are written whole when their turn comes.
     """
-    sink = JobSink(slots, renderer, dict(meta), AnswerGate(answer))
+    sink = JobSink(slots, renderer, dict(meta), gate or AnswerGate(answer))
     emitter = OrderedEmitter(sink)
     for pos, slot in enumerate(slots):
         if isinstance(slot, InputProblem):
