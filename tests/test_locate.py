@@ -234,3 +234,18 @@ def test_the_library_face(grounder, shots):
         assert a.ok and a.meta["objects"][0]["box"][2:] == [300, 400]
         (p,) = k.locate([shots["tall"]], "the cat", point=True, temperature=0)
         assert p.meta["objects"][0]["point"][1] == 500
+
+
+def test_a_running_server_answers_it(kvl, grounder, shots, tmp_path, monkeypatch):
+    from .conftest import Pair
+    from .serve_util import start_server
+
+    srv = start_server(Pair(Path(grounder[1]), Path(grounder[3])), tmp_path / "srv", "--image-max-tokens", "2048")
+    try:
+        monkeypatch.setenv("KVL_HOME", str(srv.home / "kvl"))
+        r = kvl("locate", shots["rotated"], "the cat", *grounder, "--json")
+        assert r.code == 0, r.err
+        rec = _records(r.out)[0]
+        assert rec["server"] == srv.url and rec["objects"][0]["box"][2:] == [300, 400]
+    finally:
+        srv.stop()
