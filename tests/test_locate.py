@@ -249,3 +249,24 @@ def test_a_running_server_answers_it(kvl, grounder, shots, tmp_path, monkeypatch
         assert rec["server"] == srv.url and rec["objects"][0]["box"][2:] == [300, 400]
     finally:
         srv.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_ray_one_image_per_row(grounder, shots, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO, kvl_env
+
+    env = kvl_env(None, KVL_HOME=str(tmp_path / "kvl"), HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "kvl_cli", "locate", str(shots["rotated"]), str(tmp_path / "gone.png"),
+                           "the cat", *grounder, "--ray", "local", "--json"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 5, proc.stderr
+    recs = {r["input"]: r for r in _records(proc.stdout)}
+    assert recs[str(shots["rotated"])]["objects"][0]["box"][2:] == [300, 400]
+    assert recs[str(tmp_path / "gone.png")]["exit_code"] == 3
+    r = subprocess.run([sys.executable, "-m", "kvl_cli", "locate", str(shots["wide"]), "x", "--ray", "local", "--draw",
+                        str(tmp_path / "a.png"), "--model", "/nonexistent.gguf"], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and "--draw" in r.stderr, r.stderr

@@ -9,11 +9,12 @@ from ..errors import UsageError
 from ..options import BatchOptions
 from ..render import LiveRenderer, make_renderer
 from ..render.tee import RecordTee
-from ..run.locate import LocateRun
+from ..run.locate import LocateRun, check_query
 from ..run.plan import make_plan
 from ..run.runner import exit_code
 from ..session import Session
 from ..sidecars import with_sidecars
+from ..tasks import locate_prompt
 from ._common import pass_env, with_failures
 from .flags import (
     batch_options,
@@ -21,6 +22,8 @@ from .flags import (
     generation_options,
     model_options,
     output_options,
+    ray_from,
+    ray_options,
     sidecar_options,
     sidecars_from,
     take,
@@ -36,6 +39,7 @@ from .flags import (
 @model_options
 @batch_options
 @sidecar_options
+@ray_options
 @generation_options
 @output_options
 @pass_env
@@ -54,20 +58,28 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
     """
     kwargs["sidecars"] = sidecars_from(kwargs)
     b = take(BatchOptions, kwargs)
+    ray = ray_from(kwargs)
     common = common_options(kwargs)
-    inputs, query = args[:-1], args[-1]
+    inputs, query = args[:-1], check_query(args[-1])
     if not inputs and not b.from_file:
         raise UsageError("give the images, then what to find", hint='e.g. kvl locate shot.png "the Save button"')
     if common.gen.schema is not None or common.gen.choices is not None:
         raise UsageError("kvl locate shapes its own answer: --schema and --choices do not apply",
                          hint="use kvl ask --schema for other shapes")
+    if ray is not None:
+        if draw is not None:
+            raise UsageError("--draw writes its pictures from this machine", hint="drop --ray, or --draw")
+        from ..distributed import run_on_ray
+
+        return run_on_ray("locate", inputs, ray, common, env, batch=b, meta={"query": query},
+                          instruction=locate_prompt(query, point=point), point=point)
     plan = make_plan("locate", common, parallel=b.parallel)
     base = make_renderer(plan.render, env)
     run = LocateRun(plan, query, point=point, draw=draw, table=isinstance(base, LiveRenderer))
     renderer = with_sidecars(base, b.sidecars, "locate")
-    if draw is not None:
+    if draw is not None:  # one tee for sidecars and drawings: its failures are the run's (with_failures)
         renderer = RecordTee(renderer, [run.sink]) if not isinstance(renderer, RecordTee) else renderer
-        if isinstance(renderer, RecordTee) and run.sink not in renderer.sinks:
+        if run.sink not in renderer.sinks:
             renderer.sinks.append(run.sink)
     outcomes = Session(common.model, env=env).run_locate(run, inputs, b, renderer, {"query": run.query},
                                                          dry_run=common.out.dry_run)

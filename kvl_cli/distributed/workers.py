@@ -116,17 +116,17 @@ class ImageWorker(EngineWorker):
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         records = {row["key"]: {"input": row["key"], **error_fields_of(row)} for row in rows if "error" in row}
-        jobs = [Job(label=row["key"], refs=[image_ref(row)], instruction=self.spec.instruction)
+        gate, on_images = self._gate()
+        jobs = [Job(label=row["key"], refs=[image_ref(row)], instruction=self.spec.instruction, on_images=on_images)
                 for row in rows if "error" not in row]
         if jobs:
             meta = {"task": self.spec.task, "model": self.model_name, **self.spec.meta,
                     "image_max_tokens": self.config.image_max_tokens, "temperature": self.spec.settings.temperature,
                     "seed": self.spec.settings.seed}
-            gate: dict[str, Any] = {"answer": self.spec.answer} if self.spec.answer is not None else {}
             try:
                 run_jobs(lambda first: self.engine, prepare(jobs, []), settings=self.spec.settings,
                          renderer=self.renderer, image_max_tokens=self.config.image_max_tokens, meta=meta,
-                         parallel=self.spec.parallel, **gate)
+                         parallel=self.spec.parallel, gate=gate)
             except KvlError as exc:  # the batch stopped: what finished is kept, the rest fails with it
                 self.renderer.error("", exc)
             for rec in self.renderer.take():
@@ -136,6 +136,15 @@ class ImageWorker(EngineWorker):
                 records.setdefault(job.label, {"input": job.label, **error_fields(
                     InputError(f"{job.label}: the worker stopped before it", hint="run the command again"))})
         return [records[row["key"]] for row in rows]
+
+    def _gate(self) -> tuple[AnswerGate, Any]:
+        """The check each answer passes, and (locate) the hook that keeps each image's geometry."""
+        if self.spec.task != "locate":
+            return AnswerGate(self.spec.answer), None
+        from ..run.locate import GeometryKeeper, LocateGate
+
+        gate = LocateGate(self.spec.point)
+        return gate, GeometryKeeper(gate, self.spec.plan, draw=False)
 
     def failed(self, rows: list[Row], exc: KvlError) -> list[dict[str, Any]]:
         return [{"input": row["key"], **(error_fields_of(row) if "error" in row else error_fields(exc))}
