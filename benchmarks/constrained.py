@@ -9,8 +9,10 @@ each cost is also given as a share of it. Cases, each the median of many calls o
 
 - ``free``: the sampler chain alone (temperature 0.8, a random seed), what an unconstrained token costs;
 - ``llguidance allowed``: its mask computed, the sampled token checked and consumed;
-- ``llguidance refused``: the mask refuses the sampled token (a star rating: only 1-5 may come), the
-  refused logits go to -inf, the token is sampled again;
+- ``llguidance refused (few allowed)``: the mask refuses the sampled token (a star rating: only 1-5 may
+  come) and it is drawn again by the chain from the allowed candidates alone;
+- ``llguidance refused (most allowed)``: the same inside a string without an "e": the refused logits go
+  to -inf and the whole vocabulary is sampled again;
 - ``GBNF allowed``: llama.cpp's grammar sampler asked about the one sampled token (the old fast path);
 - ``GBNF refused``: every logit packed and masked by the grammar sampler, then sampled again (the old
   slow path, for the same star-rating schema through llama-cpp-python's JSON-schema-to-GBNF).
@@ -157,7 +159,8 @@ def table(r: dict[str, Any]) -> str:
              row("free token: sampling (llguidance run)", g["plain_ms"]),
              row("free token: sampling (GBNF run)", o["plain_ms"]),
              row("llguidance, token allowed: extra", g["allowed_ms"] - g["plain_ms"]),
-             row("llguidance, token refused: extra", g["refused_ms"] - g["plain_ms"]),
+             row("llguidance, token refused (few allowed): extra", g["refused_ms"] - g["plain_ms"]),
+             row("llguidance, token refused (most allowed): extra", g["refused_wide_ms"] - g["plain_ms"]),
              row("llguidance mask alone (median)", g["mask_ms"]),
              row("llguidance mask alone (slowest)", g["mask_max_ms"]),
              row("GBNF, token allowed: extra", o["allowed_ms"] - o["plain_ms"]),

@@ -171,6 +171,8 @@ def measure_constraint(engine: Engine, renderer: Renderer, out: dict[str, Any]) 
     return [("sampling a free token", f"{c['plain_ms']:.2f} ms", share(c["plain_ms"])),
             ("constrained, allowed", f"+{extra_ok:.2f} ms", share(extra_ok)),
             ("constrained, refused", f"+{extra_no:.2f} ms", share(extra_no)),
+            ("refused, most allowed", f"+{c['refused_wide_ms'] - c['plain_ms']:.2f} ms",
+             share(c["refused_wide_ms"] - c["plain_ms"])),
             ("token mask", f"{c['mask_ms']:.3f} ms", f"median; slowest {c['mask_max_ms']:.3f} ms")]
 
 

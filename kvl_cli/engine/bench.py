@@ -60,7 +60,9 @@ def bench_constraint(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, fl
     """What a constrained answer token costs (milliseconds), on the logits of one real decode:
     ``plain``: the sampler chain alone (a free token); ``allowed``: the token mask computed, the
     sampled token allowed and consumed (the usual case for a model answering in JSON); ``refused``:
-    the mask refuses the sampled token, the refused logits go to -inf and it is sampled again;
+    the mask refuses the sampled token and it is drawn again from the few allowed ones (a star rating);
+    ``refused_wide``: the same inside a string, where most of the vocabulary is allowed (the refused
+    logits go to -inf and the whole vocabulary is sampled again);
     ``mask``: llguidance's mask alone (median and slowest); ``tokenizer_s``: built once per model."""
     import statistics
 
@@ -82,6 +84,10 @@ def bench_constraint(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, fl
     anything = ConstrainedSampler(settings, model, Constraint(ConstraintKind.GRAMMAR, "start: /(.|\\n)*/"), end)
     stars = Constraint(ConstraintKind.JSON_SCHEMA, '{"type": "integer", "minimum": 1, "maximum": 5}')
     refusing = ConstrainedSampler(settings, model, stars, end)
+    # inside a string without an "e": most of the vocabulary allowed, so a refusal masks it all
+    no_e = Constraint(ConstraintKind.JSON_SCHEMA, '{"type": "string", "pattern": "^[^e]*$"}')
+    wide = ConstrainedSampler(settings, model, no_e, end)
+    wide.consume(model.tokenize('"')[0])
     plain = Sampler(settings)
     logits = _logits(ctx, model.n_vocab)
     kept = logits.copy()
@@ -95,22 +101,28 @@ def bench_constraint(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, fl
 
         def refused() -> None:
             refusing.fill_mask()
-            if refusing.allows(refusing.chain.sample(ctx, -1)):
-                return
-            refusing.mask_logits(ctx, -1)
-            refusing.chain.sample(ctx, -1)
+            refusing.chain.sample(ctx, -1)  # refused: drawn again from the allowed tokens
+            refusing.resample(ctx, -1)
+
+        def refused_wide() -> None:
+            wide.fill_mask()
+            wide.chain.sample(ctx, -1)
+            wide.resample(ctx, -1)
 
         t_refused = _timed(refused, max(8, n // 2), restore)
+        t_wide = _timed(refused_wide, max(8, n // 2), restore)
     finally:
         logits[:] = kept
         anything.close()
         refusing.close()
+        wide.close()
         plain.close()
         worker.resident.forget(0)
     ms = 1e3
     return {"plain_ms": round(statistics.median(t_plain) * ms, 3),
             "allowed_ms": round(statistics.median(t_allowed) * ms, 3),
             "refused_ms": round(statistics.median(t_refused) * ms, 3),
+            "refused_wide_ms": round(statistics.median(t_wide) * ms, 3),
             "mask_ms": round(statistics.median(t_mask) * ms, 4), "mask_max_ms": round(max(t_mask) * ms, 4),
             "tokenizer_s": round(tokenizer_s, 3)}
 

@@ -187,8 +187,7 @@ class ConstrainedSampler:
         token = self.chain.sample(ctx, logits_index)
         if not self.allows(token):
             self.refused += 1
-            self.mask_logits(ctx, logits_index)
-            token = self.chain.sample(ctx, logits_index)
+            token = self.resample(ctx, logits_index)
             if not self.allows(token):
                 raise EngineError("the answer's constraint allows no token here", hint="simplify the schema")
         self.consume(token)
@@ -202,16 +201,31 @@ class ConstrainedSampler:
     def allows(self, token: int) -> bool:
         return 0 <= token < self.n_vocab and bool((int(self.mask[token >> 5]) >> (token & 31)) & 1)
 
-    def mask_logits(self, ctx: Context, logits_index: int) -> None:
-        """The refused tokens' logits (in llama.cpp's buffer for ``logits_index``) to -inf."""
+    def resample(self, ctx: Context, logits_index: int) -> int:
+        """A token drawn again by the sampler chain from the allowed tokens only. Few allowed (a digit,
+        a closing bracket): the chain runs on just those candidates; many (inside a string): the refused
+        logits in llama.cpp's buffer go to -inf and the chain runs on the whole vocabulary."""
+        import ctypes
+
         import numpy as np
 
         from . import native
 
-        ptr = native.llama().llama_get_logits_ith(ctx.ptr, logits_index)
-        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-        allowed = np.unpackbits(self.mask.view(np.uint8), bitorder="little")[:self.n_vocab]
-        logits[allowed == 0] = -np.inf
+        llama = native.llama()
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx.ptr, logits_index), shape=(self.n_vocab,))
+        allowed = np.unpackbits(self.mask.view(np.uint8), bitorder="little")[:self.n_vocab].astype(bool)
+        ids = np.flatnonzero(allowed)
+        if len(ids) * 8 > self.n_vocab:
+            logits[~allowed] = -np.inf
+            return self.chain.sample(ctx, logits_index)
+        cands = np.empty(len(ids), dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        cands["id"], cands["logit"], cands["p"] = ids, logits[ids], 0.0
+        data = (llama.llama_token_data * len(ids)).from_buffer(cands)
+        arr = llama.llama_token_data_array(data=data, size=len(ids), selected=-1, sorted=False)
+        llama.llama_sampler_apply(self.chain.ptr, ctypes.byref(arr))
+        token = int(data[arr.selected].id)
+        llama.llama_sampler_accept(self.chain.ptr, token)
+        return token
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):
