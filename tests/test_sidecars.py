@@ -78,11 +78,17 @@ def test_sidecars_beside_each_input_then_the_rerun_skips_them(kvl, scripted, pho
     assert [x["input"] for x in records(r.out)] == many
 
 
-def test_an_xmp_sidecar_of_another_task_is_not_a_resume_mark(kvl, scripted, photos):
+def test_an_xmp_sidecar_of_another_task_is_not_a_resume_mark_nor_replaced(kvl, scripted, photos):
     [photo] = photos(1)
     assert kvl("caption", photo, *scripted.args(), "--sidecar", "xmp").code == 0
-    r = kvl("ocr", photo, *scripted.args(), "--json", "--sidecar", "xmp")
-    assert [x["input"] for x in records(r.out)] == [photo]
+    before = Path(photo).with_suffix(".xmp").read_bytes()
+    r = kvl("ocr", photo, *scripted.args(), "--json", "--sidecar", "xmp")  # not skipped, and not replaced either
+    [rec] = records(r.out)
+    assert r.code == 3 and rec["exit_code"] == 3
+    assert "holds kvl's caption" in rec["error"] and "--overwrite" in rec["error"]
+    assert Path(photo).with_suffix(".xmp").read_bytes() == before
+    r = kvl("ocr", photo, *scripted.args(), "--json", "--sidecar", "xmp", "--overwrite")
+    assert [x["input"] for x in records(r.out)] == [photo] and r.code == 0
     root = ET.parse(Path(photo).with_suffix(".xmp")).getroot()
     assert root.findtext(".//kvl:task", namespaces=NS) == "ocr"
     assert len(root.findall(".//kvl:task", NS)) == 1 and description(root) == {"x-default": SCRIPTED_ANSWER}
@@ -239,3 +245,101 @@ def test_where_a_sidecar_goes(tmp_path, monkeypatch):
     for label in ("-", "https://example.org/a.png", "s3://bucket/c.jpg"):
         with pytest.raises(UsageError):
             sidecar_path(label, "txt", None)
+
+
+# ---- hostile input (issue 21's follow-up) ------------------------------------------------------------------
+
+
+def result(answer: str):  # type: ignore[no-untyped-def]
+    from kvl_cli.engine.types import FinishReason, Result, Timings, Tokens
+
+    return Result(answer, "", FinishReason.STOP, Tokens(), Timings(), [])
+
+
+def test_control_characters_and_lone_surrogates_never_make_an_unreadable_sidecar(tmp_path):
+    from kvl_cli.options import SidecarOptions
+    from kvl_cli.sidecars import SidecarWriter
+
+    photo = make_image(tmp_path / "a.png")
+    writer = SidecarWriter(SidecarOptions(("xmp", "txt", "json")), "ocr")
+    hostile = "TOTAL\x00 12\x01\x08\x0b\x0c\x1b[2J \ud800 done\ufffe\tend\r\nnext \U0001f600"
+    for answer in (hostile, hostile + " again"):  # written, then merged into again: kvl reads its own sidecar
+        writer.write(str(photo), result(answer), {"model": "toy\x07"})
+    text = photo.with_suffix(".xmp").read_bytes()
+    root = ET.fromstring(text.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+    assert description(root)["x-default"] == "TOTAL 12[2J  done\tend\nnext \U0001f600 again"
+    assert root.findtext(".//kvl:model", namespaces=NS) == "toy"
+    assert photo.with_suffix(".txt").read_bytes().decode() == "TOTAL 12[2J  done\tend\r\nnext \U0001f600 again\n"
+    assert json.loads(photo.with_suffix(".json").read_text())["answer"] == hostile + " again"  # JSON escapes them
+    assert writer.done(str(photo))
+
+
+def test_a_sidecar_that_would_replace_an_input_is_refused_before_the_model_loads(kvl, tmp_path):
+    png = make_image(tmp_path / "p.png").read_bytes()
+    (tmp_path / "pic.txt").write_bytes(png)  # an image under a name its own sidecar has
+    r = kvl("caption", tmp_path / "pic.txt", "--model", tmp_path / "missing.gguf", "--sidecar", "txt")
+    assert r.code == 2 and "would replace the input" in r.err and str(tmp_path / "pic.txt") in r.err
+    assert (tmp_path / "pic.txt").read_bytes() == png
+    make_image(tmp_path / "a.jpg")
+    (tmp_path / "a.json").write_bytes(png)  # a.jpg's sidecar is another input
+    r = kvl("caption", tmp_path / "a.jpg", tmp_path / "a.json", "--model", tmp_path / "missing.gguf",
+            "--sidecar", "json")
+    assert r.code == 2 and f"{tmp_path / 'a.jpg'}'s sidecar {tmp_path / 'a.json'} would replace the input" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and (tmp_path / "a.json").read_bytes() == png
+
+
+def test_a_json_that_is_not_kvls_is_not_replaced_without_overwrite(kvl, scripted, photos):
+    many = photos(2)
+    theirs = Path(many[0]).with_suffix(".json")
+    theirs.write_text('{"title": "p00.png", "photoTakenTime": {"timestamp": "1"}}')  # Google Takeout's
+    r = kvl("caption", *many, *scripted.args(), "--json", "--sidecar", "json", "--sidecar", "txt")
+    assert r.code == 5
+    first, second = records(r.out)
+    assert first["exit_code"] == 3 and f"{theirs} is already there and it is not kvl's record" in first["error"]
+    assert second["answer"] == SCRIPTED_ANSWER and Path(many[1]).with_suffix(".json").is_file()
+    assert "Takeout" not in theirs.read_text() and "photoTakenTime" in theirs.read_text()  # as it was
+    assert not Path(many[0]).with_suffix(".txt").exists()  # none of the input's sidecars written: never a mixed set
+    r = kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--overwrite")
+    assert r.code == 0 and json.loads(theirs.read_text())["answer"] == SCRIPTED_ANSWER
+
+
+def test_sidecars_of_another_task_or_of_nobody_known_are_a_conflict(kvl, scripted, photos):
+    many = photos(2)
+    assert kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--sidecar", "txt").code == 0
+    caption = {k: Path(many[0]).with_suffix(f".{k}").read_bytes() for k in ("json", "txt")}
+    Path(many[1]).with_suffix(".txt").write_text("a hand-written caption\n")  # a training set's own
+    r = kvl("ocr", *many, *scripted.args(), "--sidecar", "json", "--sidecar", "txt")
+    assert r.code == 3, r.err
+    assert "it holds kvl's caption record" in r.err and "kvl cannot tell who wrote it" in r.err
+    assert {k: Path(many[0]).with_suffix(f".{k}").read_bytes() for k in ("json", "txt")} == caption
+    assert Path(many[1]).with_suffix(".txt").read_text() == "a hand-written caption\n"
+    # the same task again: kvl's own, replaced (one sidecar missing makes the input run; a .txt beside
+    # kvl's .json of the same task is kvl's too)
+    Path(many[0]).with_suffix(".txt").unlink()
+    assert kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--sidecar", "txt").code == 0
+    assert kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--sidecar", "xmp").code == 0
+    r = kvl("ocr", *many, *scripted.args(), "--sidecar", "json", "--sidecar", "txt", "--overwrite")
+    assert r.code == 0 and json.loads(Path(many[1]).with_suffix(".json").read_text())["task"] == "ocr"
+    assert Path(many[1]).with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n"
+
+
+def test_a_deeply_nested_xmp_fails_its_input_only(kvl, scripted, photos):
+    many = photos(2)
+    deep = Path(many[0]).with_suffix(".xmp")
+    deep.write_bytes(HEAD + b"<a>" * 1500 + b"</a>" * 1500 + TAIL)
+    r = kvl("caption", *many, *scripted.args(), "--json", "--sidecar", "xmp")
+    assert r.code == 5 and "Traceback" not in r.err
+    first, second = records(r.out)
+    assert first["exit_code"] == 3 and "nested deeper than 100 levels" in first["error"]
+    assert second["answer"] == SCRIPTED_ANSWER and xmp.kvl_task(Path(many[1]).with_suffix(".xmp").read_bytes())
+
+
+def test_a_sidecar_dir_that_is_a_file_is_refused_and_long_names_are_written(kvl, scripted, tmp_path):
+    (tmp_path / "caps").write_text("a file")
+    photo = make_image(tmp_path / ("long-" * 49 + "x.png"))  # 251 characters: a temporary name must be shorter
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir",
+            tmp_path / "caps")
+    assert r.code == 2 and "is not a folder" in r.err
+    r = kvl("caption", photo, *scripted.args(), "--sidecar", "txt", "--sidecar", "xmp")
+    assert r.code == 0, r.err
+    assert photo.with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n" and photo.with_suffix(".xmp").is_file()
