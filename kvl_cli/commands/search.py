@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import click
@@ -19,7 +20,8 @@ BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 @click.argument("query")
 @click.option("--index", "index_file", metavar="FILE", default=None,
               help="The index file [default: index.sqlite in kvl's data folder].")
-@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Most hits shown.")
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Most hits shown (1 to 10,000).")
 @click.option("--task", metavar="TASK", default=None, help="Only records of this task (caption, ocr, video, …).")
 @click.option("--path", "path_glob", metavar="GLOB", default=None,
               help="Only records whose file matches GLOB ('talks/*.mp4'; * matches / too).")
@@ -47,9 +49,14 @@ def search(env: Environment, query: str, index_file: str | None, limit: int, tas
     if not hits:
         env.stderr.write(one_line(f"kvl: no records match {query!r}") + "\n")
     for hit in hits:
-        env.stdout.write(_json(hit) if as_json else _text(hit, bold=bool(env.stdout_isatty) and not env.no_color))
+        env.stdout.write(_json(hit) if as_json else _text(hit, bold=_bold(env)))
     env.stdout.flush()
     return 0
+
+
+def _bold(env: Environment) -> bool:
+    """Matched words in bold on a terminal that draws it: not with NO_COLOR, not on TERM=dumb."""
+    return bool(env.stdout_isatty) and not env.no_color and os.environ.get("TERM") != "dumb"
 
 
 def _json(hit: Hit) -> str:

@@ -11,12 +11,14 @@ Hits are ranked by BM25 (FTS5's ``rank``), among the newest ``RANK_WINDOW`` reco
 from __future__ import annotations
 
 import heapq
+import math
 import re
 import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import UsageError
+from .sources import MAX_SECONDS
 
 # snippet markers: control characters no caption holds (kvl's records escape them), replaced when shown
 MARK_ON, MARK_OFF = "\x02", "\x03"
@@ -26,6 +28,8 @@ SNIPPET_TOKENS = 16
 # ranked among its newest RANK_WINDOW matches (the most recently indexed); a narrower query (two
 # words, a phrase, --task, --path) is ranked over all its matches.
 RANK_WINDOW = 10_000
+MAX_GLOB = 4096  # SQLite refuses a GLOB pattern past 50,000 bytes; no path is longer than PATH_MAX (4096)
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 TERM = re.compile(r'"([^"]*)"?|(\S+)')
 
 
@@ -47,7 +51,16 @@ class Hit:
         d = asdict(self)
         d["snippet"] = self.snippet.replace(MARK_ON, mark[0]).replace(MARK_OFF, mark[1])
         d["score"] = round(self.score, 4)
+        d["start"], d["end"] = _seconds(self.start), _seconds(self.end)  # JSON has no NaN nor Infinity
         return d
+
+
+def _seconds(value: Any) -> float | None:
+    """A time as it can be shown; None for what is not one (an index written before times were checked)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+            0 <= value <= MAX_SECONDS:
+        return float(value)
+    return None
 
 
 def _quote(text: str) -> str:
@@ -81,6 +94,9 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
     and with the file matching the glob ``path``. Ranked first, then only the hits shown get their
     snippet (a snippet for every match would cost more than the ranking)."""
     match = fts_query(query)
+    if path is not None and len(path) > MAX_GLOB:
+        raise UsageError(f"--path is {len(path):,} characters long: longer than any file's path ({MAX_GLOB:,})",
+                         hint="give a shorter GLOB, e.g. 'talks/*.mp4'")
     try:
         ranked = _ranked(conn, match, limit, task, path)
         if not ranked:
@@ -112,9 +128,9 @@ def _ranked(conn: sqlite3.Connection, match: str, limit: int, task: str | None,
     if task:
         where.append("d.task = ?")
         args.append(task)
-    if path:
-        where.append("d.file GLOB ?")
-        args.append(path)
+    if path:  # a relative GLOB ("talks/*.mp4") matches the end of a path: files are kept whole
+        where.append("(d.file GLOB ? OR d.file GLOB ?)")
+        args += [path, path if path.startswith(("/", "*")) or URI.match(path) else f"*/{path}"]
     join = "JOIN docs d ON d.id = fts.rowid " if task or path else ""
     rows = conn.execute(f"SELECT fts.rowid, fts.rank FROM fts {join}WHERE {' AND '.join(where)} "
                         "ORDER BY fts.rowid DESC LIMIT ?", (*args, RANK_WINDOW))
@@ -122,6 +138,9 @@ def _ranked(conn: sqlite3.Connection, match: str, limit: int, task: str | None,
 
 
 def clock(seconds: float) -> str:
+    """``00:01:05``; ``?`` for what is not a time."""
+    if _seconds(seconds) is None:
+        return "?"
     s = int(seconds)
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
