@@ -255,3 +255,17 @@ def test_a_dumb_terminal_gets_no_bold(kvl, tmp_path):
     assert kvl("index", "--index", index, write_jsonl(tmp_path / "r.jsonl", [image("a.jpg", "a red kayak")])).code == 0
     code, shown = in_terminal([*KVL, "search", "--index", str(index), "kayak"], kvl_env(TERM="dumb"), timeout=60)
     assert code == 0 and b"\x1b[" not in shown and b"a red kayak" in shown
+
+
+def test_scripts_without_spaces_are_searchable_by_their_words(kvl, tmp_path):
+    src = write_jsonl(tmp_path / "r.jsonl", [image("zh.jpg", "一个白板上画着图表"),
+                                             image("ja.jpg", "ホワイトボードに図がある"),
+                                             image("mixed.jpg", "an iPhone手机 on a desk")])
+    assert kvl("index", src).code == 0
+    [zh] = hits(kvl, "白板")
+    assert zh["file"] == str(tmp_path / "zh.jpg") and zh["text"] == "一个白板上画着图表"  # shown as written
+    assert zh["snippet"] == "一个**白板**上画着图表"
+    assert hits(kvl, "板白") == []  # a run of characters is a phrase: next to each other, in order
+    assert [h["file"] for h in hits(kvl, "ホワイトボード")] == [str(tmp_path / "ja.jpg")]
+    assert [h["file"] for h in hits(kvl, "手机")] == [str(tmp_path / "mixed.jpg")]
+    assert [h["file"] for h in hits(kvl, "iphone")] == [str(tmp_path / "mixed.jpg")]

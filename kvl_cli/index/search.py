@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .sources import MAX_SECONDS
+from .words import segment, unsegment
 
 # snippet markers: control characters no caption holds (kvl's records escape them), replaced when shown
 MARK_ON, MARK_OFF = "\x02", "\x03"
@@ -64,7 +65,7 @@ def _seconds(value: Any) -> float | None:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
+    return '"' + segment(text).replace('"', '""') + '"'
 
 
 def fts_query(query: str) -> str:
@@ -117,7 +118,7 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
 
 def _hit(row: tuple[Any, ...], score: float) -> Hit:
     _, file, scene, page, start, end, task, model, date, snippet, text = row
-    return Hit(file, scene, page, start, end, task, model, date, score, snippet, text)
+    return Hit(file, scene, page, start, end, task, model, date, score, unsegment(snippet), unsegment(text))
 
 
 def _ranked(conn: sqlite3.Connection, match: str, limit: int, task: str | None,

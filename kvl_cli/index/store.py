@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, NamedTuple
 
 from .sources import SPECIAL, Damage, Resolver, Source, records
+from .words import segment
 
 BATCH = 20_000
 LOOKUP = 500  # keys per lookup query (under SQLite's limit on variables)
@@ -84,7 +85,7 @@ def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None,
     # again (the input captioned again) replaces the old one
     digest = hashlib.blake2b(raw.strip().encode("utf-8", "replace"), digest_size=12).digest()
     return Doc(key, digest, file, scene, page, _float(rec.get("start")), _float(rec.get("end")), task,
-               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, text)
+               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, segment(text))
 
 
 def _mtime_date(mtime_ns: int | None) -> str | None:
