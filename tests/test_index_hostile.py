@@ -269,3 +269,23 @@ def test_scripts_without_spaces_are_searchable_by_their_words(kvl, tmp_path):
     assert [h["file"] for h in hits(kvl, "ホワイトボード")] == [str(tmp_path / "ja.jpg")]
     assert [h["file"] for h in hits(kvl, "手机")] == [str(tmp_path / "mixed.jpg")]
     assert [h["file"] for h in hits(kvl, "iphone")] == [str(tmp_path / "mixed.jpg")]
+
+
+def test_an_index_that_is_a_device_or_a_fifo_is_a_usage_error(kvl, tmp_path):
+    src = write_jsonl(tmp_path / "r.jsonl", [image("a.jpg", "a lighthouse")])
+    os.mkfifo(tmp_path / "fifo.sqlite")
+    for index in ("/dev/null", tmp_path / "fifo.sqlite"):
+        for args in (["index", "--index", index, src], ["search", "--index", index, "lighthouse"]):
+            r = kvl(*args)
+            assert r.code == 2 and "is not a plain file" in r.err, r.err
+    assert not Path("/dev/null-wal").exists() and not Path("/dev/null.lock").exists()
+
+
+def test_a_record_cannot_forge_the_search_marks_and_a_long_query_is_said_short(kvl, tmp_path):
+    src = tmp_path / "r.jsonl"
+    src.write_text('{"input": "b.jpg", "answer": "a \\u0002red\\u0003 boat \\u0002", "task": "caption"}\n')
+    assert kvl("index", src).code == 0
+    [hit] = hits(kvl, "boat")
+    assert hit["snippet"] == "a red **boat** " and hit["text"] == "a red boat "
+    r = kvl("search", "zz" * 50_000)
+    assert r.code == 0 and "… (100,000 characters)" in r.err and len(r.err) < 300

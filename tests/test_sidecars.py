@@ -343,3 +343,20 @@ def test_a_sidecar_dir_that_is_a_file_is_refused_and_long_names_are_written(kvl,
     r = kvl("caption", photo, *scripted.args(), "--sidecar", "txt", "--sidecar", "xmp")
     assert r.code == 0, r.err
     assert photo.with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n" and photo.with_suffix(".xmp").is_file()
+
+
+def test_a_fifo_where_a_sidecar_goes_fails_its_input_and_never_waits(scripted, photos):
+    import os
+    import subprocess
+
+    from .conftest import kvl_env
+    from .kvlrun import KVL
+
+    many = photos(2)
+    os.mkfifo(Path(many[0]).with_suffix(".json"))  # nobody writes it: opening it to read would wait forever
+    r = subprocess.run([*KVL, "caption", *many, *scripted.args(), "--json", "--sidecar", "json"], capture_output=True,
+                       text=True, env=kvl_env(), timeout=120)
+    assert r.returncode == 5, r.stderr
+    first, second = records(r.stdout)
+    assert first["exit_code"] == 3 and "is not a plain file" in first["error"]
+    assert second["answer"] == SCRIPTED_ANSWER

@@ -9,7 +9,7 @@ import click
 from ..environment import Environment
 from ..index import Hit, index_path, open_index, where_line
 from ..index import search as run_search
-from ..index.search import MARK_OFF, MARK_ON
+from ..index.search import MARK_OFF, MARK_ON, shown
 from ..safetext import json_safe, one_line
 
 pass_env = click.make_pass_decorator(Environment, ensure=True)  # not _common's: it imports the engine
@@ -47,7 +47,7 @@ def search(env: Environment, query: str, index_file: str | None, limit: int, tas
     finally:
         conn.close()
     if not hits:
-        env.stderr.write(one_line(f"kvl: no records match {query!r}") + "\n")
+        env.stderr.write(one_line(f"kvl: no records match {shown(query)}") + "\n")
     for hit in hits:
         env.stdout.write(_json(hit) if as_json else _text(hit, bold=_bold(env)))
     env.stdout.flush()

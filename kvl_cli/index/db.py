@@ -94,10 +94,13 @@ def sqlite_error(exc: sqlite3.Error, path: Path) -> KvlError:
 
 
 def not_a_folder(path: Path) -> None:
-    """UsageError where ``--index`` names a folder."""
+    """UsageError where ``--index`` names a folder, or anything else that is there and not a plain file
+    (``/dev/null``, a FIFO: SQLite would write its journal beside it, or wait)."""
     if path.is_dir():
         raise UsageError(f"--index {path} is a folder",
                          hint=f"give the index's file, e.g. --index {path / 'index.sqlite'}")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"--index {path} is not a plain file", hint="give the index's file, e.g. --index lib.sqlite")
 
 
 def connect(path: Path, *, create: bool) -> sqlite3.Connection:

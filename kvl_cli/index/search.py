@@ -64,6 +64,11 @@ def _seconds(value: Any) -> float | None:
     return None
 
 
+def shown(query: str, most: int = 80) -> str:
+    """The query as a message quotes it: ``repr``, cut to ``most`` characters."""
+    return repr(query) if len(query) <= most else repr(query[:most]) + f"… ({len(query):,} characters)"
+
+
 def _quote(text: str) -> str:
     return '"' + segment(text).replace('"', '""') + '"'
 
@@ -85,7 +90,8 @@ def fts_query(query: str) -> str:
     while parts and parts[-1] == "OR":
         parts.pop()
     if not parts:
-        raise UsageError(f"nothing to search for in {query!r}", hint='give words, e.g. kvl search "whiteboard diagram"')
+        raise UsageError(f"nothing to search for in {shown(query)}",
+                         hint='give words, e.g. kvl search "whiteboard diagram"')
     return " ".join(parts)
 
 
@@ -110,7 +116,8 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
             (match, *(r[0] for r in ranked))).fetchall()
     except sqlite3.OperationalError as exc:
         if "fts5" in str(exc) or "syntax" in str(exc):
-            raise UsageError(f"cannot search for {query!r}: {exc}", hint="put the words in double quotes") from None
+            raise UsageError(f"cannot search for {shown(query)}: {exc}",
+                             hint="put the words in double quotes") from None
         raise
     found = {row[0]: row for row in rows}
     return [_hit(found[i], score) for i, score in ranked if i in found]

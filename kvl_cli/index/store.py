@@ -85,7 +85,15 @@ def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None,
     # again (the input captioned again) replaces the old one
     digest = hashlib.blake2b(raw.strip().encode("utf-8", "replace"), digest_size=12).digest()
     return Doc(key, digest, file, scene, page, _float(rec.get("start")), _float(rec.get("end")), task,
-               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, segment(text))
+               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, segment(_unmarked(text)))
+
+
+def _unmarked(text: str) -> str:
+    """``text`` without the two control characters a search marks its matches with (a record escapes
+    them, so only a hand-made one holds them): a snippet's marks are always the search's own."""
+    if "\x02" in text or "\x03" in text:
+        return text.replace("\x02", "").replace("\x03", "")
+    return text
 
 
 def _mtime_date(mtime_ns: int | None) -> str | None:

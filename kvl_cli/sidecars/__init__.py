@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,7 +86,7 @@ class SidecarWriter:
             why = None if task == self.task else (f"it holds kvl's {task} record" if task else "it is not kvl's record")
         else:
             task = xmp.kvl_task(data)  # an XMP kvl has not written into is merged (a photographer's fields kept)
-            why = None if task in (None, self.task) else f"it holds kvl's {task}"
+            why = None if task in (None, self.task) else f"it holds kvl's {str(task)[:40]}"
         if why is not None:
             raise InputError(f"{label}: {path} is already there and {why}",
                              hint=f"--overwrite replaces it (kvl {self.task} writes {kind} sidecars beside it), "
@@ -153,7 +154,7 @@ def _json_task(data: bytes) -> str | None:
     if not isinstance(rec, dict) or rec.get("error") is not None or not isinstance(rec.get("input"), str):
         return None
     task = rec.get("task")
-    return task if isinstance(task, str) and task and "answer" in rec else None
+    return task[:40] if isinstance(task, str) and task and "answer" in rec else None  # said in a message: short
 
 
 def _version() -> str:
@@ -167,14 +168,24 @@ def _version() -> str:
 
 
 def _read_existing(path: Path) -> bytes | None:
+    """The sidecar at ``path`` (None: there is none). What is not a plain file is never opened: a FIFO
+    would wait for a writer forever, a device never end."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DiskError(f"cannot read {path}: {exc.strerror or exc}", hint="check its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DiskError(f"cannot write {path}: a folder is there", hint="move it aside, or use --sidecar-dir DIR")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is there and is not a plain file (a FIFO, a device)",
+                         hint="move it aside, or use --sidecar-dir DIR")
     try:
         with path.open("rb") as f:
             data = f.read(MAX_SIDECAR_BYTES + 1)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise DiskError(f"cannot write {path}: a folder is there",
-                        hint="move it aside, or use --sidecar-dir DIR") from None
     except OSError as exc:
         raise DiskError(f"cannot read {path}: {exc.strerror or exc}", hint="check its permissions") from None
     if len(data) > MAX_SIDECAR_BYTES:
