@@ -289,3 +289,11 @@ def test_a_record_cannot_forge_the_search_marks_and_a_long_query_is_said_short(k
     assert hit["snippet"] == "a red **boat** " and hit["text"] == "a red boat "
     r = kvl("search", "zz" * 50_000)
     assert r.code == 0 and "… (100,000 characters)" in r.err and len(r.err) < 300
+
+
+def test_an_index_inside_the_folder_it_indexes_is_not_read_as_records(kvl, tmp_path):
+    src = write_jsonl(tmp_path / "recs" / "r.jsonl", [image("/srv/x/../a.jpg", "a lighthouse")])
+    for _ in range(2):  # the second time, the index (named like a record file) is in the folder
+        r = kvl("index", "--index", tmp_path / "recs" / "lib.json", src.parent)
+        assert r.code == 0, r.err
+    assert [h["file"] for h in hits(kvl, "--index", tmp_path / "recs" / "lib.json", "lighthouse")] == ["/srv/a.jpg"]

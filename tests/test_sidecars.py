@@ -360,3 +360,11 @@ def test_a_fifo_where_a_sidecar_goes_fails_its_input_and_never_waits(scripted, p
     first, second = records(r.stdout)
     assert first["exit_code"] == 3 and "is not a plain file" in first["error"]
     assert second["answer"] == SCRIPTED_ANSWER
+
+
+def test_a_urls_host_cannot_lead_a_sidecar_out_of_the_sidecar_dir():
+    from kvl_cli.sidecars import sidecar_path
+
+    for label in ("http://../a.png", "s3://../x/a.png", "http://./a.png"):
+        path = sidecar_path(label, "txt", "/out")
+        assert ".." not in path.parts and path.parts[:2] == ("/", "out"), path

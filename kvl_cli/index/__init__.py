@@ -69,7 +69,8 @@ def build(paths: list[str], index: Path, err: IO[str], stdin: IO[bytes] | None =
     with _locked(index, err):
         conn = connect(index, create=True)
         try:
-            return Indexer(conn, stdin, progress).index(find_sources(paths))
+            own = {f"{os.path.abspath(index)}{end}" for end in ("", "-wal", "-shm", "-journal", ".lock")}
+            return Indexer(conn, stdin, progress).index(s for s in find_sources(paths) if s.name not in own)
         except sqlite3.Error as exc:  # a full disk mid-way: what was committed stays
             raise sqlite_error(exc, index) from None
         finally:

@@ -82,8 +82,10 @@ class Resolver:
             self.scheme, self.base = "", os.path.dirname(source.name)
 
     def __call__(self, name: str) -> str:
-        if name.startswith("/") or URI.match(name):
+        if URI.match(name):
             return name
+        if name.startswith("/"):
+            return os.path.normpath(name) if not self.scheme else name
         if self.sidecar:
             name = posixpath.basename(name)
         if self.scheme:

@@ -55,5 +55,6 @@ def _mirrored(label: str) -> Path:
 
 def _url_part(label: str) -> Path:
     url = urlsplit(label)
+    host = url.hostname if url.hostname not in (None, "", ".", "..") else "_"  # http://../a.png stays under DIR
     parts = [p for p in PurePosixPath(unquote(url.path)).parts if p not in ("/", ".", "..")]
-    return Path(url.hostname or "_", *parts) if parts else Path(url.hostname or "_", "index")
+    return Path(host, *parts) if parts else Path(host, "index")
