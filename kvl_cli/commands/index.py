@@ -43,6 +43,8 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
     if tally.damage.count:
         env.stderr.write(one_line(f"kvl: error: {_n(tally.damage.count, 'damaged line')} skipped (the first: "
                                   f"{tally.damage.first}); everything else is indexed") + "\n")
+    if tally.missing and not tally.files:
+        return int(ExitCode.INPUT)  # nothing there to index at all
     return int(ExitCode.PARTIAL) if tally.damage.count or tally.missing else 0
 
 

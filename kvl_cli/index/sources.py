@@ -164,7 +164,8 @@ def open_text(source: Source, stdin: IO[bytes] | None = None) -> Iterator[IO[str
     """The source as text (bytes that are not UTF-8 replaced, a byte order mark at its start dropped);
     stdin is left open."""
     if source.name == "-":
-        f = io.TextIOWrapper(stdin or sys.stdin.buffer, encoding="utf-8-sig", errors="replace")
+        raw = stdin or sys.stdin.buffer
+        f = io.TextIOWrapper(raw, encoding=_encoding(raw), errors="replace")
         try:
             yield f
         finally:
@@ -175,8 +176,16 @@ def open_text(source: Source, stdin: IO[bytes] | None = None) -> Iterator[IO[str
         with io.TextIOWrapper(fs.open_input_stream(path), encoding="utf-8-sig", errors="replace") as f:
             yield f
         return
-    with open(source.name, encoding="utf-8-sig", errors="replace") as f:
+    with open(source.name, "rb") as raw, io.TextIOWrapper(raw, encoding=_encoding(raw), errors="replace") as f:
         yield f
+
+
+def _encoding(raw: IO[bytes]) -> str:
+    """UTF-16 where the bytes start with its byte order mark (what Windows PowerShell 5's ``>`` writes),
+    else UTF-8 (its own byte order mark dropped)."""
+    peek = getattr(raw, "peek", None)
+    head = peek(2)[:2] if peek is not None else b""
+    return "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
 
 
 def records(source: Source, damage: Damage,
