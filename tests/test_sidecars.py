@@ -368,3 +368,18 @@ def test_a_urls_host_cannot_lead_a_sidecar_out_of_the_sidecar_dir():
     for label in ("http://../a.png", "s3://../x/a.png", "http://./a.png"):
         path = sidecar_path(label, "txt", "/out")
         assert ".." not in path.parts and path.parts[:2] == ("/", "out"), path
+
+
+def test_the_models_control_bytes_never_break_its_own_xmp(kvl, random_pair, photos):
+    from .kvlrun import LONG
+
+    [photo] = photos(1)
+    for again in ([], ["--overwrite"]):  # written, then merged into: kvl reads back what it wrote
+        r = kvl("caption", *LONG, *random_pair.args(), photo, "--json", "--sidecar", "xmp", "--sidecar", "txt", *again)
+        assert r.code == 0, r.err
+    [rec] = records(r.out)
+    assert any(ch in rec["answer"] for ch in map(chr, [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]))  # C0 ones
+    side = Path(photo).with_suffix(".xmp").read_bytes()
+    said = description(ET.fromstring(side.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0]))["x-default"]
+    assert said == xmp.xml_text(rec["answer"].strip()) and xmp.kvl_task(side) == "caption"
+    assert Path(photo).with_suffix(".txt").read_bytes().decode() == xmp.xml_text(rec["answer"].strip()) + "\n"
