@@ -56,7 +56,7 @@ def test_one_relative_name_in_two_folders_is_two_files(kvl, tmp_path):
 
 
 def test_json_lines_under_a_json_name_are_read_by_lines_and_a_bom_is_no_damage(kvl, tmp_path):
-    recs = [image(f"p{i}.jpg", f"a lantern number {i}") for i in range(3)]
+    recs = [image(f"photos/p{i}.jpg", f"a lantern number {i}") for i in range(3)]
     write_jsonl(tmp_path / "caps.json", recs)
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(image("q.jpg", "a lantern with a bom")).encode()
                                          + b"\n")
@@ -64,7 +64,8 @@ def test_json_lines_under_a_json_name_are_read_by_lines_and_a_bom_is_no_damage(k
     r = kvl("index", tmp_path)
     assert r.code == 0, r.err
     assert "4 new records" in r.err and "1 .json file not kvl's passed over" in r.err
-    assert len(hits(kvl, "lantern")) == 4
+    assert sorted(h["file"] for h in hits(kvl, "lantern")) == [  # each line's input against the file's folder
+        *(str(tmp_path / "photos" / f"p{i}.jpg") for i in range(3)), str(tmp_path / "q.jpg")]
     # a damaged line among them is one damaged line, not a damaged file
     write_jsonl(tmp_path / "more" / "caps.json", recs[:1], extra="{cut\n" + json.dumps(image("z.jpg", "a lantern z")))
     r = kvl("index", tmp_path / "more")

@@ -72,7 +72,6 @@ class Resolver:
     there), the current folder for stdin. So ``a.jpg`` in two folders' records is two files."""
 
     def __init__(self, source: Source) -> None:
-        self.sidecar = source.whole
         if source.name == "-":
             self.scheme, self.base = "", os.getcwd()
         elif source.bucket is not None:
@@ -81,12 +80,13 @@ class Resolver:
         else:
             self.scheme, self.base = "", os.path.dirname(source.name)
 
-    def __call__(self, name: str) -> str:
+    def __call__(self, name: str, sidecar: bool = False) -> str:
+        """``name`` made whole; ``sidecar``: it is the input of the ``.json`` sidecar that is the source."""
         if URI.match(name):
             return name
         if name.startswith("/"):
             return os.path.normpath(name) if not self.scheme else name
-        if self.sidecar:
+        if sidecar:
             name = posixpath.basename(name)
         if self.scheme:
             return f"{self.scheme}://{posixpath.normpath(posixpath.join(self.base, name))}"
@@ -189,10 +189,10 @@ def _encoding(raw: IO[bytes]) -> str:
 
 
 def records(source: Source, damage: Damage,
-            stdin: IO[bytes] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
-    """The source's records, each with its text as read; each damaged line counted in ``damage``
-    (and passed over). A ``.json`` file is one record (a sidecar), or else JSON Lines saved under
-    that name (its first line a record), or else not kvl's."""
+            stdin: IO[bytes] | None = None) -> Iterator[tuple[dict[str, Any], str, bool]]:
+    """The source's records, each with its text as read and whether it is the whole file (a sidecar);
+    each damaged line counted in ``damage`` (and passed over). A ``.json`` file is one record (a
+    sidecar), or else JSON Lines saved under that name (its first line a record), or else not kvl's."""
     with open_text(source, stdin) as f:
         lines: _ReadsLines = f
         if source.whole:
@@ -200,7 +200,7 @@ def records(source: Source, damage: Damage,
             if len(text) <= MAX_LINE_CHARS:
                 rec = _record(text)
                 if rec is not None:
-                    yield rec, text
+                    yield rec, text, True
                     return
                 if _is_json(text):
                     damage.others += 1
@@ -219,7 +219,7 @@ def records(source: Source, damage: Damage,
             if rec is None:
                 damage.add(f"{source.name}:{n}")
             else:
-                yield rec, line
+                yield rec, line, False
 
 
 class _ReadsLines(Protocol):
@@ -268,7 +268,7 @@ def _record(text: str) -> dict[str, Any] | None:
         return None
     if not isinstance(rec, dict):
         return None
-    name = rec.get("file", rec.get("input"))
+    name = rec.get("file") if isinstance(rec.get("file"), str) else rec.get("input")
     if not isinstance(name, str) or not name or not _numbers_sane(rec):
         return None
     if LONE_SURROGATE_ESCAPE.search(text):  # an escaped lone surrogate: a str SQLite cannot encode

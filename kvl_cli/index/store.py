@@ -11,6 +11,7 @@ Records are written in transactions of ``BATCH`` records: Ctrl-C keeps what was 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -145,8 +146,8 @@ class Indexer:
         date = _mtime_date(source.mtime_ns)
         resolve = Resolver(source)
         batch: dict[str, Doc] = {}
-        for rec, raw in records(source, self.tally.damage, self.stdin):
-            doc = to_doc(rec, raw, source.name, date, resolve)
+        for rec, raw, whole in records(source, self.tally.damage, self.stdin):
+            doc = to_doc(rec, raw, source.name, date, functools.partial(resolve, sidecar=whole))
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue
