@@ -146,12 +146,16 @@ def test_a_missing_path_is_said_and_the_others_indexed(kvl, tmp_path, isolated):
     assert r.code == 3 and "not found" in r.err and not index.exists()
 
 
-def test_an_index_that_is_a_folder_is_a_usage_error(kvl, tmp_path):
+def test_an_index_that_is_a_folder_or_empty_is_a_usage_error(kvl, tmp_path, isolated):
     src = write_jsonl(tmp_path / "r.jsonl", [image("a.jpg", "a lighthouse")])
     for args in (["index", "--index", tmp_path, src], ["search", "--index", tmp_path, "lighthouse"]):
         r = kvl(*args)
         assert r.code == 2 and "is a folder" in r.err and "Traceback" not in r.err
         assert len(r.err.strip().splitlines()) == 1
+    for args in (["index", "--index", "", src], ["search", "--index", " ", "lighthouse"]):  # --index "$UNSET"
+        r = kvl(*args)
+        assert r.code == 2 and "--index is empty" in r.err
+    assert not (isolated / "kvl" / "index.sqlite").exists()  # never the default one instead
 
 
 @pytest.fixture

@@ -340,6 +340,8 @@ def test_a_sidecar_dir_that_is_a_file_is_refused_and_long_names_are_written(kvl,
     r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir",
             tmp_path / "caps")
     assert r.code == 2 and "is not a folder" in r.err
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir", "")
+    assert r.code == 2 and "--sidecar-dir is empty" in r.err
     r = kvl("caption", photo, *scripted.args(), "--sidecar", "txt", "--sidecar", "xmp")
     assert r.code == 0, r.err
     assert photo.with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n" and photo.with_suffix(".xmp").is_file()

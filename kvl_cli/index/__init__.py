@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from ..errors import DiskError, InputError
+from ..errors import DiskError, InputError, UsageError
 from .db import IndexUnavailable, connect, not_a_folder, sqlite_error
 from .search import Hit, search, where_line
 from .sources import find_sources, is_uri
@@ -27,7 +27,9 @@ WAIT_NOTICE_S = 0.5  # how long before saying that another indexer holds the loc
 
 def index_path(given: str | None) -> Path:
     """``--index FILE``, or the one in kvl's data folder."""
-    if given:
+    if given is not None:
+        if not given.strip():  # --index "$UNSET": never the default index by accident
+            raise UsageError("--index is empty", hint="give the index's file, e.g. --index lib.sqlite")
         return Path(given).expanduser()
     from ..paths import index_file
 

@@ -246,6 +246,8 @@ def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]
 
 
 def _check_folder(folder: str | None) -> None:
+    if folder is not None and not folder.strip():  # --sidecar-dir "$UNSET"
+        raise UsageError("--sidecar-dir is empty", hint="give a folder, e.g. --sidecar-dir captions")
     if folder is not None and os.path.lexists(os.path.expanduser(folder)) and not os.path.isdir(
             os.path.expanduser(folder)):
         raise UsageError(f"--sidecar-dir {folder} is not a folder", hint="give a folder (made if it is missing)")
