@@ -75,8 +75,8 @@ def require_fts5(module: ModuleType) -> None:
 
 # SQLite's primary result codes that mean the disk, not the file: full, I/O, cannot open, read-only, no permission
 DISK_CODES = {13: "the disk is full", 10: "a disk I/O error", 14: "cannot open it", 8: "it is read-only",
-              3: "permission denied"}
-DISK_WORDS = ("disk is full", "disk i/o error", "unable to open", "readonly", "read-only", "permission")
+              3: "permission denied", 5: "another process holds it locked", 6: "another process holds it locked"}
+DISK_WORDS = ("disk is full", "disk i/o error", "unable to open", "readonly", "read-only", "permission", "locked")
 
 
 def sqlite_error(exc: sqlite3.Error, path: Path) -> KvlError:
@@ -87,7 +87,7 @@ def sqlite_error(exc: sqlite3.Error, path: Path) -> KvlError:
     if disk is None and any(w in str(exc).lower() for w in DISK_WORDS):
         disk = str(exc)
     if disk is not None:
-        return DiskError(f"cannot write the index {path}: {disk}",
+        return DiskError(f"cannot use the index {path}: {disk}",
                          hint="free some space, or give --index FILE in a folder you can write")
     return InputError(f"{path} is not a kvl index, or a damaged one ({exc})",
                       hint="give another --index FILE, or move it aside and index again")

@@ -89,8 +89,7 @@ class SidecarWriter:
             why = None if task in (None, self.task) else f"it holds kvl's {str(task)[:40]}"
         if why is not None:
             raise InputError(f"{label}: {path} is already there and {why}",
-                             hint=f"--overwrite replaces it (kvl {self.task} writes {kind} sidecars beside it), "
-                             "or --sidecar-dir DIR writes them elsewhere")
+                             hint="--overwrite replaces it, or --sidecar-dir DIR writes kvl's sidecars elsewhere")
 
     def _marked_tasks(self, label: str) -> set[str]:
         """The tasks of kvl's marked sidecars (``.json``, ``.xmp``) of this input that are there."""
