@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -310,3 +311,28 @@ def test_utf16_json_lines_as_powershell_writes_them_are_read(kvl, tmp_path):
     r = kvl("index", tmp_path / "caps.jsonl")
     assert r.code == 0 and "3 new records" in r.err, r.err
     assert len(hits(kvl, "windmill")) == 3
+
+
+def _unprivileged() -> list[str]:
+    """A prefix that runs a command without the power to pass over file permissions (root's)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv") or subprocess.run(
+            ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--", "true"],
+            capture_output=True).returncode:
+        pytest.skip("root, and setpriv cannot drop the capabilities that pass over permissions")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_a_folder_that_cannot_be_listed_is_said_and_the_rest_indexed(tmp_path):
+    write_jsonl(tmp_path / "recs" / "a.jsonl", [image("a.jpg", "a lighthouse")])
+    write_jsonl(tmp_path / "recs" / "locked" / "b.jsonl", [image("b.jpg", "a lighthouse keeper")])
+    (tmp_path / "recs" / "locked").chmod(0)
+    try:
+        r = subprocess.run([*_unprivileged(), *KVL, "index", "--index", str(tmp_path / "i.sqlite"),
+                            str(tmp_path / "recs")], capture_output=True, text=True, env=kvl_env(), timeout=120)
+    finally:
+        (tmp_path / "recs" / "locked").chmod(0o755)
+    assert r.returncode == 5, r.stderr
+    assert f"kvl: error: {tmp_path / 'recs' / 'locked'}: cannot read this folder: Permission denied" in r.stderr
+    assert "1 new record" in r.stderr

@@ -108,9 +108,13 @@ def _local_sources(arg: str) -> Iterator[Source]:
     path = Path(arg).expanduser()
     if path.is_dir():
         found = []
-        for folder, dirs, files in os.walk(path):
+        unreadable: list[OSError] = []  # a folder kvl may not list: said, never passed over in silence
+        for folder, dirs, files in os.walk(path, onerror=unreadable.append):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found += [Path(folder, f) for f in files if f.endswith(RECORD_SUFFIXES) and not f.startswith(".")]
+        for exc in unreadable:
+            yield Source(str(exc.filename or path), None, None, whole=False,
+                         problem=f"cannot read this folder: {exc.strerror or exc}")
         for file in sorted(found):
             yield _local(file, named=False)
         return
