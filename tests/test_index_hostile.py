@@ -54,6 +54,8 @@ def test_one_relative_name_in_two_folders_is_two_files(kvl, tmp_path):
     assert r.code == 0
     assert {h["file"] for h in hits(kvl, "red x")} == {os.path.join(os.getcwd(), "x.jpg")}
     assert {h["file"] for h in hits(kvl, "red y")} == {"https://example.org/y.jpg"}
+    assert kvl("index", write_jsonl(tmp_path / "t" / "r.jsonl", [image("~/z.jpg", "a red z")])).code == 0
+    assert {h["file"] for h in hits(kvl, "red z")} == {str(Path.home() / "z.jpg")}
 
 
 def test_json_lines_under_a_json_name_are_read_by_lines_and_a_bom_is_no_damage(kvl, tmp_path):

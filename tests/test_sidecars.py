@@ -237,6 +237,7 @@ def test_where_a_sidecar_goes(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert sidecar_path("photos/./a.jpg", "txt", None) == Path("photos/a.txt")
+    assert sidecar_path("~/p/a.jpg", "txt", None) == Path.home() / "p" / "a.txt"  # quoted, or from --from: not ./~/
     assert sidecar_path("photos/scan", "json", None) == Path("photos/scan.json")  # no suffix: one added
     assert sidecar_path("photos/a.jpg", "xmp", "out") == Path("out/photos/a.xmp")
     assert sidecar_path("/srv/media/a.jpg", "txt", "out") == Path("out/srv/media/a.txt")

@@ -84,6 +84,8 @@ class Resolver:
         """``name`` made whole; ``sidecar``: it is the input of the ``.json`` sidecar that is the source."""
         if URI.match(name):
             return name
+        if name.startswith("~") and not self.scheme:
+            name = os.path.expanduser(name)  # "~/a.jpg" as a --from list named it: a home folder, not ./~
         if name.startswith("/"):
             return os.path.normpath(name) if not self.scheme else name
         if sidecar:

@@ -261,9 +261,9 @@ class _Inputs:
         for label in labels:
             if is_url(label) or label == "-":
                 continue
-            self.names[os.path.normpath(os.path.abspath(label))] = label
+            self.names[os.path.normpath(os.path.abspath(os.path.expanduser(label)))] = label
             with contextlib.suppress(OSError):
-                st = os.stat(label)
+                st = os.stat(os.path.expanduser(label))
                 self.files[(st.st_dev, st.st_ino)] = label
 
     def at(self, path: Path) -> str | None:

@@ -38,7 +38,7 @@ def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
                              hint="add --sidecar-dir DIR")
         base = Path(folder).expanduser() / _url_part(label)
     elif folder is None:
-        base = Path(os.path.normpath(label))
+        base = Path(os.path.normpath(os.path.expanduser(label)))  # "~/a.png" (quoted, --from): where it is read
     else:
         base = Path(folder).expanduser() / _mirrored(label)
     return base.with_name(f"{base.stem}.{kind}" if base.suffix else f"{base.name}.{kind}")
