@@ -386,3 +386,13 @@ def test_the_models_control_bytes_never_break_its_own_xmp(kvl, random_pair, phot
     said = description(ET.fromstring(side.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0]))["x-default"]
     assert said == xmp.xml_text(rec["answer"].strip()) and xmp.kvl_task(side) == "caption"
     assert Path(photo).with_suffix(".txt").read_bytes().decode() == xmp.xml_text(rec["answer"].strip()) + "\n"
+
+
+def test_a_home_relative_name_from_a_list_gets_its_sidecar_beside_it(kvl, scripted, isolated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (isolated / "pics").mkdir()
+    make_image(isolated / "pics" / "a.png")
+    (tmp_path / "list.txt").write_text("~/pics/a.png\n")
+    r = kvl("caption", "--from", tmp_path / "list.txt", *scripted.args(), "--sidecar", "txt")
+    assert r.code == 0, r.err
+    assert (isolated / "pics" / "a.txt").read_text() == SCRIPTED_ANSWER + "\n" and not (tmp_path / "~").exists()
