@@ -11,7 +11,6 @@ Records are written in transactions of ``BATCH`` records: Ctrl-C keeps what was 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -147,7 +146,7 @@ class Indexer:
         resolve = Resolver(source)
         batch: dict[str, Doc] = {}
         for rec, raw, whole in records(source, self.tally.damage, self.stdin):
-            doc = to_doc(rec, raw, source.name, date, functools.partial(resolve, sidecar=whole))
+            doc = to_doc(rec, raw, source.name, date, resolve.sidecar if whole else resolve)
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue

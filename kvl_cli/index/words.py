@@ -19,7 +19,7 @@ UNSPACED = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac
 
 def segment(text: str) -> str:
     """``text`` with each character of an unspaced script set apart as a word of its own."""
-    if UNSPACED.search(text) is None:
+    if text.isascii() or UNSPACED.search(text) is None:
         return text
     return UNSPACED.sub(lambda m: f"{MARK}{m.group()}{MARK}", text)
 
