@@ -396,3 +396,15 @@ def test_a_home_relative_name_from_a_list_gets_its_sidecar_beside_it(kvl, script
     r = kvl("caption", "--from", tmp_path / "list.txt", *scripted.args(), "--sidecar", "txt")
     assert r.code == 0, r.err
     assert (isolated / "pics" / "a.txt").read_text() == SCRIPTED_ANSWER + "\n" and not (tmp_path / "~").exists()
+
+
+def test_a_conflict_fails_its_input_only_with_parallel_workers(kvl, scripted, photos):
+    many = photos(3)
+    Path(many[1]).with_suffix(".json").write_text('{"settings": true}')
+    r = kvl("caption", *many, *scripted.args(), "-P", "2", "--json", "--sidecar", "json")
+    assert r.code == 5, r.err
+    by_input = {x["input"]: x for x in records(r.out)}
+    assert by_input[many[1]]["exit_code"] == 3 and "not kvl's record" in by_input[many[1]]["error"]
+    assert all(json.loads(Path(m).with_suffix(".json").read_text())["answer"] == SCRIPTED_ANSWER
+               for m in (many[0], many[2]))
+    assert Path(many[1]).with_suffix(".json").read_text() == '{"settings": true}'
