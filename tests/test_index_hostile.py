@@ -54,6 +54,7 @@ def test_one_relative_name_in_two_folders_is_two_files(kvl, tmp_path):
     assert r.code == 0
     assert {h["file"] for h in hits(kvl, "red x")} == {os.path.join(os.getcwd(), "x.jpg")}
     assert {h["file"] for h in hits(kvl, "red y")} == {"https://example.org/y.jpg"}
+    assert "\nx.jpg  (caption)\n" in "\n" + kvl("search", "red x").out  # shown from the current folder
     assert kvl("index", write_jsonl(tmp_path / "t" / "r.jsonl", [image("~/z.jpg", "a red z")])).code == 0
     assert {h["file"] for h in hits(kvl, "red z")} == {str(Path.home() / "z.jpg")}
 

@@ -153,9 +153,12 @@ def clock(seconds: float) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def where_line(hit: Hit) -> str:
-    """``talk.mp4 @ 00:01:05–00:01:12`` for a scene, ``scan.pdf p. 3`` for a page, else the file."""
+def where_line(hit: Hit, here: str | None = None) -> str:
+    """``talk.mp4 @ 00:01:05–00:01:12`` for a scene, ``scan.pdf p. 3`` for a page, else the file; a
+    file under the folder ``here`` named from there (as a person types it after ``mpv``)."""
     line = hit.file
+    if here and line.startswith(here.rstrip("/") + "/"):
+        line = line[len(here.rstrip("/")) + 1:]
     if hit.start is not None:
         line += f" @ {clock(hit.start)}" + (f"–{clock(hit.end)}" if hit.end is not None else "")
     if hit.page is not None:
