@@ -408,3 +408,22 @@ def test_a_conflict_fails_its_input_only_with_parallel_workers(kvl, scripted, ph
     assert all(json.loads(Path(m).with_suffix(".json").read_text())["answer"] == SCRIPTED_ANSWER
                for m in (many[0], many[2]))
     assert Path(many[1]).with_suffix(".json").read_text() == '{"settings": true}'
+
+
+def test_a_sidecar_never_takes_set_id_or_execute_bits(tmp_path):
+    import os
+
+    from kvl_cli.sidecars import write_atomic
+
+    target = tmp_path / "tool"
+    target.write_text("#!/bin/sh\n")
+    target.chmod(0o4755)
+    link = tmp_path / "a.txt"
+    link.symlink_to(target)  # a sidecar's place holding a link to a set-uid program
+    write_atomic(link, b"caption\n")
+    assert not link.is_symlink() and link.read_bytes() == b"caption\n"
+    assert os.stat(link).st_mode & 0o7111 == 0 and target.read_text() == "#!/bin/sh\n"
+    (tmp_path / "b.txt").write_text("old")
+    (tmp_path / "b.txt").chmod(0o640)
+    write_atomic(tmp_path / "b.txt", b"new\n")
+    assert os.stat(tmp_path / "b.txt").st_mode & 0o7777 == 0o640  # its own permissions kept

@@ -212,13 +212,15 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def _mode(path: Path) -> int:
-    """An existing sidecar's permissions, else what a new file gets under the umask (not mkstemp's 0600)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+    """An existing sidecar's read and write permissions (its own, not a link's target's; never set-id or
+    execute bits), else what a new file gets under the umask (not mkstemp's 0600)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return st.st_mode & 0o666
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]:
