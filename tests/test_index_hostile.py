@@ -339,3 +339,20 @@ def test_a_folder_that_cannot_be_listed_is_said_and_the_rest_indexed(tmp_path):
     assert r.returncode == 5, r.stderr
     assert f"kvl: error: {tmp_path / 'recs' / 'locked'}: cannot read this folder: Permission denied" in r.stderr
     assert "1 new record" in r.stderr
+
+
+def test_an_index_another_program_holds_locked_is_said_so(tmp_path, monkeypatch):
+    from kvl_cli.errors import DiskError
+    from kvl_cli.index import db
+
+    index = tmp_path / "i.sqlite"
+    build([str(write_jsonl(tmp_path / "a.jsonl", [image("a.jpg", "a lighthouse")]))], index, sys.stderr)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(index, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a program other than kvl writing it (a sqlite3 shell left open)
+    try:
+        with pytest.raises(DiskError, match="another process holds it locked"):
+            build([str(write_jsonl(tmp_path / "b.jsonl", [image("b.jpg", "a harbour")]))], index, sys.stderr)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
