@@ -356,3 +356,18 @@ def test_an_index_another_program_holds_locked_is_said_so(tmp_path, monkeypatch)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_damaged_index_is_one_line_not_a_traceback(kvl, tmp_path):
+    index = tmp_path / "i.sqlite"
+    src = write_jsonl(tmp_path / "r.jsonl", [image(f"{i}.jpg", f"a lighthouse number {i} " + "word " * 30)
+                                             for i in range(3000)])
+    assert kvl("index", "--index", index, src).code == 0
+    data = bytearray(index.read_bytes())
+    data[8192:len(data) - 4096] = os.urandom(len(data) - 4096 - 8192)  # every page but the first two
+    index.write_bytes(bytes(data))
+    for args in (["search", "--index", index, "lighthouse"],
+                 ["index", "--index", index, write_jsonl(tmp_path / "more.jsonl", [image("z.jpg", "a lighthouse")])]):
+        r = kvl(*args)
+        assert r.code == 3 and "damaged" in r.err and "Traceback" not in r.err and "internal error" not in r.err, r.err
+        assert len(r.err.strip().splitlines()) == 1

@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 
 import click
 
 from ..environment import Environment
 from ..index import Hit, index_path, open_index, where_line
 from ..index import search as run_search
+from ..index.db import sqlite_error
 from ..index.search import MARK_OFF, MARK_ON, shown
 from ..safetext import json_safe, one_line
 
@@ -41,9 +43,12 @@ def search(env: Environment, query: str, index_file: str | None, limit: int, tas
       kvl search --task video --json "red car" | jq -r '.file + " " + (.start|tostring)'
       mpv --start=65 talk.mp4     # open a hit at its time
     """
-    conn = open_index(index_path(index_file))
+    where = index_path(index_file)
+    conn = open_index(where)
     try:
         hits = run_search(conn, query, limit=limit, task=task, path=path_glob)
+    except sqlite3.Error as exc:  # a damaged page, a lock another program holds past the wait
+        raise sqlite_error(exc, where) from None
     finally:
         conn.close()
     if not hits:
