@@ -371,3 +371,28 @@ def test_a_damaged_index_is_one_line_not_a_traceback(kvl, tmp_path):
         r = kvl(*args)
         assert r.code == 3 and "damaged" in r.err and "Traceback" not in r.err and "internal error" not in r.err, r.err
         assert len(r.err.strip().splitlines()) == 1
+
+
+def test_a_nul_in_a_query_from_the_library_is_a_space(tmp_path):
+    index = tmp_path / "i.sqlite"
+    build([str(write_jsonl(tmp_path / "r.jsonl", [image("a.jpg", "a whiteboard NEAR the door")]))], index, sys.stderr)
+    conn = open_index(index)
+    try:
+        assert [h.file for h in search(conn, 'door\x00"NEAR')] == [str(tmp_path / "a.jpg")]
+        assert search(conn, "white\x00board") == []  # two words, neither of them in it
+    finally:
+        conn.close()
+
+
+def test_bytes_that_are_not_utf8_in_the_arguments_are_no_crash(tmp_path):
+    index = tmp_path / "i.sqlite"
+    src = tmp_path / "r.jsonl"
+    src.write_text('{"input": "caf\\udcff.jpg", "answer": "a caf\\udcff sign", "task": "caption"}\n')
+    build([str(src)], index, sys.stderr)
+    for args in ([b"caf\xff"], [b"--task", b"\xfe", b"sign"], [b"--path", b"*caf\xff.jpg", b"sign"]):
+        r = subprocess.run([*(a.encode() for a in KVL), b"search", b"--index", bytes(index), *args],
+                           capture_output=True, env=kvl_env(), timeout=120)
+        assert r.returncode == 0 and b"internal error" not in r.stderr, r.stderr
+    r = subprocess.run([*KVL, "search", "--index", str(index), "--path", "*caf\ufffd.jpg", "--json", "sign"],
+                       capture_output=True, text=True, env=kvl_env(), timeout=120)
+    assert [h["file"] for h in records(r.stdout)] == [str(tmp_path / "caf\ufffd.jpg")]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import UsageError
-from .sources import MAX_SECONDS
+from .sources import LONE_SURROGATE, MAX_SECONDS
 from .words import segment, unsegment
 
 # snippet markers: control characters no caption holds (kvl's records escape them), replaced when shown
@@ -76,7 +76,7 @@ def _quote(text: str) -> str:
 def fts_query(query: str) -> str:
     """The user's query as an FTS5 expression in which every term is a quoted string."""
     parts: list[str] = []
-    for m in TERM.finditer(query):
+    for m in TERM.finditer(query.replace("\x00", " ")):  # SQLite reads a NUL as the end of the query
         phrase, word = m.group(1), m.group(2)
         if phrase is not None:
             if phrase.strip():
@@ -100,6 +100,8 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
     """The best ``limit`` hits for ``query`` (BM25: lower scores are better), optionally of one task
     and with the file matching the glob ``path``. Ranked first, then only the hits shown get their
     snippet (a snippet for every match would cost more than the ranking)."""
+    query = _valid(query)  # bytes of argv that are not UTF-8 (lone surrogates), as the index keeps them
+    task, path = (None if t is None else _valid(t) for t in (task, path))
     match = fts_query(query)
     if path is not None and len(path) > MAX_GLOB:
         raise UsageError(f"--path is {len(path):,} characters long: longer than any file's path ({MAX_GLOB:,})",
@@ -115,12 +117,16 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
             f"FROM fts JOIN docs d ON d.id = fts.rowid WHERE fts MATCH ? AND fts.rowid IN ({marks})",
             (match, *(r[0] for r in ranked))).fetchall()
     except sqlite3.OperationalError as exc:
-        if "fts5" in str(exc) or "syntax" in str(exc):
+        if "fts5" in str(exc) or "syntax" in str(exc) or "unterminated" in str(exc):
             raise UsageError(f"cannot search for {shown(query)}: {exc}",
                              hint="put the words in double quotes") from None
         raise
     found = {row[0]: row for row in rows}
     return [_hit(found[i], score) for i, score in ranked if i in found]
+
+
+def _valid(text: str) -> str:
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _hit(row: tuple[Any, ...], score: float) -> Hit:
