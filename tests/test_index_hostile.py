@@ -95,7 +95,7 @@ def test_lone_surrogates_are_indexed_not_a_crash(kvl, tmp_path):
     src.write_text('{"input": "a\\udc80.jpg", "answer": "a harbour \\ud800 crane", "task": "caption"}\n')
     assert kvl("index", src).code == 0
     [hit] = hits(kvl, "crane")
-    assert hit["text"] == "a harbour \ufffd crane" and hit["file"] == str(tmp_path / "a\ufffd.jpg")
+    assert hit["text"] == "a harbour \ufffd crane" and hit["file"] == str(tmp_path / "a\\x80.jpg")  # as kvl shows it
 
 
 def test_times_an_older_index_holds_are_shown_not_a_crash(kvl, tmp_path):
@@ -389,10 +389,26 @@ def test_bytes_that_are_not_utf8_in_the_arguments_are_no_crash(tmp_path):
     src = tmp_path / "r.jsonl"
     src.write_text('{"input": "caf\\udcff.jpg", "answer": "a caf\\udcff sign", "task": "caption"}\n')
     build([str(src)], index, sys.stderr)
-    for args in ([b"caf\xff"], [b"--task", b"\xfe", b"sign"], [b"--path", b"*caf\xff.jpg", b"sign"]):
+    for args in ([b"caf\xff"], [b"--task", b"\xfe", b"sign"]):
         r = subprocess.run([*(a.encode() for a in KVL), b"search", b"--index", bytes(index), *args],
                            capture_output=True, env=kvl_env(), timeout=120)
         assert r.returncode == 0 and b"internal error" not in r.stderr, r.stderr
-    r = subprocess.run([*KVL, "search", "--index", str(index), "--path", "*caf\ufffd.jpg", "--json", "sign"],
-                       capture_output=True, text=True, env=kvl_env(), timeout=120)
-    assert [h["file"] for h in records(r.stdout)] == [str(tmp_path / "caf\ufffd.jpg")]
+    r = subprocess.run([*(a.encode() for a in KVL), b"search", b"--index", bytes(index), b"--json", b"--path",
+                        b"*caf\xff.jpg", b"sign"], capture_output=True, env=kvl_env(), timeout=120)  # the same bytes
+    assert [h["file"] for h in records(r.stdout.decode())] == [str(tmp_path / "caf\\xff.jpg")]
+
+
+def test_record_files_whose_names_are_not_utf8_are_indexed(tmp_path):
+    folder = os.fsencode(tmp_path) + b"/d\xfe"
+    os.mkdir(folder)
+    with open(folder + b"/r\xff.jsonl", "w") as f:
+        f.write(json.dumps(image("a.jpg", "a red kayak")) + "\n")
+    index = tmp_path / "i.sqlite"
+    for _ in range(2):
+        r = subprocess.run([*KVL, "index", "--index", str(index), str(tmp_path)], capture_output=True, text=True,
+                           env=kvl_env(), timeout=120)
+        assert r.returncode == 0 and "internal error" not in r.stderr, r.stderr
+    assert "1 unchanged (not read)" in r.stderr  # remembered under its name
+    conn = open_index(index)
+    assert [h.file for h in search(conn, "kayak")] == [f"{tmp_path}/d\\xfe/a.jpg"]
+    conn.close()

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import UsageError
-from .sources import LONE_SURROGATE, MAX_SECONDS
+from .sources import MAX_SECONDS, valid_text
 from .words import segment, unsegment
 
 # snippet markers: control characters no caption holds (kvl's records escape them), replaced when shown
@@ -100,8 +100,8 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
     """The best ``limit`` hits for ``query`` (BM25: lower scores are better), optionally of one task
     and with the file matching the glob ``path``. Ranked first, then only the hits shown get their
     snippet (a snippet for every match would cost more than the ranking)."""
-    query = _valid(query)  # bytes of argv that are not UTF-8 (lone surrogates), as the index keeps them
-    task, path = (None if t is None else _valid(t) for t in (task, path))
+    query = valid_text(query)  # bytes of argv that are not UTF-8 (lone surrogates), as the index keeps them
+    task, path = (None if t is None else valid_text(t) for t in (task, path))
     match = fts_query(query)
     if path is not None and len(path) > MAX_GLOB:
         raise UsageError(f"--path is {len(path):,} characters long: longer than any file's path ({MAX_GLOB:,})",
@@ -123,10 +123,6 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, task: str |
         raise
     found = {row[0]: row for row in rows}
     return [_hit(found[i], score) for i, score in ranked if i in found]
-
-
-def _valid(text: str) -> str:
-    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _hit(row: tuple[Any, ...], score: float) -> Hit:

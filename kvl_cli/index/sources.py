@@ -270,6 +270,20 @@ LONE_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def valid_text(text: str) -> str:
+    """``text`` as SQLite can keep it: a lone surrogate (a file name's byte that is not UTF-8, as Python
+    decodes names and arguments: U+DC80-U+DCFF) written ``\\xff`` as kvl shows it, any other U+FFFD;
+    the same bytes typed in a search's ``--path`` come out the same."""
+    if LONE_SURROGATE.search(text) is None:
+        return text
+    return LONE_SURROGATE.sub(_stand_in, text)
+
+
+def _stand_in(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "\ufffd"
+
+
 def _record(text: str) -> dict[str, Any] | None:
     """The kvl record ``text`` holds; None where it is damaged: not a JSON object, no input or file
     name, a time that is not a time (NaN, Infinity, negative, 1e400) or a number past any count."""
@@ -285,7 +299,7 @@ def _record(text: str) -> dict[str, Any] | None:
     if not isinstance(name, str) or not name or not _numbers_sane(rec):
         return None
     if LONE_SURROGATE_ESCAPE.search(text):  # an escaped lone surrogate: a str SQLite cannot encode
-        rec = {k: LONE_SURROGATE.sub("\ufffd", v) if isinstance(v, str) else v for k, v in rec.items()}
+        rec = {k: valid_text(v) if isinstance(v, str) else v for k, v in rec.items()}
     return rec
 
 

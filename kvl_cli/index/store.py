@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, NamedTuple
 
-from .sources import SPECIAL, Damage, Resolver, Source, records
+from .sources import SPECIAL, Damage, Resolver, Source, records, valid_text
 from .words import segment
 
 BATCH = 20_000
@@ -76,7 +76,7 @@ def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None,
     if text is None:
         return None
     file = rec.get("file")
-    file = resolve(file if isinstance(file, str) else str(rec["input"]))
+    file = valid_text(resolve(file if isinstance(file, str) else str(rec["input"])))
     scene, page = _int(rec.get("scene")), _int(rec.get("page"))
     task = _str(rec.get("task")) or ("video" if scene is not None else None)
     key = f"{task or ''}\x1f{file}\x1f{'' if scene is None else scene}\x1f{'' if page is None else page}"
@@ -132,21 +132,23 @@ class Indexer:
                 self.tally.damage.add(f"{source.name}: {exc.strerror or exc}")
             if self.tally.damage.count == before and source.mtime_ns is not None:
                 self.conn.execute("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)",
-                                  (source.name, source.size, source.mtime_ns))
+                                  (valid_text(source.name), source.size, source.mtime_ns))
         return self.tally
 
     def _unchanged(self, source: Source) -> bool:
         if source.mtime_ns is None:
             return False
-        row = self.conn.execute("SELECT size, mtime_ns FROM sources WHERE path = ?", (source.name,)).fetchone()
+        row = self.conn.execute("SELECT size, mtime_ns FROM sources WHERE path = ?",
+                                (valid_text(source.name),)).fetchone()
         return row is not None and tuple(row) == (source.size, source.mtime_ns)
 
     def _read(self, source: Source) -> None:
         date = _mtime_date(source.mtime_ns)
         resolve = Resolver(source)
+        name = valid_text(source.name)  # a file name's bytes that are not UTF-8: as SQLite can keep them
         batch: dict[str, Doc] = {}
         for rec, raw, whole in records(source, self.tally.damage, self.stdin):
-            doc = to_doc(rec, raw, source.name, date, resolve.sidecar if whole else resolve)
+            doc = to_doc(rec, raw, name, date, resolve.sidecar if whole else resolve)
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue
