@@ -427,3 +427,23 @@ def test_a_sidecar_never_takes_set_id_or_execute_bits(tmp_path):
     (tmp_path / "b.txt").chmod(0o640)
     write_atomic(tmp_path / "b.txt", b"new\n")
     assert os.stat(tmp_path / "b.txt").st_mode & 0o7777 == 0o640  # its own permissions kept
+
+
+def test_an_input_whose_name_is_not_utf8_gets_its_sidecars(scripted, tmp_path):
+    import os
+    import subprocess
+
+    from .conftest import kvl_env
+    from .kvlrun import KVL
+
+    png = make_image(tmp_path / "p.png").read_bytes()
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/caf\xff.png", "wb") as f:
+        f.write(png)
+    r = subprocess.run([*KVL, "caption", folder + b"/caf\xff.png", *scripted.args(), "--json", "--sidecar", "json",
+                        "--sidecar", "xmp", "--sidecar", "txt"], capture_output=True, env=kvl_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    for kind in ("json", "xmp", "txt"):
+        assert os.path.isfile(folder + b"/caf\xff." + kind.encode())
+    with open(folder + b"/caf\xff.json", "rb") as f:
+        assert json.loads(f.read())["answer"] == SCRIPTED_ANSWER
