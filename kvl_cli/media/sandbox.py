@@ -169,7 +169,7 @@ class Decoder:
 
     def _broken(self, label: str, op: str, exc: BaseException, timeout: float | None) -> InputError:
         proc, self.proc = self.proc, None
-        what = "video" if op.startswith("video") else "image"
+        what = "video" if op.startswith("video") else "document" if op.startswith("doc.") else "image"
         reason = exc.reason if isinstance(exc, Broken) else str(exc)
         if proc is not None:
             if reason == "timeout":

@@ -53,8 +53,9 @@ class SidecarWriter:
         if not result.answer.strip():
             return  # no answer (cut by --max-tokens while thinking): no mark, a rerun tries again
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        page = meta.get("page") if isinstance(meta.get("page"), int) else None
         for kind in self.options.kinds:
-            path = sidecar_path(label, kind, self.options.folder)
+            path = sidecar_path(label, kind, self.options.folder, page)
             data = self._content(kind, path, label, result, {**meta, "task": meta.get("task", self.task)}, date)
             try:
                 write_atomic(path, data)
@@ -75,11 +76,13 @@ class SidecarWriter:
             raise InputError(f"{label}: {path} is not XMP kvl can merge into: {exc}",
                              hint="kvl leaves it as it is: repair it or move it aside") from None
 
-    def done(self, label: str) -> bool:
-        """Whether kvl already wrote every sidecar asked for, for this task (the resume mark)."""
+    def done(self, label: str, page: int | None = None) -> bool:
+        """Whether kvl already wrote every sidecar asked for, for this task (the resume mark), of the
+        input or of its page ``page``."""
         if self.options.overwrite:
             return False
-        return all(self._written(sidecar_path(label, kind, self.options.folder), kind) for kind in self.options.kinds)
+        return all(self._written(sidecar_path(label, kind, self.options.folder, page), kind)
+                   for kind in self.options.kinds)
 
     def _written(self, path: Path, kind: str) -> bool:
         if kind == "txt":
