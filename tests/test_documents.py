@@ -406,3 +406,55 @@ def test_300_pages_run_in_bounded_memory(scripted, tmp_path):
     assert (code, lines) == (0, 300), res.stderr
     assert peak_kb * 1024 < 1.5e9
     os.environ.get("KVL_TEST_VERBOSE") and print(f"peak RSS {peak_kb / 1024:.0f} MB")  # noqa: T201
+
+
+# ---- beyond one process: kvl serve and Ray ------------------------------------------------------------
+
+
+def test_serve_takes_a_pdf_file_part_as_its_pages(scripted, tmp_path):
+    import base64
+
+    from .serve_util import chat, start_server
+
+    def file_part(data: bytes, name: str = "doc.pdf") -> dict:
+        uri = "data:application/pdf;base64," + base64.b64encode(data).decode()
+        return {"type": "file", "file": {"file_data": uri, "filename": name}}
+
+    def ask(part: dict, **ext: object) -> tuple[int, dict]:
+        body = {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "Total?"}]}],
+                "max_tokens": 4, "kvl": {"think_budget": 0, **ext}}
+        status, _, answer = chat(srv.port, body)
+        return status, answer
+
+    srv = start_server(scripted, tmp_path / "serve", "--ctx", "8192")
+    try:
+        status, body = ask(file_part(pdfs.pdf_bytes(pdfs.mixed_pages())))
+        assert status == 200, body
+        assert len(body["kvl"]["image_tokens"]) == 3  # one image per page
+        status, body = ask(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(5))), pages="2,4")
+        assert status == 200 and len(body["kvl"]["image_tokens"]) == 2
+        status, body = ask(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(5))), pages="9")
+        assert status == 400 and "has 5 pages" in body["error"]["message"]
+        status, body = ask(file_part(pdfs.damaged_pdf()))
+        assert status == 400 and "damaged" in body["error"]["message"]
+        status, body = ask(file_part(pdfs.pdf_bytes(pdfs.mixed_pages(), password="pw")))
+        assert status == 400 and "encrypted" in body["error"]["message"]
+        status, body = ask({"type": "file", "file": {"file_data": "data:text/plain;base64,aGk=", "filename": "a"}})
+        assert status == 400 and body["error"]["param"] == "messages[0].content[0].file"
+        assert "Traceback" not in srv.log_text()
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+
+
+def test_ray_runs_every_page_exactly_once(scripted, docs, images, tmp_path):
+    env = kvl_env(scripted)
+    r = subprocess.run([sys.executable, "-m", "kvl_cli", "ocr", "--ray", "local", "--workers", "1", docs["scan"],
+                        images["jpg"], docs["damaged"], "--pages", "1-3", *SHORT], capture_output=True, text=True,
+                       env=env, timeout=400)
+    assert r.returncode == 5, r.stderr
+    recs = jsonl(r.stdout)
+    keys = sorted((Path(x["input"]).name, x.get("page") or 0) for x in recs)
+    assert keys == [("damaged.pdf", 0), ("red.jpg", 0), ("scan.pdf", 1), ("scan.pdf", 2), ("scan.pdf", 3)]
+    pages = [x for x in recs if x.get("page")]
+    assert all(x["pages"] == 4 and x["error"] is None and x["answer"] for x in pages)
+    assert next(x for x in recs if x["input"].endswith("damaged.pdf"))["exit_code"] == 3

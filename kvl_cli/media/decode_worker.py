@@ -84,9 +84,10 @@ def doc_info(req: Header, payload: bytes) -> Iterator[Reply]:
 def doc_page(req: Header, payload: bytes) -> Iterator[Reply]:
     from .pdf import render_page
 
-    img = render_page(req["label"], _source(req, payload), req["page"], kind=req["kind"], password=req.get("password"),
-                      max_tokens=req.get("max_tokens"), dpi=req.get("dpi"), pixels=req["pixels"])
-    yield {"done": True, "width": img.width, "height": img.height}, img.tobytes()
+    width, height, rgb = render_page(req["label"], _source(req, payload), req["page"], kind=req["kind"],
+                                     password=req.get("password"), max_tokens=req.get("max_tokens"), dpi=req.get("dpi"),
+                                     pixels=req["pixels"])
+    yield {"done": True, "width": width, "height": height}, rgb
 
 
 def doc_text(req: Header, payload: bytes) -> Iterator[Reply]:

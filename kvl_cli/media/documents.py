@@ -88,9 +88,8 @@ def load_page(label: str, source: Path | bytes, page: DocPage, max_tokens: int |
     ``max_tokens`` image tokens (or at ``--dpi``)."""
     name = f"{label} page {page.number}"
     if not sandbox.enabled():
-        img = render_page(label, source, page.number, kind=page.kind, password=page.password, max_tokens=max_tokens,
-                          dpi=page.dpi, pixels=pixel_limit())
-        width, height, rgb = img.width, img.height, img.tobytes()
+        width, height, rgb = render_page(label, source, page.number, kind=page.kind, password=page.password,
+                                         max_tokens=max_tokens, dpi=page.dpi, pixels=pixel_limit())
     else:
         done, rgb = _request("doc.page", label, source, {"kind": page.kind, "password": page.password,
                                                          "page": page.number, "max_tokens": max_tokens,

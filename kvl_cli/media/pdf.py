@@ -164,8 +164,12 @@ def _pdf_text(page: Any) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
+Pixels = tuple[int, int, bytes]  # width, height, RGB bytes (row after row, no padding)
+
+
 def _render_pdf_page(label: str, doc: Any, number: int, *, max_tokens: int | None, dpi: float | None,
-                     pixels: int) -> Any:
+                     pixels: int) -> Pixels:
+    """The page rendered straight to the size it is sent at (no resize after), as RGB bytes."""
     with _page(doc, number) as page:
         width_pt, height_pt = page.get_size()  # as shown: /Rotate already applied
         _check_size(label, number, width_pt, height_pt)
@@ -175,12 +179,26 @@ def _render_pdf_page(label: str, doc: Any, number: int, *, max_tokens: int | Non
         if w * h > pixels:
             raise InputError(f"{label}: page {number} at {res:.0f} dpi is {w}x{h} pixels, over the "
                              f"{pixels / 1e6:.1f} MP safety limit", hint="lower --dpi")
+        target = (max_tokens or 0) * PIXELS_PER_TOKEN
+        if not dpi and target and w * h > target:  # rounding to whole pixels: stay within the budget
+            scale *= (target / (w * h)) ** 0.5 * 0.999
         bitmap = page.render(scale=scale, rev_byteorder=True, fill_color=(255, 255, 255, 255))
         try:
-            img = bitmap.to_pil().convert("RGB")
+            return _rgb(bitmap)
         finally:
             bitmap.close()
-    return img
+
+
+def _rgb(bitmap: Any) -> Pixels:
+    """A PDFium bitmap's pixels as packed RGB (rendered with ``rev_byteorder``: already RGB, 3 bytes)."""
+    w, h, stride = bitmap.width, bitmap.height, bitmap.stride
+    if bitmap.n_channels != 3:
+        img = bitmap.to_pil().convert("RGB")
+        return img.width, img.height, img.tobytes()
+    raw = memoryview(bitmap.buffer).cast("B")
+    if stride == w * 3:
+        return w, h, bytes(raw[:w * h * 3])
+    return w, h, b"".join(raw[y * stride:y * stride + w * 3] for y in range(h))
 
 
 # ---- multi-page TIFF ------------------------------------------------------------------------------
@@ -251,16 +269,16 @@ def document_info(label: str, source: Source, *, kind: str, password: str | None
 
 @_guarded
 def render_page(label: str, source: Source, number: int, *, kind: str, password: str | None,
-                max_tokens: int | None, dpi: float | None, pixels: int) -> Any:
-    """Page ``number`` (1-based) as an upright RGB PIL image, at most ``max_tokens`` worth of pixels
-    (unless ``dpi`` asks for more)."""
+                max_tokens: int | None, dpi: float | None, pixels: int) -> Pixels:
+    """Page ``number`` (1-based), upright, as (width, height, RGB bytes): at most ``max_tokens`` worth
+    of pixels (unless ``dpi`` asks for more)."""
     if kind == "tiff":
-        return _tiff_page(label, source, number, max_tokens, pixels)
+        img = _tiff_page(label, source, number, max_tokens, pixels)
+        return img.width, img.height, img.tobytes()
     doc = _docs.get(label, source, password)
     if not 1 <= number <= len(doc):
         raise InputError(f"{label}: page {number} is not in the document ({len(doc)} pages)")
-    img = _render_pdf_page(label, doc, number, max_tokens=max_tokens, dpi=dpi, pixels=pixels)
-    return img if dpi else fit(img, max_tokens)
+    return _render_pdf_page(label, doc, number, max_tokens=max_tokens, dpi=dpi, pixels=pixels)
 
 
 @_guarded
