@@ -69,7 +69,7 @@ def _local_row(ref: InputRef) -> Row:
 
 
 def _media(name: str, video: bool) -> bool:
-    exts = IMAGE_EXTENSIONS | PDF_EXTENSIONS | (VIDEO_EXTENSIONS if video else set())
+    exts = IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else PDF_EXTENSIONS)
     base = name.rsplit("/", 1)[-1]
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in exts
 

@@ -96,7 +96,7 @@ def fetch_url(url: str) -> bytes:
 
 
 def _is_media(path: Path, video: bool) -> bool:
-    exts = IMAGE_EXTENSIONS | PDF_EXTENSIONS | (VIDEO_EXTENSIONS if video else set())
+    exts = IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else PDF_EXTENSIONS)  # documents: the image commands'
     return path.suffix.lower() in exts and not path.name.startswith(".")
 
 
@@ -152,7 +152,7 @@ def _expand_path(arg: str, video: bool) -> list[InputRef]:
 
 
 def _ext_list(video: bool) -> str:
-    exts = sorted(IMAGE_EXTENSIONS | PDF_EXTENSIONS | (VIDEO_EXTENSIONS if video else set()))
+    exts = sorted(IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else PDF_EXTENSIONS))
     return " ".join(exts)
 
 
