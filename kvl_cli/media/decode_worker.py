@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from ..errors import KvlError, UsageError
 from .sandbox import Header, read_message, write_message
 
-Reply = tuple[Header, bytes]
+Reply = tuple[Header, "bytes | memoryview"]
 
 
 def _source(req: Header, payload: bytes) -> Path | bytes:
@@ -84,10 +84,10 @@ def doc_info(req: Header, payload: bytes) -> Iterator[Reply]:
 def doc_page(req: Header, payload: bytes) -> Iterator[Reply]:
     from .pdf import render_page
 
-    width, height, rgb = render_page(req["label"], _source(req, payload), req["page"], kind=req["kind"],
-                                     password=req.get("password"), max_tokens=req.get("max_tokens"), dpi=req.get("dpi"),
-                                     pixels=req["pixels"])
-    yield {"done": True, "width": width, "height": height}, rgb
+    with render_page(req["label"], _source(req, payload), req["page"], kind=req["kind"],
+                     password=req.get("password"), max_tokens=req.get("max_tokens"), dpi=req.get("dpi"),
+                     pixels=req["pixels"]) as (width, height, rgb):
+        yield {"done": True, "width": width, "height": height}, rgb  # written while the bitmap is open
 
 
 def doc_text(req: Header, payload: bytes) -> Iterator[Reply]:

@@ -87,19 +87,22 @@ def load_page(label: str, source: Path | bytes, page: DocPage, max_tokens: int |
     """Page ``page`` rendered (or a TIFF's frame decoded) into an engine image, upright, filling
     ``max_tokens`` image tokens (or at ``--dpi``)."""
     name = f"{label} page {page.number}"
-    if not sandbox.enabled():
-        width, height, rgb = render_page(label, source, page.number, kind=page.kind, password=page.password,
-                                         max_tokens=max_tokens, dpi=page.dpi, pixels=pixel_limit())
-    else:
-        done, rgb = _request("doc.page", label, source, {"kind": page.kind, "password": page.password,
-                                                         "page": page.number, "max_tokens": max_tokens,
-                                                         "dpi": page.dpi})
-        width, height = done.get("width"), done.get("height")
-        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0
-                and len(rgb) == width * height * 3):
-            raise InputError(f"{label}: the document decoder gave a malformed answer", hint="report it")
+    width, height, rgb = _rendered(label, source, page, max_tokens)
     digest = hashlib.sha256(rgb).hexdigest()[:32] + f"-{width}x{height}"  # the cache's key: this rendered page
     return ImageInput(rgb=rgb, width=width, height=height, id=digest, label=name)
+
+
+def _rendered(label: str, source: Path | bytes, page: DocPage, max_tokens: int | None) -> tuple[int, int, bytes]:
+    if not sandbox.enabled():
+        with render_page(label, source, page.number, kind=page.kind, password=page.password, max_tokens=max_tokens,
+                         dpi=page.dpi, pixels=pixel_limit()) as (width, height, view):
+            return width, height, bytes(view)
+    done, rgb = _request("doc.page", label, source, {"kind": page.kind, "password": page.password,
+                                                     "page": page.number, "max_tokens": max_tokens, "dpi": page.dpi})
+    w, h = done.get("width"), done.get("height")
+    if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 and len(rgb) == w * h * 3):
+        raise InputError(f"{label}: the document decoder gave a malformed answer", hint="report it")
+    return w, h, rgb
 
 
 def load_text(label: str, source: Path | bytes, page: DocPage) -> str:

@@ -164,12 +164,12 @@ def _pdf_text(page: Any) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
-Pixels = tuple[int, int, bytes]  # width, height, RGB bytes (row after row, no padding)
+Pixels = tuple[int, int, "bytes | memoryview"]  # width, height, RGB (row after row, no padding)
 
 
 def _render_pdf_page(label: str, doc: Any, number: int, *, max_tokens: int | None, dpi: float | None,
-                     pixels: int) -> Pixels:
-    """The page rendered straight to the size it is sent at (no resize after), as RGB bytes."""
+                     pixels: int) -> Any:
+    """PDFium's bitmap of the page, rendered straight to the size it is sent at (no resize after)."""
     with _page(doc, number) as page:
         width_pt, height_pt = page.get_size()  # as shown: /Rotate already applied
         _check_size(label, number, width_pt, height_pt)
@@ -182,23 +182,23 @@ def _render_pdf_page(label: str, doc: Any, number: int, *, max_tokens: int | Non
         target = (max_tokens or 0) * PIXELS_PER_TOKEN
         if not dpi and target and w * h > target:  # rounding to whole pixels: stay within the budget
             scale *= (target / (w * h)) ** 0.5 * 0.999
-        bitmap = page.render(scale=scale, rev_byteorder=True, fill_color=(255, 255, 255, 255))
-        try:
-            return _rgb(bitmap)
-        finally:
-            bitmap.close()
+        return page.render(scale=scale, rev_byteorder=True, fill_color=(255, 255, 255, 255))
 
 
 def _rgb(bitmap: Any) -> Pixels:
-    """A PDFium bitmap's pixels as packed RGB (rendered with ``rev_byteorder``: already RGB, 3 bytes)."""
+    """A PDFium bitmap's pixels as packed RGB (rendered with ``rev_byteorder``: already RGB, 3 bytes):
+    a view of the bitmap itself when its rows are packed (6 MB a page at 150 dpi, not copied here)."""
     w, h, stride = bitmap.width, bitmap.height, bitmap.stride
     if bitmap.n_channels != 3:
         img = bitmap.to_pil().convert("RGB")
         return img.width, img.height, img.tobytes()
     raw = memoryview(bitmap.buffer).cast("B")
     if stride == w * 3:
-        return w, h, bytes(raw[:w * h * 3])
-    return w, h, b"".join(raw[y * stride:y * stride + w * 3] for y in range(h))
+        return w, h, raw[:w * h * 3]
+    import numpy as np
+
+    rows = np.frombuffer(raw, dtype=np.uint8, count=stride * h).reshape(h, stride)
+    return w, h, rows[:, :w * 3].tobytes()
 
 
 # ---- multi-page TIFF ------------------------------------------------------------------------------
@@ -267,11 +267,27 @@ def document_info(label: str, source: Source, *, kind: str, password: str | None
     return DocInfo("pdf", n), with_text
 
 
-@_guarded
+@contextmanager
 def render_page(label: str, source: Source, number: int, *, kind: str, password: str | None,
-                max_tokens: int | None, dpi: float | None, pixels: int) -> Pixels:
-    """Page ``number`` (1-based), upright, as (width, height, RGB bytes): at most ``max_tokens`` worth
-    of pixels (unless ``dpi`` asks for more)."""
+                max_tokens: int | None, dpi: float | None, pixels: int) -> Iterator[Pixels]:
+    """Page ``number`` (1-based), upright, as (width, height, RGB): at most ``max_tokens`` worth of
+    pixels (unless ``dpi`` asks for more). The RGB may be a view of the renderer's bitmap, valid
+    inside the ``with`` only."""
+    rendered = _render(label, source, number, kind=kind, password=password, max_tokens=max_tokens, dpi=dpi,
+                       pixels=pixels)
+    if isinstance(rendered, tuple):
+        yield rendered
+        return
+    try:
+        yield _rgb(rendered)
+    finally:
+        rendered.close()
+
+
+@_guarded
+def _render(label: str, source: Source, number: int, *, kind: str, password: str | None,
+            max_tokens: int | None, dpi: float | None, pixels: int) -> Any:
+    """A TIFF page's pixels, or a PDF page's bitmap; every failure on the way is the file's."""
     if kind == "tiff":
         img = _tiff_page(label, source, number, max_tokens, pixels)
         return img.width, img.height, img.tobytes()

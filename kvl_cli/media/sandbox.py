@@ -222,18 +222,26 @@ def _widen_pipe(fd: int) -> None:
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
-    chunks, left = [], n
-    while left:
+    """``n`` bytes from ``fd``, read straight into one buffer (a page's pixels are megabytes: no
+    pieces joined after)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
         if deadline is not None:
             wait = deadline - time.monotonic()
             if wait <= 0 or not select.select([fd], [], [], wait)[0]:
                 raise Broken("timeout")
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
+        k = os.readv(fd, [view[got:]]) if hasattr(os, "readv") else _read_into(fd, view[got:])
+        if not k:
             raise Broken("it stopped")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+        got += k
+    return buf  # type: ignore[return-value]  # a bytearray: bytes to every reader of it
+
+
+def _read_into(fd: int, view: memoryview) -> int:
+    chunk = os.read(fd, min(len(view), PIPE_BYTES))
+    view[:len(chunk)] = chunk
+    return len(chunk)
 
 
 def _signal_name(num: int) -> str:
