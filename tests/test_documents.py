@@ -458,3 +458,57 @@ def test_ray_runs_every_page_exactly_once(scripted, docs, images, tmp_path):
     pages = [x for x in recs if x.get("page")]
     assert all(x["pages"] == 4 and x["error"] is None and x["answer"] for x in pages)
     assert next(x for x in recs if x["input"].endswith("damaged.pdf"))["exit_code"] == 3
+
+
+def test_a_terminal_heads_each_page_and_a_pipe_does_not_repeat_the_document(docs):
+    import io
+
+    from kvl_cli.engine.types import DoneEvent
+    from kvl_cli.environment import Environment
+    from kvl_cli.pages import Page
+    from kvl_cli.render import LiveRenderer, OutputOptions, PlainRenderer
+
+    from .terminal import EVENTS, RESULT, FakeTTY
+
+    def pages(renderer) -> None:  # type: ignore[no-untyped-def]
+        for n in (1, 2):
+            renderer.begin("doc.pdf", 1, 1, page=Page(n, 2, first=n == 1))
+            for ev in EVENTS:
+                renderer.event(ev)
+            renderer.event(DoneEvent(RESULT))
+            renderer.end("doc.pdf", RESULT, {"page": n, "pages": 2})
+        renderer.close()
+
+    tty = FakeTTY()
+    pages(LiveRenderer(OutputOptions(color=False), Environment(stdout=tty, stderr=io.StringIO())))
+    assert "doc.pdf · page 1/2" in tty.getvalue() and "doc.pdf · page 2/2" in tty.getvalue()
+    pipe = io.StringIO()
+    pages(PlainRenderer(OutputOptions(), Environment(stdout=pipe, stderr=io.StringIO(), stdout_isatty=False)))
+    assert pipe.getvalue().count("\f") == 1 and "==>" not in pipe.getvalue()
+
+
+def test_a_pdf_by_url(kvl, scripted, docs):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = docs["mixed"].read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/files/report.pdf"
+        r = kvl("ocr", url, "--pages", "2-3", "--json", *SHORT, *scripted.args())
+    finally:
+        server.shutdown()
+    assert r.code == 0, r.err
+    assert [(x["input"], x["page"], x["pages"]) for x in jsonl(r.out)] == [(url, 2, 3), (url, 3, 3)]

@@ -69,8 +69,9 @@ class LiveRenderer(Renderer):
 
     def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
         super().begin(label, index, total, page=page)
-        if page is not None:  # each page its own header: "doc.pdf · page 3/12"
-            label, total = f"{label} · page {page.number}/{page.count}", max(total, 2)
+        if page is not None:  # each page its own header: "doc.pdf · page 3/12", a blank line between pages
+            label, self.total = f"{label} · page {page.number}/{page.count}", max(total, 2)
+            index = index if page.first else max(index, 2)
         self._reset(label, index, total)
 
     def event(self, ev: Event) -> None:
