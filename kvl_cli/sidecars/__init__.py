@@ -55,14 +55,16 @@ class SidecarWriter:
             return  # no answer (cut by --max-tokens while thinking): no mark, a rerun tries again
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = {**meta, "task": meta.get("task", self.task)}
-        paths = {kind: sidecar_path(label, kind, self.options.folder) for kind in _marks_first(self.options.kinds)}
+        page = meta.get("page") if isinstance(meta.get("page"), int) else None
+        paths = {kind: sidecar_path(label, kind, self.options.folder, page)
+                 for kind in _marks_first(self.options.kinds)}
         try:
             existing = {kind: _read_existing(path) for kind, path in paths.items()}
         except KvlError as exc:
             raise type(exc)(f"{label}: {exc.message}", hint=exc.hint) from None
         if not self.options.overwrite:  # every one checked before any is written: never a mixed set
             for kind, path in paths.items():
-                self._check_replaceable(label, kind, path, existing[kind])
+                self._check_replaceable(label, kind, path, existing[kind], page)
         for kind, path in paths.items():
             data = self._content(kind, path, existing[kind], label, result, meta, date)
             try:
@@ -71,14 +73,15 @@ class SidecarWriter:
                 raise DiskError(f"{label}: cannot write {path}: {exc.strerror or exc}",
                                 hint="use --sidecar-dir DIR for read-only media, or free some space") from None
 
-    def _check_replaceable(self, label: str, kind: str, path: Path, data: bytes | None) -> None:
+    def _check_replaceable(self, label: str, kind: str, path: Path, data: bytes | None,
+                           page: int | None = None) -> None:
         """InputError where an existing sidecar is not kvl's of this task (a tool's ``photo.json``, a
         caption kvl wrote where OCR is asked for, a hand-written ``photo.txt``): kvl replaces none of
         them without ``--overwrite``."""
         if data is None:
             return
         if kind == "txt":
-            tasks = self._marked_tasks(label)
+            tasks = self._marked_tasks(label, page)
             why = None if self.task in tasks else (
                 f"kvl's {'/'.join(sorted(tasks))} sidecars are beside it" if tasks else "kvl cannot tell who wrote it")
         elif kind == "json":
@@ -91,12 +94,12 @@ class SidecarWriter:
             raise InputError(f"{label}: {path} is already there and {why}",
                              hint="--overwrite replaces it, or --sidecar-dir DIR writes kvl's sidecars elsewhere")
 
-    def _marked_tasks(self, label: str) -> set[str]:
+    def _marked_tasks(self, label: str, page: int | None = None) -> set[str]:
         """The tasks of kvl's marked sidecars (``.json``, ``.xmp``) of this input that are there."""
         tasks = set()
         for kind in ("json", "xmp"):
             try:
-                data = _read_existing(sidecar_path(label, kind, self.options.folder))
+                data = _read_existing(sidecar_path(label, kind, self.options.folder, page))
             except KvlError:
                 continue
             task = None if data is None else (_json_task(data) if kind == "json" else xmp.kvl_task(data))
@@ -118,11 +121,13 @@ class SidecarWriter:
             raise InputError(f"{label}: {path} is not XMP kvl can merge into: {exc}",
                              hint="kvl leaves it as it is: repair it or move it aside") from None
 
-    def done(self, label: str) -> bool:
-        """Whether kvl already wrote every sidecar asked for, for this task (the resume mark)."""
+    def done(self, label: str, page: int | None = None) -> bool:
+        """Whether kvl already wrote every sidecar asked for, for this task (the resume mark), of the
+        input or of its page ``page``."""
         if self.options.overwrite:
             return False
-        return all(self._written(sidecar_path(label, kind, self.options.folder), kind) for kind in self.options.kinds)
+        return all(self._written(sidecar_path(label, kind, self.options.folder, page), kind)
+                   for kind in self.options.kinds)
 
     def _written(self, path: Path, kind: str) -> bool:
         if kind == "txt":

@@ -27,8 +27,9 @@ def is_url(label: str) -> bool:
     return bool(URI.match(label))
 
 
-def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
-    """The ``kind`` sidecar of the input named ``label``; UsageError where it has none."""
+def sidecar_path(label: str, kind: str, folder: str | None, page: int | None = None) -> Path:
+    """The ``kind`` sidecar of the input named ``label`` (of its page ``page``, for a document:
+    ``doc.p3.txt``, one per page, each the page's resume mark); UsageError where it has none."""
     if label == "-":
         raise UsageError("--sidecar: an image read from stdin has no name to write a sidecar for",
                          hint="give the file's path instead of piping it in")
@@ -41,7 +42,8 @@ def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
         base = Path(os.path.normpath(os.path.expanduser(label)))  # "~/a.png" (quoted, --from): where it is read
     else:
         base = Path(folder).expanduser() / _mirrored(label)
-    return base.with_name(f"{base.stem}.{kind}" if base.suffix else f"{base.name}.{kind}")
+    stem = (base.stem if base.suffix else base.name) + (f".p{page}" if page is not None else "")
+    return base.with_name(f"{stem}.{kind}")
 
 
 def _mirrored(label: str) -> Path:
