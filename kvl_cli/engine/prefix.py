@@ -9,10 +9,47 @@ saved to the disk cache and restored by a later process.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from ..cache import DiskCache
 from .llama_handles import Context
 from .prompt import CacheKeys, PreparedPrompt
+
+
+@dataclass
+class Held:
+    """What one sequence's cells hold: a prompt's chunks, maybe followed by the answer made to it."""
+
+    keys: list[str]  # per chunk: hash of everything up to it (see ``prompt.segment_keys``)
+    ends: list[int]  # per chunk: the position after it
+    texts: list[list[int] | None]  # per chunk: its text tokens (None: an image); the last one with the
+    # answer's evaluated tokens after it when the answer was kept (``keep_answer``)
+    think: tuple[int, int] | None = None  # cells [a, b) of a kept answer's thinking, which the next
+    # prompt leaves out (a chat template writes earlier answers without their thinking)
+
+
+@dataclass
+class Reuse:
+    """How much of a prompt a sequence already holds: whole chunks, then tokens of the next one."""
+
+    chunks: int = 0
+    tokens: int = 0  # of chunk ``chunks`` (a text chunk)
+    n_past: int = 0
+    shift: tuple[int, int, int] | None = None  # (a, b, n): drop cells [a, b), move [b, b + n) back to a
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# a kept answer's thinking ends with the closing marker; the answer text may start with a few
+# whitespace tokens the chat history leaves out (the reasoning splitter strips them)
+_ANSWER_LEAD = 4
 
 
 class ResidentPrefixes:
@@ -20,28 +57,62 @@ class ResidentPrefixes:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._held: dict[int, list[str]] = {}  # seq id -> chunk keys of the prompt in its cells
+        self._held: dict[int, Held] = {}  # seq id -> what its cells hold
 
-    def reuse(self, prep: PreparedPrompt, seq_id: int) -> int:
-        """Make ``seq_id`` hold the longest run of ``prep``'s leading chunks that any sequence holds,
-        and nothing else. Returns the number of chunks reused."""
-        best_seq, best = seq_id, 0
-        for other, keys in self._held.items():
-            n = 0
-            # the last chunk is always evaluated: its last token's logits start the answer
-            while n < min(len(keys), prep.n_chunks - 1) and keys[n] == prep.keys[n]:
-                n += 1
-            if n > best or (n == best and other == seq_id):
-                best_seq, best = other, n
-        if best == 0:
+    def reuse(self, prep: PreparedPrompt, seq_id: int) -> Reuse:
+        """Make ``seq_id`` hold the longest start of ``prep`` that any sequence holds (whole chunks,
+        then the tokens of a text chunk they share), and nothing else."""
+        best_seq, best = seq_id, Reuse()
+        for other, held in self._held.items():
+            r = self._match(held, prep)
+            if r.n_past > best.n_past or (r.n_past == best.n_past and other == seq_id):
+                best_seq, best = other, r
+        if best.n_past == 0:
             self.forget(seq_id)
-            return 0
+            return Reuse()
         if best_seq != seq_id:
             # sequences live in separate streams: llama.cpp copies a whole stream (a buffer copy at the
             # next decode), then the copy is cut back to the shared part
             self.ctx.seq_rm(seq_id)
             self.ctx.seq_cp(best_seq, seq_id)
-        self.ctx.seq_rm(seq_id, prep.ends[best - 1], -1)
+        if best.shift is not None:
+            a, b, n = best.shift
+            self.ctx.seq_rm(seq_id, a, b)
+            self.ctx.seq_shift(seq_id, b, b + n, a - b)
+        self.ctx.seq_rm(seq_id, best.n_past, -1)
+        return best
+
+    def _match(self, held: Held, prep: PreparedPrompt) -> Reuse:
+        keys = held.keys
+        n = 0
+        # the last chunk is always evaluated (at least its last token): its last logits start the answer
+        while n < min(len(keys), prep.n_chunks - 1) and keys[n] == prep.keys[n]:
+            n += 1
+        base = prep.ends[n - 1] if n else 0
+        if n >= min(len(keys), prep.n_chunks):
+            return Reuse(n, 0, base)
+        mine, theirs = held.texts[n], prep.segments[n].tokens
+        if mine is None or prep.segments[n].image is not None:
+            return Reuse(n, 0, base)
+        room = len(theirs) - 1 if n == prep.n_chunks - 1 else len(theirs)
+        k = min(common_prefix(mine, theirs), room)
+        shift = None
+        if held.think is not None and base + k == held.think[0] and k < room and self.ctx.can_shift:
+            a, b = held.think
+            shift = self._after_thinking(mine[b - base:], theirs[k:room], a, b)
+            if shift is not None:
+                k += shift[2]
+        return Reuse(n, k, base + k, shift)
+
+    @staticmethod
+    def _after_thinking(kept: list[int], wanted: list[int], a: int, b: int) -> tuple[int, int, int] | None:
+        """The kept answer after its thinking, matched to the prompt's rewrite of it: the cells to drop
+        and move (see ``Reuse.shift``), or None."""
+        best: tuple[int, int, int] | None = None
+        for lead in range(min(_ANSWER_LEAD, len(kept))):
+            m = common_prefix(kept[lead:], wanted)
+            if m and (best is None or m > best[2]):
+                best = (a, b + lead, m)
         return best
 
     def changing(self, seq_id: int) -> None:
@@ -49,11 +120,24 @@ class ResidentPrefixes:
         self._held.pop(seq_id, None)
 
     def holds(self, seq_id: int, prep: PreparedPrompt) -> None:
-        self._held[seq_id] = list(prep.keys)
+        self._held[seq_id] = Held(list(prep.keys), list(prep.ends),
+                                  [None if seg.image is not None else list(seg.tokens) for seg in prep.segments])
 
     def keep_prompt(self, seq_id: int, n_prompt: int) -> None:
         """Drop the generated cells; the prompt's stay for a later request sharing its start."""
         self.ctx.seq_rm(seq_id, n_prompt, -1)
+
+    def keep_answer(self, seq_id: int, n_prompt: int, answer: list[int], think: tuple[int, int] | None) -> None:
+        """Keep the answer's evaluated cells too (``answer``: their tokens; ``think``: the cells of its
+        thinking): a follow-up question repeats the answer and reuses them (a chat)."""
+        held = self._held.get(seq_id)
+        last = held.texts[-1] if held is not None and held.texts else None
+        if held is None or last is None:
+            self.keep_prompt(seq_id, n_prompt)
+            return
+        self.ctx.seq_rm(seq_id, n_prompt + len(answer), -1)
+        last.extend(answer)
+        held.think = think
 
     def forget(self, seq_id: int) -> None:
         """Empty a sequence's cells."""
@@ -70,7 +154,8 @@ class SavedPrefixes:
         self.keys = keys
 
     def restore(self, key: str, seq_id: int) -> int | None:
-        """Load a saved prefix into ``seq_id``; its n_past, or None (a miss leaves the sequence empty)."""
+        """Load a saved prefix into ``seq_id``; its n_past, None when there is none (the sequence is left
+        as it is), or -1 when the saved state would not load (the sequence is left empty)."""
         hit = self.cache.get("prompts", key)
         if hit is None:
             return None
@@ -78,7 +163,7 @@ class SavedPrefixes:
         (n_past,) = struct.unpack("<i", meta[:4])
         if not self.ctx.set_seq_state(seq_id, for_stream(payload, self.ctx.n_seq, seq_id)):
             self.ctx.seq_rm(seq_id)
-            return None
+            return -1
         return int(n_past)
 
     def save(self, key: str, seq_id: int, n_past: int) -> None:
