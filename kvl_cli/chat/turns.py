@@ -56,17 +56,20 @@ class TurnRunner:
         return replace(s, grammar=answer.grammar() if answer is not None else None)
 
     def run(self, conv: Conversation, question: str, renderer: Renderer, answer: AnswerSchema | None) -> TurnOutcome:
-        """The next turn; when the prompt does not fit, the oldest turns are dropped (their media kept)
-        until it does, or there is nothing left to drop."""
+        """The next turn. When the prompt does not fit, the older half of the turns is dropped (their
+        media kept: a question may be about them) and the turn tried again, until it fits or no turn is
+        left; half at once, so that the turns after it find their start in the cells again."""
         dropped = 0
         while True:
             outcome = self._once(conv, question, renderer, answer)
             outcome.dropped = dropped
             if not isinstance(outcome.error, ContextError) or not conv.turns:
                 return outcome
-            conv.drop_oldest()
-            dropped += 1
-            self.say(f"the context is full: dropped the oldest turn ({dropped} so far) to make room; "
+            n = max(1, len(conv.turns) // 2)
+            for _ in range(n):
+                conv.drop_oldest()
+            dropped += n
+            self.say(f"the context is full: dropped the {n} oldest turn{'s' if n > 1 else ''} (their media kept); "
                      "/clear starts over")
 
     def _once(self, conv: Conversation, question: str, renderer: Renderer, answer: AnswerSchema | None) -> TurnOutcome:
