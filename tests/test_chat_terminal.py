@@ -32,8 +32,8 @@ class Tmux:
                           if k.isidentifier())
         command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "kvl_cli", "chat", *args])
         # the shell outlives a Ctrl-C (a handler, not an ignored signal: kvl gets the default back)
-        script.write_text(f"{exports}trap : INT\ncd {shlex.quote(str(tmp))}\n{command}\necho \"EXIT=$?\" > {self.exit_file}\n"
-                          "sleep 30\n")
+        script.write_text(f"{exports}trap : INT\ncd {shlex.quote(str(tmp))}\n{command}\n"
+                          f"echo \"EXIT=$?\" > {self.exit_file}\nsleep 30\n")
         self.tmux("new-session", "-d", "-s", "chat", "-x", "120", "-y", "50", f"sh {shlex.quote(str(script))}")
 
     def tmux(self, *args: str) -> str:
