@@ -9,11 +9,12 @@ saved to the disk cache and restored by a later process.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import DiskCache
 from .llama_handles import Context
-from .prompt import CacheKeys, PreparedPrompt
+from .prompt import CacheKeys, PreparedPrompt, segment_keys
 
 
 @dataclass
@@ -24,8 +25,9 @@ class Held:
     ends: list[int]  # per chunk: the position after it
     texts: list[list[int] | None]  # per chunk: its text tokens (None: an image); the last one with the
     # answer's evaluated tokens after it when the answer was kept (``keep_answer``)
-    think: tuple[int, int] | None = None  # cells [a, b) of a kept answer's thinking, which the next
-    # prompt leaves out (a chat template writes earlier answers without their thinking)
+    answer: tuple[int, int] | None = None  # a kept answer: (a, b), its thinking in cells [a, b) (a == b:
+    # none), which the next prompt leaves out (a chat template writes earlier answers without it), and
+    # the answer's own tokens from b on
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Reuse:
     tokens: int = 0  # of chunk ``chunks`` (a text chunk)
     n_past: int = 0
     shift: tuple[int, int, int] | None = None  # (a, b, n): drop cells [a, b), move [b, b + n) back to a
+    adopt: tuple[int, list[int]] | None = None  # (chunk, tokens): the chunk's tokens with the kept answer
+    # spelled as the model wrote it (the same text; the template's rewrite may split it otherwise)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -50,13 +54,43 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 # a kept answer's thinking ends with the closing marker; the answer text may start with a few
 # whitespace tokens the chat history leaves out (the reasoning splitter strips them)
 _ANSWER_LEAD = 4
+Piece = Callable[[int], bytes]
+
+
+def align(kept: list[int], wanted: list[int], piece: Piece) -> tuple[int, int]:
+    """The longest start of ``kept`` and of ``wanted`` that spell the same bytes, ending together on
+    token boundaries: (tokens of ``kept``, tokens of ``wanted``); (0, 0) if none."""
+    a, b = bytearray(), bytearray()
+    i = j = checked = 0
+    best = (0, 0)
+    while True:
+        if len(a) == len(b) and i and j:
+            best = (i, j)
+        if len(a) <= len(b):
+            if i >= len(kept):
+                break
+            a += piece(kept[i])
+            i += 1
+        else:
+            if j >= len(wanted):
+                break
+            b += piece(wanted[j])
+            j += 1
+        n = min(len(a), len(b))
+        if a[checked:n] != b[checked:n]:
+            break
+        checked = n
+    if len(a) == len(b) and a == b and i and j:
+        best = (i, j)
+    return best
 
 
 class ResidentPrefixes:
     """What each sequence of one context holds, and reuse of it by another request."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, piece: Piece | None = None) -> None:
         self.ctx = ctx
+        self.piece = piece  # a token's bytes, special tokens as their text (to match a kept answer)
         self._held: dict[int, Held] = {}  # seq id -> what its cells hold
 
     def reuse(self, prep: PreparedPrompt, seq_id: int) -> Reuse:
@@ -75,6 +109,10 @@ class ResidentPrefixes:
             # next decode), then the copy is cut back to the shared part
             self.ctx.seq_rm(seq_id)
             self.ctx.seq_cp(best_seq, seq_id)
+        if best.adopt is not None:
+            chunk, tokens = best.adopt
+            prep.segments[chunk].tokens = tokens
+            prep.keys, prep.ends = segment_keys(prep.segments)
         if best.shift is not None:
             a, b, n = best.shift
             self.ctx.seq_rm(seq_id, a, b)
@@ -96,24 +134,33 @@ class ResidentPrefixes:
             return Reuse(n, 0, base)
         room = len(theirs) - 1 if n == prep.n_chunks - 1 else len(theirs)
         k = min(common_prefix(mine, theirs), room)
-        shift = None
-        if held.think is not None and base + k == held.think[0] and k < room and self.ctx.can_shift:
-            a, b = held.think
-            shift = self._after_thinking(mine[b - base:], theirs[k:room], a, b)
-            if shift is not None:
-                k += shift[2]
-        return Reuse(n, k, base + k, shift)
+        if held.answer is None or base + k != held.answer[0] or k >= room:
+            return Reuse(n, k, base + k)
+        return self._kept_answer(held.answer, mine[held.answer[1] - base:], theirs, n, k, base, room)
 
-    @staticmethod
-    def _after_thinking(kept: list[int], wanted: list[int], a: int, b: int) -> tuple[int, int, int] | None:
-        """The kept answer after its thinking, matched to the prompt's rewrite of it: the cells to drop
-        and move (see ``Reuse.shift``), or None."""
-        best: tuple[int, int, int] | None = None
+    def _kept_answer(self, answer: tuple[int, int], kept: list[int], theirs: list[int], n: int, k: int, base: int,
+                     room: int) -> Reuse:
+        """The prompt goes on where a kept answer's thinking starts in the cells: its answer, after the
+        thinking (and a few whitespace tokens), reused when the prompt spells it the same, the thinking's
+        cells dropped and the answer's moved back (K-shift)."""
+        a, b = answer
+        best = (0, 0, 0)  # (lead, kept tokens, prompt tokens)
         for lead in range(min(_ANSWER_LEAD, len(kept))):
-            m = common_prefix(kept[lead:], wanted)
-            if m and (best is None or m > best[2]):
-                best = (a, b + lead, m)
-        return best
+            if lead and self.piece is not None and self.piece(kept[lead - 1]).strip():
+                break  # only whitespace is skipped
+            if self.piece is not None:
+                used, spelled = align(kept[lead:], theirs[k:room], self.piece)
+            else:
+                used = spelled = common_prefix(kept[lead:], theirs[k:room])
+            if used > best[1]:
+                best = (lead, used, spelled)
+        lead, used, spelled = best
+        moved = b + lead > a
+        if not used or (moved and not self.ctx.can_shift):
+            return Reuse(n, k, base + k)
+        tokens = theirs[:k] + kept[lead:lead + used] + theirs[k + spelled:]
+        adopt = (n, tokens) if tokens != theirs else None
+        return Reuse(n, k + used, base + k + used, (a, b + lead, used) if moved else None, adopt)
 
     def changing(self, seq_id: int) -> None:
         """``seq_id``'s cells are about to change: what it held no longer counts."""
@@ -129,7 +176,8 @@ class ResidentPrefixes:
 
     def keep_answer(self, seq_id: int, n_prompt: int, answer: list[int], think: tuple[int, int] | None) -> None:
         """Keep the answer's evaluated cells too (``answer``: their tokens; ``think``: the cells of its
-        thinking): a follow-up question repeats the answer and reuses them (a chat)."""
+        thinking, or of the prompt's empty thinking block): a follow-up question repeats the answer and
+        reuses them (a chat)."""
         held = self._held.get(seq_id)
         last = held.texts[-1] if held is not None and held.texts else None
         if held is None or last is None:
@@ -137,7 +185,7 @@ class ResidentPrefixes:
             return
         self.ctx.seq_rm(seq_id, n_prompt + len(answer), -1)
         last.extend(answer)
-        held.think = think
+        held.answer = think if think is not None else (n_prompt, n_prompt)
 
     def forget(self, seq_id: int) -> None:
         """Empty a sequence's cells."""

@@ -49,6 +49,7 @@ class Sequence:
     def start(self, n_past: int) -> None:
         """The prompt is in: generation starts from its last logits."""
         self.n_past = n_past
+        self.tokens.prompt = self.prep.n_prompt  # a kept answer's own spelling may have changed it
         self.sampler = Sampler(self.settings)
         if self.splitter.section is Section.ANSWER:
             self._constrain()  # no thinking: the answer starts at once
