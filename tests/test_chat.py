@@ -18,10 +18,10 @@ def chat(kvl, pair, lines: list[str], *args: str):  # type: ignore[no-untyped-de
 
 
 def test_piped_turns_give_one_record_each_and_the_follow_up_reuses_the_first(kvl, scripted, images):
-    r = chat(kvl, scripted, ["What is it?", "And the colours?"], str(images["jpg"]), "--json")
+    r = chat(kvl, scripted, ["What is it?", "And the colours?", "And the shapes?"], str(images["jpg"]), "--json")
     assert r.code == 0, r.err
-    first, second = records(r.out)
-    assert [first["turn"], second["turn"]] == [1, 2]
+    first, second, third = records(r.out)
+    assert [first["turn"], second["turn"], third["turn"]] == [1, 2, 3]
     assert first["task"] == second["task"] == "chat"
     assert first["question"] == "What is it?" and second["question"] == "And the colours?"
     assert first["media"] == [str(images["jpg"])] and second["media"] == []
@@ -33,6 +33,8 @@ def test_piped_turns_give_one_record_each_and_the_follow_up_reuses_the_first(kvl
     # of the answer taken as the model's own "An"," answer","." tokens)
     assert second["cached"]["prefix_tokens"] == first["tokens"]["prompt"] + first["tokens"]["answer"]
     assert second["tokens"]["prompt"] > first["tokens"]["prompt"]
+    # and again: the first answer, written a second time by the template, is still the model's own tokens
+    assert third["cached"]["prefix_tokens"] == second["tokens"]["prompt"] + second["tokens"]["answer"]
     assert r.err == ""
 
 

@@ -132,35 +132,51 @@ class ResidentPrefixes:
         mine, theirs = held.texts[n], prep.segments[n].tokens
         if mine is None or prep.segments[n].image is not None:
             return Reuse(n, 0, base)
-        room = len(theirs) - 1 if n == prep.n_chunks - 1 else len(theirs)
-        k = min(common_prefix(mine, theirs), room)
-        if held.answer is None or base + k != held.answer[0] or k >= room:
-            return Reuse(n, k, base + k)
-        return self._kept_answer(held.answer, mine[held.answer[1] - base:], theirs, n, k, base, room)
+        return self._text(held, mine, list(theirs), n, base, last=n == prep.n_chunks - 1)
 
-    def _kept_answer(self, answer: tuple[int, int], kept: list[int], theirs: list[int], n: int, k: int, base: int,
-                     room: int) -> Reuse:
-        """The prompt goes on where a kept answer's thinking starts in the cells: its answer, after the
-        thinking (and a few whitespace tokens), reused when the prompt spells it the same, the thinking's
-        cells dropped and the answer's moved back (K-shift)."""
-        a, b = answer
-        best = (0, 0, 0)  # (lead, kept tokens, prompt tokens)
+    def _text(self, held: Held, mine: list[int], theirs: list[int], n: int, base: int, *, last: bool) -> Reuse:
+        """How far text chunk ``n`` (``theirs``) goes on as the cells (``mine``) do: the same tokens, or
+        the same text spelled in other tokens (a template writes an earlier answer again, and its tokens
+        need not be the ones the model made: the model's are taken), up to a kept answer's thinking,
+        past which the answer itself is matched (``_kept_answer``)."""
+        original, k, shift = list(theirs), 0, None
+        while True:
+            room = len(theirs) - 1 if last else len(theirs)
+            k = min(k + common_prefix(mine[k:], theirs[k:]), room)
+            if k >= room:
+                break
+            if held.answer is not None and base + k == held.answer[0]:
+                a, b = held.answer
+                lead, used, spelled = self._kept_answer(mine[b - base:], theirs[k:room], moved=b > a)
+                if used:
+                    theirs[k:k + spelled] = mine[b - base + lead:b - base + lead + used]
+                    shift = (a, b + lead, used) if b + lead > a else None
+                    k += used
+                break  # past the moved answer, cells and prompt no longer line up position for position
+            used, spelled = align(mine[k:], theirs[k:room], self.piece) if self.piece is not None else (0, 0)
+            if not used:
+                break
+            theirs[k:k + spelled] = mine[k:k + used]
+            k += used
+        return Reuse(n, k, base + k, shift, (n, theirs) if theirs != original else None)
+
+    def _kept_answer(self, kept: list[int], wanted: list[int], *, moved: bool) -> tuple[int, int, int]:
+        """A kept answer (its tokens after the thinking) against the prompt's text from there: (leading
+        whitespace tokens skipped, answer tokens reused, prompt tokens they stand for); all 0 when
+        nothing matches or the cells cannot be moved (then its thinking must stay: no reuse)."""
+        best = (0, 0, 0)
         for lead in range(min(_ANSWER_LEAD, len(kept))):
             if lead and self.piece is not None and self.piece(kept[lead - 1]).strip():
                 break  # only whitespace is skipped
             if self.piece is not None:
-                used, spelled = align(kept[lead:], theirs[k:room], self.piece)
+                used, spelled = align(kept[lead:], wanted, self.piece)
             else:
-                used = spelled = common_prefix(kept[lead:], theirs[k:room])
+                used = spelled = common_prefix(kept[lead:], wanted)
             if used > best[1]:
                 best = (lead, used, spelled)
-        lead, used, spelled = best
-        moved = b + lead > a
-        if not used or (moved and not self.ctx.can_shift):
-            return Reuse(n, k, base + k)
-        tokens = theirs[:k] + kept[lead:lead + used] + theirs[k + spelled:]
-        adopt = (n, tokens) if tokens != theirs else None
-        return Reuse(n, k + used, base + k + used, (a, b + lead, used) if moved else None, adopt)
+        if (moved or best[0]) and not self.ctx.can_shift:
+            return 0, 0, 0
+        return best
 
     def changing(self, seq_id: int) -> None:
         """``seq_id``'s cells are about to change: what it held no longer counts."""
