@@ -109,10 +109,20 @@ def test_typed_questions_add_and_ctrl_d(term, scripted, images, isolated):
     t.type("half a line")  # Ctrl-C at the prompt clears it; the chat goes on
     t.keys("C-c")
     t.wait(lambda s: prompts(s) >= 5)
+    # two lines pasted (bracketed paste, as a terminal pastes) are one question
+    t.tmux("set-buffer", "-b", "two", "What is on the left?\nAnd on the right?")
+    t.tmux("paste-buffer", "-p", "-b", "two", "-t", "chat")
+    t.wait(lambda s: "And on the right?" in s)
+    t.keys("Enter")
+    t.wait(lambda s: s.count("24 image tokens (12, 12)") >= 2)
+    time.sleep(1.0)  # a second answer (the second line as a turn of its own) would come in this time
+    screen = t.screen()
+    assert screen.count("24 image tokens (12, 12)") == 2 and screen.count("thought for") == 3
     t.keys("C-d")
     assert t.exit_code() == 0
     history = (isolated / "kvl" / "state" / "chat_history").read_text()
     assert "What is it?" in history and "And this one?" in history and "half a line" not in history
+    assert "+What is on the left?\n+And on the right?\n" in history  # one entry of two lines
 
 
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(term, random_pair, images):
