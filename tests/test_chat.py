@@ -270,3 +270,42 @@ def test_an_image_whose_pixels_cannot_be_read_is_an_error_line(kvl, scripted, im
     (rec,) = records(r.out)
     assert rec["image_tokens"] == [12]
 
+
+
+@pytest.mark.parametrize(("kept", "wanted", "expected"), [
+    (["An", " answer", "."], ["A", "n", " ", "a", "n", "s", "w", "e", "r", ".", "<|im_end|>"], (3, 10)),
+    (["An", " answer"], ["A", "n", " ", "a", "n", "s", "w", "e", "r", "."], (2, 9)),  # the prompt goes on
+    (["An", " ans"], ["A", "n", " answer"], (1, 2)),  # " ans" ends inside " answer": back to the last shared end
+    (["No"], ["A", "n"], (0, 0)),
+    ([], ["A"], (0, 0)),
+])
+def test_align_matches_the_same_bytes_in_other_tokens(kept, wanted, expected):
+    from kvl_cli.engine.prefix import align
+
+    vocab = sorted(set(kept) | set(wanted))
+    ids = {text: i for i, text in enumerate(vocab)}
+    assert align([ids[t] for t in kept], [ids[t] for t in wanted], lambda i: vocab[i].encode()) == expected
+
+
+def test_the_request_repeats_the_turns_with_their_media_in_order():
+    from kvl_cli.chat.conversation import Conversation
+    from kvl_cli.chat.media import MediaItem
+    from kvl_cli.engine.types import GenerationSettings, ImageInput
+
+    def image(name: str) -> ImageInput:
+        return ImageInput(b"\0\0\0", 1, 1, name, name)
+
+    conv = Conversation()
+    conv.pending = [MediaItem("a.png", "image", [image("a")])]
+    conv.record("What is it?", "A cat.", "hmm", "stop")
+    conv.pending = [MediaItem("v.mp4", "video", [image("f1"), image("f2")], ["[00:00:00]", "[00:00:02]"])]
+    req = conv.request("And now?", "<M>", GenerationSettings())
+    assert req.messages == [("user", "<M>What is it?"), ("assistant", "A cat.")]
+    assert req.user_text == "[00:00:00]<M>[00:00:02]<M>And now?"
+    assert [i.id for i in req.images] == ["a", "f1", "f2"] and req.keep_answer
+    assert [m.source for m in conv.media()] == ["a.png", "v.mp4"]
+    conv.record("And now?", "A dog.", "", "stop")
+    assert conv.drop_oldest() and conv.turns[0].question == "And now?"
+    assert [m.source for m in conv.turns[0].media] == ["a.png", "v.mp4"]  # the dropped turn's media stays
+    assert conv.drop_oldest() and not conv.turns and [m.source for m in conv.pending] == ["a.png", "v.mp4"]
+    assert not conv.drop_oldest()
