@@ -1,9 +1,14 @@
 """Prompt prefixes already evaluated: reused from the context's KV cells, or restored from disk.
 
-Each sequence remembers the chunk keys of the prompt its cells hold. A new request reuses the
-longest run of leading chunks some sequence holds (the system prompt of every request in a
-batch; the image of a repeated question). Evaluated prefixes up to the last image are also
-saved to the disk cache and restored by a later process.
+Each sequence remembers the chunk keys and text tokens of the prompt its cells hold. A new request
+reuses the longest start some sequence holds: whole chunks (the system prompt of every request in a
+batch; the image of a repeated question), then the tokens a text chunk shares. A chat's request
+(``Request.keep_answer``) keeps its answer's cells too, for the next turn, which writes the answer
+again after the same prompt: text the prompt spells in other tokens than the cells hold (a template
+re-tokenizes an earlier answer) is matched by its bytes and taken in the cells' tokens, and the last
+answer's thinking, which the template leaves out, is cut out of the cells, the answer's cells moved
+back (K-shift). Evaluated prefixes up to the last image are also saved to the disk cache and
+restored by a later process.
 """
 
 from __future__ import annotations
