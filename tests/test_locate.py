@@ -270,3 +270,20 @@ def test_ray_one_image_per_row(grounder, shots, tmp_path):
                         str(tmp_path / "a.png"), "--model", "/nonexistent.gguf"], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=60)
     assert r.returncode == 2 and "--draw" in r.stderr, r.stderr
+
+
+def test_a_terminal_gets_the_thinking_then_a_table(grounder, shots, tmp_path):
+    import sys
+
+    from .conftest import kvl_env
+    from .terminal import in_terminal
+
+    env = kvl_env(None, KVL_HOME=str(tmp_path / "kvl"), HOME=str(tmp_path), COLUMNS="100")
+    code, raw = in_terminal([sys.executable, "-m", "kvl_cli", "locate", str(shots["rotated"]), "the cat", *grounder],
+                            env, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", raw.decode("utf-8", "replace"))  # colours and cursor moves off
+    assert code == 0, text
+    assert "thought for" in text  # the thinking, collapsed once the answer came, as ask shows it
+    row = next(line for line in text.splitlines() if "cat" in line and "300" in line)
+    assert re.search(r"1\D+cat\D+71\D+400\D+300\D+400", row), row  # the table: #, label, x0 y0 x1 y1
+    assert not re.search(r"^71 400 300 400 cat", text, re.M)  # not the pipe's lines

@@ -112,6 +112,8 @@ class LocateGate(AnswerGate):
         objects = [place(o, geo, self.point) for o in extra["data"]["objects"]]
         text = markdown_table(objects) if self.table else pipe_lines(objects)
         shown = TextEvent(Section.ANSWER, text) if text else None
+        if self.table:  # a terminal's view shows the finished answer: the table, not the JSON
+            result = replace(result, answer=text)
         return result, shown, {**extra, "objects": [o.record(label if self.several else None) for o in objects]}
 
 
