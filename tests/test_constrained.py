@@ -34,6 +34,7 @@ SCHEMAS = {
         "tag": {"type": ["string", "null"], "maxLength": 3}}},
     "one_of": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 99},
                          {"type": "string", "pattern": "^x+$", "maxLength": 4}]},
+    "any_value": {"type": "object", "required": ["x"], "properties": {"x": {}}},  # any JSON, its numbers finite
     "format": {"type": "object", "required": ["day", "id"], "properties": {
         "day": {"type": "string", "format": "date"}, "id": {"type": "string", "format": "uuid"}}},
 }
@@ -112,11 +113,16 @@ def test_kvl_schema_bounds_numbers_and_closes_objects_everywhere():
         "b": {"type": "object", "properties": {"c": {"type": ["number", "null"]}}, "additionalProperties": True}},
         "anyOf": [{"type": "number", "exclusiveMaximum": 0}]}
     out = kvl_schema(schema)
-    assert out["additionalProperties"] is False and out["$defs"]["b"]["additionalProperties"] is True
+    assert out["additionalProperties"] is False  # an explicit true stays open, its values any JSON, numbers bounded
+    assert out["$defs"]["b"]["additionalProperties"] == {"$ref": "#/$defs/kvl-any-json"}
     assert out["properties"]["a"] == {"type": "integer", "minimum": 3, "maximum": 10**15}
     assert out["$defs"]["b"]["properties"]["c"]["minimum"] == -1e15
     assert out["anyOf"][0] == {"type": "number", "exclusiveMaximum": 0, "minimum": -1e15}
     assert schema["properties"]["a"] == {"type": "integer", "minimum": 3}  # the user's schema is untouched
+    anything = kvl_schema({"type": "object", "properties": {"x": {"description": "anything"}}, "required": ["x"]})
+    assert anything["properties"]["x"]["$ref"] == "#/$defs/kvl-any-json"
+    assert {"type": "number", "minimum": -1e15, "maximum": 1e15} in anything["$defs"]["kvl-any-json"]["anyOf"]
+    assert kvl_schema({"type": "array"})["items"] == {"$ref": "#/$defs/kvl-any-json"}
 
 
 # ---- kvl serve ----------------------------------------------------------------------------------

@@ -47,22 +47,53 @@ class ConstraintError(UsageError):
 def kvl_schema(schema: Any) -> Any:
     """The schema as kvl constrains it (the answer is still validated against the schema as given):
     an object with ``properties`` and no ``additionalProperties`` takes no other property (what
-    llama.cpp's converter did, and what a person writing the properties means), and a number
-    without a bound gets ±10^15 (see ``NUMBER_BOUND``)."""
+    llama.cpp's converter did, and what a person writing the properties means), a number without a
+    bound gets ±10^15 (see ``NUMBER_BOUND``), and "any JSON" (``{}``, ``true``, an object or array
+    whose members are not described) is any JSON whose numbers are bounded so."""
+    out = _kvl(schema)
+    if _ANY_NAME in json.dumps(out):
+        out = {**out, "$defs": {**out.get("$defs", {}), _ANY_NAME: _any_json()}}
+    return out
+
+
+_ANY_NAME = "kvl-any-json"
+_ANY_REF = {"$ref": f"#/$defs/{_ANY_NAME}"}
+_ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly",
+                "$schema", "$id"}
+
+
+def _any_json() -> dict[str, Any]:
+    return {"anyOf": [{"type": "null"}, {"type": "boolean"}, _bounded({"type": "number"}), {"type": "string"},
+                      {"type": "array", "items": _ANY_REF}, {"type": "object", "additionalProperties": _ANY_REF}]}
+
+
+def _kvl(schema: Any) -> Any:
+    if schema is True or (isinstance(schema, dict) and not set(schema) - _ANNOTATIONS):
+        return {**(schema if isinstance(schema, dict) else {}), **_ANY_REF}
     if isinstance(schema, list):
-        return [kvl_schema(s) for s in schema]
+        return [_kvl(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
     for key in _SUBSCHEMA_MAPS:
         if isinstance(out.get(key), dict):
-            out[key] = {k: kvl_schema(v) for k, v in out[key].items()}
+            out[key] = {k: _kvl(v) for k, v in out[key].items()}
     for key in (*_SUBSCHEMA_LISTS, *_SUBSCHEMA_ONE):
         if key in out:
-            out[key] = kvl_schema(out[key])
-    if "properties" in out and "additionalProperties" not in out and "unevaluatedProperties" not in out:
+            out[key] = _kvl(out[key])
+    return _bounded(_members(out))
+
+
+def _members(out: dict[str, Any]) -> dict[str, Any]:
+    """An object's other properties closed, or any JSON when none is described; an array's items too."""
+    closed = "additionalProperties" in out or "unevaluatedProperties" in out
+    if "properties" in out and not closed:
         out["additionalProperties"] = False
-    return _bounded(out)
+    elif out.get("type") == "object" and not closed and "patternProperties" not in out:
+        out["additionalProperties"] = _ANY_REF
+    if out.get("type") == "array" and "items" not in out and "prefixItems" not in out:
+        out["items"] = _ANY_REF
+    return out
 
 
 def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
