@@ -287,3 +287,16 @@ def test_a_terminal_gets_the_thinking_then_a_table(grounder, shots, tmp_path):
     row = next(line for line in text.splitlines() if "cat" in line and "300" in line)
     assert re.search(r"1\D+cat\D+71\D+400\D+300\D+400", row), row  # the table: #, label, x0 y0 x1 y1
     assert not re.search(r"^71 400 300 400 cat", text, re.M)  # not the pipe's lines
+
+
+def test_a_label_stays_one_line_in_every_form(tmp_path):
+    from kvl_cli.run.draw import draw_objects
+    from kvl_cli.run.locate import Located, markdown_table, pipe_lines
+
+    hostile = Located("a\nb \x1b[2J|猫", (5, 6), (0.1, 0.2), (1, 2, 9, 10), (0.0, 0.0, 0.1, 0.1))
+    line = pipe_lines([hostile])
+    assert "\n" not in line and "\x1b" not in line and line.startswith("1 2 9 10 a")
+    table = markdown_table([hostile])
+    assert len(table.splitlines()) == 3 and "\x1b" not in table and table.splitlines()[2].count("|") == 7
+    img = draw_objects(make_image(tmp_path / "p.png", size=(50, 40)), [hostile.record()], "p.png")
+    assert img.size == (50, 40)

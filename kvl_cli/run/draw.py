@@ -11,6 +11,7 @@ from typing import Any
 from ..engine.types import Result
 from ..errors import DiskError, InputError, UsageError
 from ..media.images import InputRef
+from ..safetext import one_line
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60)]
@@ -86,12 +87,21 @@ def draw_objects(source: Path | bytes, objects: list[dict[str, Any]], label: str
             x, y = obj["point"]
             pen.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=width)
             anchor = (x + radius, y - radius)
-        text = f"{i} {obj['label']}"
-        left, top, right, bottom = pen.textbbox(anchor, text)
-        ty = max(0, top - (bottom - top) - 2)
-        pen.rectangle((left, ty, right + 4, ty + (bottom - top) + 4), fill=colour)
-        pen.text((left + 2, ty + 1), text, fill=(255, 255, 255))
+        _label(pen, anchor, f"{i} {one_line(str(obj['label']))}", colour)
     return img
+
+
+def _label(pen: Any, anchor: tuple[int, int], text: str, colour: tuple[int, int, int]) -> None:
+    """The number and label on a filled strip above ``anchor`` (ASCII if the font lacks a character:
+    an older Pillow's built-in font is Latin-1 only)."""
+    try:
+        left, top, right, bottom = pen.textbbox(anchor, text)
+    except UnicodeError:
+        text = text.encode("ascii", "replace").decode("ascii")
+        left, top, right, bottom = pen.textbbox(anchor, text)
+    ty = max(0, top - (bottom - top) - 2)
+    pen.rectangle((left, ty, right + 4, ty + (bottom - top) + 4), fill=colour)
+    pen.text((left + 2, ty + 1), text, fill=(255, 255, 255))
 
 
 class DrawSink:
