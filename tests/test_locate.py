@@ -156,11 +156,15 @@ def test_draw_writes_the_original_size_never_over_an_input(kvl, grounder, shots,
     (["--draw", "/nonexistent/dir/x.png"], "does not exist"),
     (["--draw", "/nonexistent/dir/"], "no such folder"),
     (["--draw", "out.notanimage"], "not an image format"),
-    (["--schema", '{"type": "object"}'], "shapes its own answer"),
 ])
 def test_bad_flags_exit_2_before_anything_loads(kvl, shots, args, words):
     r = kvl("locate", shots["wide"], "the cat", "--model", "/nonexistent.gguf", *args)
     assert r.code == 2 and words in r.err and len(r.err.splitlines()) == 1, r.err
+
+
+def test_schema_and_choices_are_not_locate_flags(kvl, shots):
+    r = kvl("locate", shots["wide"], "the cat", "--model", "/nonexistent.gguf", "--schema", '{"type": "object"}')
+    assert r.code == 2 and "No such option '--schema'" in r.err, r.err
 
 
 def test_several_images_need_a_folder_to_draw_into(kvl, shots, tmp_path):

@@ -57,15 +57,13 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
       kvl locate --draw boxes/ --json photos/ "faces" > faces.jsonl
     """
     kwargs["sidecars"] = sidecars_from(kwargs)
+    kwargs["schema"] = kwargs["choices"] = None  # locate shapes its own answer
     b = take(BatchOptions, kwargs)
     ray = ray_from(kwargs)
     common = common_options(kwargs)
     inputs, query = args[:-1], check_query(args[-1])
     if not inputs and not b.from_file:
         raise UsageError("give the images, then what to find", hint='e.g. kvl locate shot.png "the Save button"')
-    if common.gen.schema is not None or common.gen.choices is not None:
-        raise UsageError("kvl locate shapes its own answer: --schema and --choices do not apply",
-                         hint="use kvl ask --schema for other shapes")
     if ray is not None:
         if draw is not None:
             raise UsageError("--draw writes its pictures from this machine", hint="drop --ray, or --draw")
@@ -84,3 +82,7 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
     outcomes = Session(common.model, env=env).run_locate(run, inputs, b, renderer, {"query": run.query},
                                                          dry_run=common.out.dry_run)
     return exit_code(with_failures(outcomes, renderer))
+
+
+# the shared generation flags, but for --schema and --choices: locate's answer has its own shape
+locate.params = [p for p in locate.params if p.name not in ("schema", "choices")]
