@@ -8,8 +8,10 @@ which tokens of the model's vocabulary may come next in tens of microseconds. It
 once per model from llama.cpp's vocabulary (under a second for 163,840 tokens) and kept.
 
 A token is sampled as usual first and checked against the mask (one bit); only when the mask refuses
-it are the refused logits set to -inf and the token sampled again. For plain sampling that draws
-from exactly the masked distribution: a refused first draw falls back on the others in proportion.
+it is the token drawn again by the same sampler chain, from the allowed candidates alone (when few
+are allowed: a digit, a bracket) or from the whole vocabulary with the refused logits at -inf. For
+plain sampling that draws from exactly the masked distribution: a refused first draw falls back on
+the others in proportion.
 
 A schema is compiled when the command starts (without a model: llguidance needs no tokenizer to
 check it), so a keyword it cannot honour is a usage error before anything loads.
