@@ -65,7 +65,7 @@ class Located:
 def place(obj: dict[str, Any], geo: ImageGeometry, point: bool) -> Located:
     """A validated answer object mapped to ``geo``'s source pixels."""
     sw, sh = geo.source
-    label = " ".join(str(obj["label"]).split())
+    label = " ".join(str(obj["label"]).split()) or "object"  # a blank label would leave a line's end empty
 
     def norm(x: float, y: float) -> tuple[float, float]:
         return round(x / sw, 4), round(y / sh, 4)
