@@ -209,6 +209,35 @@ def test_a_random_model_always_answers_in_shape(kvl, random_pair, shots):
                 assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h
 
 
+@pytest.fixture(scope="module")
+def talkative(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A random toy (another seed than the suite's) that answers with many objects, its coordinates noise."""
+    from kvl_cli.synthetic import write_toy_pair
+
+    model, mmproj = write_toy_pair(tmp_path_factory.mktemp("talkative"), scripted=False, seed=11)
+    return ["--model", str(model), "--mmproj", str(mmproj), "--temperature", "1", "--image-max-tokens", "32"]
+
+
+def test_random_boxes_are_well_formed_and_inside_each_original(kvl, talkative, shots, tmp_path):
+    names = ["wide", "tall", "rotated"]
+    r = kvl("locate", *(shots[n] for n in names), "the cat", *talkative, "--seed", "1", "--json",
+            "--draw", tmp_path)
+    assert r.code == 0, r.err
+    recs = _records(r.out)
+    assert sum(len(rec["objects"]) for rec in recs) >= 3  # this toy does answer with boxes
+    for name, rec in zip(names, recs, strict=True):
+        w, h = SEEN[name]
+        for obj in rec["objects"]:
+            x0, y0, x1, y1 = obj["box"]
+            assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h, (name, obj)
+            assert obj["image"] == rec["input"] and "\n" not in obj["label"]
+        with Image.open(tmp_path / f"{shots[name].stem}-boxes{shots[name].suffix}") as drawn:
+            assert drawn.size == (w, h)
+    pipe = kvl("locate", shots["tall"], "the cat", *talkative, "--seed", "1")
+    lines = pipe.out.splitlines()
+    assert pipe.code == 0 and lines and all(re.match(r"^\d+ \d+ \d+ \d+ \S", line) for line in lines), pipe.out
+
+
 def test_nothing_found_is_no_line(kvl, random_pair, shots):
     r = kvl("locate", shots["wide"], "the cat", *random_pair.args(), "--temperature", "1", "--seed", "1",
             "--think-budget", "8", "--image-max-tokens", "32")
@@ -219,7 +248,7 @@ def test_dry_run_shows_the_prompt_and_the_constraint(kvl, grounder, shots):
     r = kvl("locate", "--point", shots["wide"], "the Save button", *grounder, "--dry-run")
     assert r.code == 0, r.err
     assert "Locate in this image: the Save button." in r.out and '"point_2d": [x, y]' in r.out
-    assert "constraint=<json_schema" in r.out
+    assert "constraint=<grammar" in r.out
 
 
 def test_sidecar_json_keeps_the_objects(kvl, grounder, shots):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.reasoning import Section
-from ..engine.types import ImageInput, Result, TextEvent
+from ..engine.types import Constraint, ConstraintKind, ImageInput, Result, TextEvent
 from ..errors import UsageError
 from ..limits import is_regular
 from ..media.geometry import ImageGeometry
@@ -32,7 +32,7 @@ from .plan import RunPlan
 from .runner import Job
 
 MAX_OBJECTS = 32
-MAX_LABEL = 80
+MAX_LABEL = 40  # "a short label"; it also keeps a weak model's 32 objects within the token budget
 
 
 def locate_schema(point: bool) -> AnswerSchema:
@@ -43,6 +43,21 @@ def locate_schema(point: bool) -> AnswerSchema:
             "properties": {"label": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL}, key: coords}}
     return checked({"type": "object", "required": ["objects"],
                     "properties": {"objects": {"type": "array", "items": item, "maxItems": MAX_OBJECTS}}})
+
+
+def locate_grammar(point: bool) -> Constraint:
+    """What the answer is constrained with: ``locate_schema``'s shape as compact JSON, written as a
+    grammar so that a coordinate has at most 4 decimals (JSON Schema cannot bound a number's digits,
+    and a weak model would write 1.000… to the token limit). The schema still validates the answer."""
+    key, n = ("point_2d", 2) if point else ("bbox_2d", 4)
+    coords = ' "," '.join(["NUM"] * n)
+    lark = "\n".join([
+        f'start: "{{\\"objects\\":[" (obj ("," obj){{0,{MAX_OBJECTS - 1}}})? "]}}"',
+        f'obj: "{{\\"label\\":" label ",\\"{key}\\":[" {coords} "]}}"',
+        f'label: %json {{"type": "string", "minLength": 1, "maxLength": {MAX_LABEL}}}',
+        r"NUM: /0(\.[0-9]{1,4})?|1(\.0{1,4})?/",
+    ])
+    return Constraint(ConstraintKind.GRAMMAR, lark)
 
 
 @dataclass(frozen=True)
@@ -119,8 +134,7 @@ class LocateGate(AnswerGate):
 
 def plan_for_locate(plan: RunPlan, point: bool) -> RunPlan:
     """The task's plan with its own answer shape (``--schema``/``--choices`` are not locate's flags)."""
-    answer = locate_schema(point)
-    return replace(plan, answer=answer, settings=replace(plan.settings, constraint=answer.constraint()))
+    return replace(plan, answer=locate_schema(point), settings=replace(plan.settings, constraint=locate_grammar(point)))
 
 
 class GeometryKeeper:
