@@ -6,7 +6,7 @@ convention, see ``tasks``). Each image's geometry is kept when it is decoded (``
 size as a person sees it (EXIF orientation applied), kvl's scaling and the encoder's canvas and padding
 (``media.geometry``), so every box maps back to the original's pixels, clamped inside it, x0 <= x1 and
 y0 <= y1. One job per image, as ``caption``: ``--from``, ``--skip-done``, ``--shard``, ``--parallel``,
-sidecars and a running ``kvl serve`` (the constraint goes as ``response_format``) work the same way.
+sidecars and a running ``kvl serve`` (the constraint goes as ``kvl.grammar``) work the same way.
 
 1) the query, the flags and ``--draw`` checked (exit 2 before anything loads); 2) the inputs expanded
 and each job given its geometry hook; 3) the run, whose gate validates each answer and places its
