@@ -265,8 +265,10 @@ def test_the_library_face(grounder, shots):
     with kvl_cli.open(model=model, mmproj=mmproj, cache=False) as k:
         (a,) = k.locate([shots["rotated"]], "the cat", temperature=0)
         assert a.ok and a.meta["objects"][0]["box"][2:] == [300, 400]
-        (p,) = k.locate([shots["tall"]], "the cat", point=True, temperature=0)
+        (p,) = k.locate([shots["tall"]], "the cat", point=True, temperature=0, draw=shots["tall"].with_name("t.png"))
         assert p.meta["objects"][0]["point"][1] == 500
+    with Image.open(shots["tall"].with_name("t.png")) as drawn:
+        assert drawn.size == SEEN["tall"]
 
 
 def test_a_running_server_answers_it(kvl, grounder, shots, tmp_path, monkeypatch):
