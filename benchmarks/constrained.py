@@ -142,8 +142,26 @@ def measure(model_path: Path, mmproj: Path, threads: int | None, n: int) -> dict
             worker.resident.forget(0)
         out["gbnf"] = {"plain_ms": round(free * 1e3, 3), "allowed_ms": round(allowed * 1e3, 3),
                        "refused_ms": round(refused_s * 1e3, 3), "grammar_init_s": round(parse_s, 4)}
+        out["matcher_ms"] = matcher_costs(model, n)
     finally:
         engine.close()
+    return out
+
+
+def matcher_costs(model: Any, n: int) -> dict[str, float]:
+    """What each answer pays once: llguidance's matcher for its grammar (star rating; kvl locate's)."""
+    from llguidance import LLMatcher
+
+    from kvl_cli.engine.constraint import compile_constraint, tokenizer_for
+    from kvl_cli.engine.types import Constraint, ConstraintKind
+    from kvl_cli.run.locate import locate_grammar
+
+    tok = tokenizer_for(model, model.special_token("<|im_end|>") or model.eos)
+    out = {}
+    stars = Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(STARS))
+    for name, c in (("stars", stars), ("locate", locate_grammar(False))):
+        grammar = compile_constraint(c)
+        out[name] = round(timed(lambda g=grammar: LLMatcher(tok, g, log_level=0), max(8, n // 10)) * 1e3, 3)
     return out
 
 
@@ -165,7 +183,9 @@ def table(r: dict[str, Any]) -> str:
              row("llguidance mask alone (slowest)", g["mask_max_ms"]),
              row("GBNF, token allowed: extra", o["allowed_ms"] - o["plain_ms"]),
              row("GBNF, token refused: extra", o["refused_ms"] - o["plain_ms"]),
-             "", f"llguidance tokenizer, once per model: {g['tokenizer_s']:.2f} s"]
+             "", f"llguidance tokenizer, once per model: {g['tokenizer_s']:.2f} s",
+             f"llguidance matcher, once per answer: {r['matcher_ms']['stars']:.2f} ms (star rating), "
+             f"{r['matcher_ms']['locate']:.2f} ms (kvl locate)"]
     return "\n".join(lines)
 
 
