@@ -161,6 +161,18 @@ class Library(Session):
                 raise ev.error
             yield ev
 
+    def chat(self, media: Sequence[Media] = (), *, resume: Media | None = None, **gen: Any) -> ChatHandle:
+        """A conversation on this session's model: ``c.ask("What is it?")`` answers one turn (an
+        ``Answer``, its ``meta`` with ``turn`` and the reused prefix in ``result.cached``),
+        ``c.command("/add cat.png")`` runs a slash command, ``c.save("talk.json")`` keeps it."""
+        from .chat import open_chat
+
+        collector = Collector(self.env)
+        common = self._common(dict(gen))
+        chat = open_chat(common, [str(m) for m in media], Path(resume) if resume is not None else None, self.env,
+                         session=self, renderer=collector)
+        return ChatHandle(chat, collector)
+
     def video(self, path: Media, *, prompt: str | None = None, scenes: bool = False,
               args: VideoArgs | None = None, **gen: Any) -> Answer | list[dict[str, Any]]:
         """A summary of the video (an ``Answer``), or with ``scenes=True`` one record per scene
@@ -188,6 +200,33 @@ def _documents(gen: dict[str, Any]) -> DocumentOptions:
     return DocumentOptions(pages=gen.pop("pages", None), dpi=float(dpi) if dpi else None,
                            password=gen.pop("password", None) or os.environ.get("KVL_PDF_PASSWORD") or None,
                            text_layer=bool(gen.pop("text_layer", False)))
+
+
+class ChatHandle:
+    """``Library.chat``'s conversation (see there)."""
+
+    def __init__(self, chat: Any, collector: Collector) -> None:
+        self._chat = chat
+        self._collector = collector
+
+    def ask(self, question: str) -> Answer:
+        record = self._chat.ask(question)
+        if record.error is not None:
+            return Answer(f"turn {self._chat.turn_no}", error=record.error)
+        return self._collector.answers[-1]
+
+    def command(self, line: str) -> str:
+        """A slash command (``/add``, ``/drop``, ``/think``...): what it did; raises ``KvlError``."""
+        from .chat.commands import run_command
+
+        return run_command(self._chat.state, line)[1]
+
+    def save(self, path: Media) -> None:
+        self._chat.conv.save(Path(path))
+
+    @property
+    def turns(self) -> int:
+        return len(self._chat.conv.turns)
 
 
 def open(model: str | Path | None = None, mmproj: str | Path | None = None, *, ctx: int = 16384,

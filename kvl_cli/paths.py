@@ -50,6 +50,16 @@ def config_file() -> Path:
     return user_config_path(APP, appauthor=False) / "config.toml"
 
 
+def state_dir() -> Path:
+    """What kvl keeps between runs that is neither data nor cache: ``kvl chat``'s prompt history."""
+    base = home()
+    if base is not None:
+        return base / "state"
+    from platformdirs import user_state_path
+
+    return user_state_path(APP, appauthor=False)
+
+
 def runtime_dir() -> Path:
     """Records of running ``kvl serve`` processes (one JSON file per server)."""
     base = home()

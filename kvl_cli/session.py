@@ -56,6 +56,11 @@ class Session:
             self._config = config
         return self._engine
 
+    def answerer(self, config: EngineConfig, renderer: Renderer,
+                 meta: dict[str, Any]) -> Callable[[Request | None], Answerer]:
+        """The engine factory for ``config``: a running server's stand-in, else this process's engine."""
+        return self._answerer(config, renderer, meta)
+
     def _answerer(self, config: EngineConfig, renderer: Renderer,
                   meta: dict[str, Any]) -> Callable[[Request | None], Answerer]:
         """A running ``kvl serve`` of the same pair (nothing loads here), else this process's engine."""

@@ -55,8 +55,9 @@ def test_cached_embeddings_skip_the_encoder_when_the_prompt_differs(random_pair,
             return r.answer, r.cached, r.timings
 
         fresh = run("You are terse.")
-        again = run("You are a careful observer.")  # another system prompt: no prefix match
-        assert again[1] == CacheStats(images=1, prefix_tokens=0)
+        again = run("You are a careful observer.")  # another system prompt: only its shared start matches
+        assert again[1].images == 1
+        assert 0 < again[1].prefix_tokens <= len("<|im_system|>system<|im_middle|>You are ")
         assert again[2].encode_s == 0
         # the embeddings are what the encoder gives: the answer equals an uncached run's
         with Engine(cfg, cache=None) as plain:

@@ -169,6 +169,15 @@ class Context(Owned):
     def seq_rm(self, seq_id: int, start: int = -1, end: int = -1) -> None:
         native.llama().llama_memory_seq_rm(self._memory(), seq_id, start, end)
 
+    def seq_shift(self, seq_id: int, start: int, end: int, delta: int) -> None:
+        """Move cells [start, end) of ``seq_id`` by ``delta`` positions (llama.cpp's K-shift)."""
+        native.llama().llama_memory_seq_add(self._memory(), seq_id, start, end, delta)
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether this context's memory can move cells to other positions (``seq_shift``)."""
+        return bool(native.llama().llama_memory_can_shift(self._memory()))
+
     def seq_cp(self, src: int, dst: int) -> None:
         """Copy a whole sequence (a stream: partial cross-stream copies abort in llama.cpp)."""
         native.llama().llama_memory_seq_cp(self._memory(), src, dst, -1, -1)

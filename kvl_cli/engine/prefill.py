@@ -38,16 +38,19 @@ class Prefill:
                 f"but the context holds {self.ctx.n_ctx}",
                 hint="raise --ctx, or lower --image-max-tokens or the number of images/frames",
             )
-        start = self.resident.reuse(prep, seq_id)
+        reuse = self.resident.reuse(prep, seq_id)
         self.resident.changing(seq_id)  # recorded again once the prompt is in
-        n_past = cached.prefix_tokens = prep.ends[start - 1] if start else 0
+        start, skip = reuse.chunks, reuse.tokens
+        n_past = cached.prefix_tokens = reuse.n_past
         images = prep.image_chunks
         boundary = images[-1] if images else None
         save_key = None
         if self.saved is not None and boundary is not None and start <= boundary:
             save_key = self.keys.prefix(prep, boundary)
             yield PhaseEvent(Phase.PREFILL, 0, len(images))
-            start, n_past = self._restore(prep, seq_id, save_key, start, boundary, timings, cached)
+            restored = self._restore(seq_id, save_key, boundary, timings, cached)
+            if restored is not None:
+                start, skip, n_past = restored
         for i in range(start, prep.n_chunks):
             seg = prep.segments[i]
             if seg.image is not None:
@@ -55,7 +58,7 @@ class Prefill:
             else:
                 if i == 0 or i == prep.n_chunks - 1:
                     yield PhaseEvent(Phase.PREFILL, sum(1 for k in images if k < i), len(images))
-                n_past = self._text(prep, i, n_past, seq_id, timings)
+                n_past = self._text(prep, i, skip if i == start else 0, n_past, seq_id, timings)
             if i == boundary and save_key is not None and self.saved is not None:
                 t0 = time.perf_counter()
                 self.saved.save(save_key, seq_id, n_past)
@@ -63,20 +66,21 @@ class Prefill:
         self.resident.holds(seq_id, prep)
         return n_past
 
-    def _restore(self, prep: PreparedPrompt, seq_id: int, key: str, start: int, boundary: int, timings: Timings,
-                 cached: CacheStats) -> tuple[int, int]:
-        """The prefix up to the last image from the disk cache: (next chunk, n_past)."""
+    def _restore(self, seq_id: int, key: str, boundary: int, timings: Timings,
+                 cached: CacheStats) -> tuple[int, int, int] | None:
+        """The prefix up to the last image from the disk cache: (next chunk, 0, n_past); None: not
+        there (the sequence keeps what it holds); (0, 0, 0): there but unusable (the sequence is empty)."""
         assert self.saved is not None
         t0 = time.perf_counter()
         restored = self.saved.restore(key, seq_id)
-        if restored is not None:
-            timings.cache_s += time.perf_counter() - t0
-            cached.prefix_tokens = restored
-            return boundary + 1, restored
-        if start:  # a failed restore leaves the sequence empty: take the reused part again
-            start = self.resident.reuse(prep, seq_id)
-        n_past = cached.prefix_tokens = prep.ends[start - 1] if start else 0
-        return start, n_past
+        if restored is None:
+            return None
+        if restored < 0:
+            cached.prefix_tokens = 0
+            return 0, 0, 0
+        timings.cache_s += time.perf_counter() - t0
+        cached.prefix_tokens = restored
+        return boundary + 1, 0, restored
 
     def _image(self, prep: PreparedPrompt, i: int, n_past: int, seq_id: int, timings: Timings,
                cached: CacheStats) -> Generator[Event, None, int]:
@@ -98,10 +102,12 @@ class Prefill:
         timings.prefill_s += time.perf_counter() - t0
         return n_past
 
-    def _text(self, prep: PreparedPrompt, i: int, n_past: int, seq_id: int, timings: Timings) -> int:
+    def _text(self, prep: PreparedPrompt, i: int, skip: int, n_past: int, seq_id: int, timings: Timings) -> int:
+        """Text chunk ``i`` from its token ``skip`` (those before it are in the cells already)."""
         t0 = time.perf_counter()
         self.before_decode()
         last = i == prep.n_chunks - 1
-        n_past = self.ctx.eval_tokens(prep.segments[i].tokens, n_past, seq_id, self.n_batch, logits_last=last)
+        tokens = prep.segments[i].tokens[skip:]
+        n_past = self.ctx.eval_tokens(tokens, n_past, seq_id, self.n_batch, logits_last=last)
         timings.prefill_s += time.perf_counter() - t0
         return n_past

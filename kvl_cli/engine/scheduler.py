@@ -187,8 +187,10 @@ class Scheduler:
         yield from _tag_all(seq.index, seq.flush())
         yield seq.index, DoneEvent(seq.result())
         seq.close()
-        # keep the prompt's cells (a later request may share its start); drop the generated ones
-        self.resident.keep_prompt(seq.seq_id, seq.prep.n_prompt)
+        if seq.prep.request.keep_answer:  # a chat: the next turn repeats this answer after this prompt
+            self.resident.keep_answer(seq.seq_id, seq.prep.n_prompt, *seq.kept_cells())
+        else:  # keep the prompt's cells (a later request may share its start); drop the generated ones
+            self.resident.keep_prompt(seq.seq_id, seq.prep.n_prompt)
         self.free.append(seq.seq_id)
 
     def _release(self, seq_id: int) -> None:

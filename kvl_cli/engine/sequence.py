@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from .grammar import ConstrainedSampler
 from .llama_handles import Context, Model, Sampler
 from .prompt import PreparedPrompt
-from .reasoning import THINK_CLOSE, ReasoningSplitter, Section
+from .reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, Section
 from .types import CacheStats, Event, FinishReason, Result, TextEvent, Timings, Tokens
 
 
@@ -41,12 +41,15 @@ class Sequence:
         self.thought = 0  # what the budget counts: tokens after the opening marker
         self.budget_hit = False
         self.feed: list[int] = []
+        self.out: list[int] = []  # every token fed after the prompt, in order (what its cells hold)
+        self.answer_at: int | None = None  # where the answer starts in ``out`` (None: no thinking closed)
         self.n_past = 0
         self.t_gen = 0.0
 
     def start(self, n_past: int) -> None:
         """The prompt is in: generation starts from its last logits."""
         self.n_past = n_past
+        self.tokens.prompt = self.prep.n_prompt  # a kept answer's own spelling may have changed it
         self.sampler = Sampler(self.settings)
         if self.splitter.section is Section.ANSWER:
             self._constrain()  # no thinking: the answer starts at once
@@ -70,9 +73,12 @@ class Sequence:
         for section, delta in self.splitter.feed(self.decoder.decode(self.model.piece(token))):
             yield TextEvent(section, delta)
         self._count(before)
+        self.feed = [token]
+        self.out.append(token)
         if before is not Section.ANSWER and self.splitter.section is Section.ANSWER:
             self._constrain()  # the thinking closed: the answer follows the grammar from the next token
-        self.feed = [token]
+            if before is Section.THINKING:
+                self.answer_at = len(self.out)
         if self.tokens.generated >= self.settings.max_tokens:
             self.end(FinishReason.LENGTH)  # no need to evaluate a token nothing will follow
             return
@@ -128,6 +134,8 @@ class Sequence:
             self.end(FinishReason.CONTEXT)
             return
         self.feed += close
+        self.out += close
+        self.answer_at = len(self.out)
         self._constrain()
 
     def flush(self) -> Iterator[Event]:
@@ -135,6 +143,18 @@ class Sequence:
         tail = self.decoder.decode(b"", final=True)
         for section, delta in self.splitter.feed(tail) + self.splitter.flush():
             yield TextEvent(section, delta)
+
+    def kept_cells(self) -> tuple[list[int], tuple[int, int] | None]:
+        """The tokens after the prompt that its cells hold, and the cells of the thinking among them
+        (or of the prompt's empty thinking block, with thinking off), for ``ResidentPrefixes.keep_answer``."""
+        held = self.out[:max(0, self.n_past - self.prep.n_prompt)]
+        start = self.prep.n_prompt
+        if self.prep.no_think:
+            n = len(self.model.tokenize(THINK_OPEN + THINK_CLOSE))
+            return held, (start - n, start)
+        if self.answer_at is None or self.answer_at > len(held):
+            return held, None
+        return held, (start, start + self.answer_at)
 
     def interrupt(self) -> None:
         self.end(FinishReason.INTERRUPTED)

@@ -74,6 +74,9 @@ class Request:
     # set from any thread to end the answer early: at the scheduler's next step it ends as CANCELLED
     # (after the image being encoded, during the prompt) and its sequence is free for the next request
     cancel: threading.Event | None = None
+    # keep the answer's cells after it (not only the prompt's): the next turn of a chat repeats the
+    # answer after this prompt and evaluates only what is new (its thinking left out, the rest moved)
+    keep_answer: bool = False
 
     @property
     def cancelled(self) -> bool:

@@ -58,7 +58,7 @@ class Worker:
         self.projector = projector
         self.budget = budget
         self.encoder = ImageEncoder(projector, n_embd, keys, cache, early)
-        self.resident = ResidentPrefixes(ctx)
+        self.resident = ResidentPrefixes(ctx, lambda token: model.piece(token, special=True))
         saved = SavedPrefixes(ctx, cache, keys) if cache is not None and cache.enabled else None
         self.prefill = Prefill(ctx, projector, self.encoder, self.resident, saved, keys, config.n_batch,
                                self.sync_threads)

@@ -59,7 +59,7 @@ class Media:
         texts = [_text(turn.parts, marker, labels) for turn in call.turns]
         return Request(user_text=texts[-1], images=images, system=call.system, settings=call.settings,
                        messages=[(turn.role, text) for turn, text in zip(call.turns[:-1], texts, strict=False)],
-                       cancel=threading.Event())
+                       cancel=threading.Event(), keep_answer=True)  # a follow-up (a chat) reuses the answer's cells
 
     async def load_document(self, part: FilePart, call: ChatCall, *, several: bool) -> list[tuple[str, ImageInput]]:
         """A PDF file part's selected pages (``kvl.pages``), each rendered to the request's image budget,

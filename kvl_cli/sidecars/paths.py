@@ -39,7 +39,7 @@ def sidecar_path(label: str, kind: str, folder: str | None, page: int | None = N
                              hint="add --sidecar-dir DIR")
         base = Path(folder).expanduser() / _url_part(label)
     elif folder is None:
-        base = Path(os.path.normpath(label))
+        base = Path(os.path.normpath(os.path.expanduser(label)))  # "~/a.png" (quoted, --from): where it is read
     else:
         base = Path(folder).expanduser() / _mirrored(label)
     stem = (base.stem if base.suffix else base.name) + (f".p{page}" if page is not None else "")
@@ -57,5 +57,6 @@ def _mirrored(label: str) -> Path:
 
 def _url_part(label: str) -> Path:
     url = urlsplit(label)
+    host = url.hostname if url.hostname not in (None, "", ".", "..") else "_"  # http://../a.png stays under DIR
     parts = [p for p in PurePosixPath(unquote(url.path)).parts if p not in ("/", ".", "..")]
-    return Path(url.hostname or "_", *parts) if parts else Path(url.hostname or "_", "index")
+    return Path(host, *parts) if parts else Path(host, "index")

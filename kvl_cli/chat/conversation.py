@@ -1,0 +1,157 @@
+"""A conversation: its turns (question, media, answer), the media waiting for the next turn, and
+the settings the slash commands change; the engine request for the next turn; save and load.
+
+The request repeats every earlier turn (the chat template writes earlier answers without their
+thinking); the engine keeps the cells of the turns already evaluated, so a follow-up evaluates only
+what is new (see ``engine.prefix``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine.types import GenerationSettings, ImageInput, Request
+from ..errors import DiskError, InputError, KvlError
+from .media import MediaItem
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Turn:
+    question: str
+    media: list[MediaItem] = field(default_factory=list)
+    answer: str = ""
+    thinking: str = ""
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Conversation:
+    turns: list[Turn] = field(default_factory=list)
+    pending: list[MediaItem] = field(default_factory=list)  # attached to the next turn
+    think_budget: int | None = None  # None: the command line's; /think changes it
+    system: str | None = None
+
+    # -- media numbering (/drop N): every item in order, the pending ones last ------------------
+    def media(self) -> list[MediaItem]:
+        return [m for t in self.turns for m in t.media] + self.pending
+
+    def drop(self, number: int) -> MediaItem:
+        """Remove media item ``number`` (1-based, as ``media()`` counts) from the conversation."""
+        items = self.media()
+        if not 1 <= number <= len(items):
+            raise InputError(f"/drop {number}: there is no media item {number}",
+                             hint=f"items are numbered 1 to {len(items)}" if items else "nothing is attached")
+        item = items[number - 1]
+        for holder in [*(t.media for t in self.turns), self.pending]:
+            if any(m is item for m in holder):
+                holder[:] = [m for m in holder if m is not item]
+        return item
+
+    def clear(self) -> None:
+        self.turns, self.pending = [], []
+
+    def drop_oldest(self) -> bool:
+        """Make room: forget the oldest turn's question and answer, keeping its media for the next turn
+        (a later question may be about it). False when no turn is left to drop."""
+        if not self.turns:
+            return False
+        oldest = self.turns.pop(0)
+        if self.turns:
+            self.turns[0].media[:0] = oldest.media
+        else:
+            self.pending[:0] = oldest.media
+        return True
+
+    # -- the engine request ---------------------------------------------------------------------
+    def request(self, question: str, marker: str, settings: GenerationSettings) -> Request:
+        """The next turn's request: every turn so far, then ``question`` after the pending media."""
+        messages: list[tuple[str, str]] = []
+        images: list[ImageInput] = []
+        for turn in self.turns:
+            messages.append(("user", _user_text(turn.media, turn.question, marker)))
+            messages.append(("assistant", turn.answer))
+            images += [img for m in turn.media for img in m.images]
+        images += [img for m in self.pending for img in m.images]
+        return Request(user_text=_user_text(self.pending, question, marker), images=images, system=self.system,
+                       settings=settings, messages=messages, keep_answer=True)
+
+    def record(self, question: str, answer: str, thinking: str, finish_reason: str) -> Turn:
+        turn = Turn(question, self.pending, answer, thinking, finish_reason)
+        self.turns.append(turn)
+        self.pending = []
+        return turn
+
+    # -- save and load ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"kvl_chat": FORMAT_VERSION, "system": self.system, "think_budget": self.think_budget,
+                "turns": [{"question": t.question, "media": [_media_dict(m) for m in t.media], "answer": t.answer,
+                           "thinking": t.thinking, "finish_reason": t.finish_reason} for t in self.turns],
+                "pending": [_media_dict(m) for m in self.pending]}
+
+    def to_markdown(self) -> str:
+        parts = ["# kvl chat\n"]
+        for n, t in enumerate(self.turns, 1):
+            media = "".join(f"\n- {m.kind}: `{m.source}`" for m in t.media)
+            parts.append(f"## Turn {n}\n\n**You:** {t.question}\n{media}\n")
+            if t.thinking:
+                quoted = "\n".join(f"> {line}" for line in t.thinking.splitlines())
+                parts.append(f"<details><summary>thinking</summary>\n\n{quoted}\n\n</details>\n")
+            parts.append(f"**kvl:** {t.answer}\n")
+        return "\n".join(parts)
+
+    def save(self, path: Path) -> None:
+        """JSON, or Markdown for a ``.md`` name (for reading; ``--resume`` takes the JSON)."""
+        text = self.to_markdown() if path.suffix.lower() in (".md", ".markdown") else \
+            json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
+        try:
+            path.expanduser().write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise DiskError(f"{path}: cannot write it ({exc.strerror or exc})",
+                            hint="check the folder exists and is writable") from None
+
+
+def _user_text(media: list[MediaItem], question: str, marker: str) -> str:
+    # images first, the question right after the last one: the layout Kimi-VL was trained on
+    return "".join(m.text(marker) for m in media) + question
+
+
+def _media_dict(m: MediaItem) -> dict[str, str]:
+    return {"source": m.source, "kind": m.kind}
+
+
+def load(path: Path, reattach: Callable[[str], MediaItem], warn: Callable[[str], None]) -> Conversation:
+    """A conversation saved as JSON by ``/save``; each media item is loaded again from its source
+    (``reattach``); one that cannot be is left out, with a warning."""
+    try:
+        data = json.loads(path.expanduser().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found", hint="give a conversation saved with /save FILE.json") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a saved conversation ({exc})",
+                         hint="--resume takes the JSON that /save writes") from None
+    if not isinstance(data, dict) or data.get("kvl_chat") != FORMAT_VERSION or not isinstance(data.get("turns"), list):
+        raise InputError(f"{path}: not a saved kvl conversation", hint="--resume takes the JSON that /save writes")
+
+    def media(items: Any) -> list[MediaItem]:
+        out = []
+        for item in items if isinstance(items, list) else []:
+            try:
+                out.append(reattach(str(item["source"])))
+            except (KvlError, KeyError, TypeError) as exc:
+                warn(f"{path}: media left out: {exc}")
+        return out
+
+    conv = Conversation(system=data.get("system"), think_budget=data.get("think_budget"))
+    for t in data["turns"]:
+        if not isinstance(t, dict):
+            continue
+        conv.turns.append(Turn(str(t.get("question", "")), media(t.get("media")), str(t.get("answer", "")),
+                               str(t.get("thinking", "")), str(t.get("finish_reason", "stop"))))
+    conv.pending = media(data.get("pending"))
+    return conv

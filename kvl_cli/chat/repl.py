@@ -1,0 +1,166 @@
+"""The chat loop: read a line, run it as a slash command or as a turn, write the answer; again.
+
+1) the media given on the command line (and a ``--resume``d conversation) are loaded, the pair
+found, before anything else; 2) each line read is a command (its line on stderr) or a question
+(its answer through the renderer: live on a terminal, plain in a pipe, a JSON record with
+``--json``); 3) the end of input (Ctrl-D, ``/exit``) ends with 0, or with the failed turns' code.
+
+Lines come from a terminal prompt (``terminal.TerminalPrompt``: line editing, history, a paste of
+several lines as one turn) or, when stdin is not a terminal, one turn per line (``LinePrompt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from rich.text import Text
+
+from ..engine.types import FinishReason, GenerationSettings, Result
+from ..environment import Environment
+from ..errors import ExitCode, KvlError, batch_exit_code
+from ..render import Renderer
+from ..safetext import one_line
+from .commands import Action, ChatState, is_command, question_text, run_command
+from .conversation import Conversation
+from .media import Budget
+from .turns import Factory, TurnOutcome, TurnRunner
+
+
+class Prompt(Protocol):
+    def read(self) -> str | None:
+        """The next line (a turn or a command); None at the end of input. Ctrl-C: KeyboardInterrupt."""
+
+
+class LinePrompt:
+    """stdin not a terminal: each line is a turn."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.lines: Iterator[bytes] = iter(stream)
+
+    def read(self) -> str | None:
+        while True:
+            raw = next(self.lines, None)
+            if raw is None:
+                return None
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line:
+                return line
+
+
+@dataclass
+class TurnRecord:
+    """What a client of ``Chat.ask`` gets back for one turn."""
+
+    question: str
+    result: Result | None
+    error: KvlError | None
+    extra: dict[str, Any]
+
+
+class Chat:
+    """One conversation on one engine, with its renderer: commands and turns."""
+
+    def __init__(self, state: ChatState, runner: TurnRunner, renderer: Renderer, meta: dict[str, Any],
+                 say: Callable[[str], None], fail: Callable[[KvlError], None]) -> None:
+        self.state = state
+        self.runner = runner
+        self.renderer = renderer
+        self.meta = meta  # the record fields every turn shares (task, model, server)
+        self.say = say
+        self.fail = fail
+        self.failures: list[int] = []
+        self.answered = 0
+        self.turn_no = len(state.conv.turns)
+
+    @property
+    def conv(self) -> Conversation:
+        return self.state.conv
+
+    def handle(self, line: str) -> Action:
+        """A line typed or piped: a command, else a question."""
+        if is_command(line):
+            try:
+                action, said = run_command(self.state, line)
+            except KvlError as exc:
+                self.fail(exc)
+                return Action.CONTINUE
+            if said:
+                self.say(said)
+            return action
+        self.ask(question_text(line))
+        return Action.CONTINUE
+
+    def ask(self, question: str) -> TurnRecord:
+        """One turn: the answer streamed through the renderer, the turn kept in the conversation."""
+        self.turn_no += 1
+        media = [m.label for m in self.conv.pending]
+        label = f"turn {self.turn_no}"
+        self.renderer.begin(label, self.turn_no, 1)
+        answer = self.state.answer or self.state.default_answer
+        self.state.answer = None  # /schema and /choices: this answer only
+        outcome = self.runner.run(self.conv, question, self.renderer, answer)
+        if outcome.result is None or outcome.error is not None:
+            return self._failed(question, outcome, label)
+        result = outcome.result
+        self.conv.record(question, result.answer, result.thinking, result.finish_reason.value)
+        meta = {**self.meta, "turn": self.turn_no, "question": question, "media": media,
+                "load_s": round(self.runner.load_seconds, 3), **outcome.extra}
+        self.renderer.end(label, result, meta)
+        self.answered += 1
+        if result.finish_reason is FinishReason.CONTEXT:
+            self.say("the context is full: the answer was cut short; the next turn drops the oldest turns, "
+                     "or /clear starts over")
+        elif result.interrupted:
+            self.say("stopped; what was said is kept")
+        return TurnRecord(question, result, None, outcome.extra)
+
+    def _failed(self, question: str, outcome: TurnOutcome, label: str) -> TurnRecord:
+        error = outcome.error or KvlError("no answer")
+        self.failures.append(int(error.exit_code))
+        self.renderer.error(label, error)
+        return TurnRecord(question, outcome.result, error, outcome.extra)
+
+    def loop(self, prompt: Prompt) -> int:
+        """Until the end of input or /exit; Ctrl-C at the prompt clears the line."""
+        while True:
+            try:
+                line = prompt.read()
+            except KeyboardInterrupt:
+                continue
+            if line is None:
+                break
+            if self.handle(line) is Action.EXIT:
+                break
+        self.renderer.close()
+        return batch_exit_code(self.failures, self.answered) if self.failures else int(ExitCode.OK)
+
+
+def stderr_voice(renderer: Renderer) -> tuple[Callable[[str], None], Callable[[KvlError], None]]:
+    """(say, fail): a note and an error line on stderr (never stdout: it carries the answers)."""
+    def say(text: str) -> None:
+        renderer.stop_status()
+        for line in text.splitlines():
+            renderer.err.print(Text(line, style="dim"), soft_wrap=True)
+
+    def fail(error: KvlError) -> None:
+        renderer.stop_status()
+        renderer.err.print(Text(f"kvl: error: {one_line(str(error))}", style="bold red"), soft_wrap=True)
+
+    return say, fail
+
+
+def make_chat(conv: Conversation, factory: Factory, settings: GenerationSettings, budget: Budget,
+              renderer: Renderer, meta: dict[str, Any]) -> Chat:
+    say, fail = stderr_voice(renderer)
+    return Chat(ChatState(conv, budget), TurnRunner(factory, settings, say), renderer, meta, say, fail)
+
+
+def choose_prompt(env: Environment, history: Any = None) -> Prompt:
+    """A terminal prompt when stdin and stdout are terminals, else one turn per line of stdin."""
+    if env.stdin_isatty and env.stdout_isatty:
+        from .terminal import TerminalPrompt
+
+        return TerminalPrompt(history)
+    return LinePrompt(env.stdin)
