@@ -239,8 +239,7 @@ def test_the_cache_keeps_each_rendered_page(kvl, scripted, docs):
     assert all(x["cached"]["prefix_tokens"] >= x["tokens"]["image"] > 0 for x in again)
     assert [x["timings"]["encode_s"] for x in again] == [0, 0, 0]
     other = jsonl(kvl("ocr", docs["mixed"], "--json", "--dpi", "40", *SHORT, *scripted.args()).out)
-    assert all(x["cached"]["prefix_tokens"] < x["tokens"]["image"] for x in other)  # another render: another key
-    assert all(x["timings"]["encode_s"] > 0 for x in other)
+    assert all(x["timings"]["encode_s"] > 0 for x in other)  # another render: another key, encoded again
 
 
 # ---- bad documents ---------------------------------------------------------------------------------
