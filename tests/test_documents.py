@@ -512,3 +512,14 @@ def test_a_pdf_by_url(kvl, scripted, docs):
         server.shutdown()
     assert r.code == 0, r.err
     assert [(x["input"], x["page"], x["pages"]) for x in jsonl(r.out)] == [(url, 2, 3), (url, 3, 3)]
+
+
+def test_chat_takes_a_pdf_as_its_pages(kvl, scripted, docs):
+    lines = "What is the total?\n/add " + str(docs["scan"]) + "\nAnd these?\n"
+    r = kvl("chat", docs["mixed"], "--json", "--no-think", "--max-tokens", "4", *scripted.args(), stdin=lines.encode())
+    assert r.code == 0, r.err
+    first, second = jsonl(r.out)
+    assert len(first["image_tokens"]) == 3 and len(second["image_tokens"]) == 7  # 3 pages, then 4 more
+    assert f"added {docs['scan']} (4 pages) as item 2" in r.err
+    r = kvl("chat", docs["damaged"], *scripted.args(), stdin=b"Hi?\n")
+    assert r.code == 3 and "the PDF is damaged" in r.err

@@ -1,5 +1,6 @@
 """``/add PATH|URL``: a file or URL becomes a media item of the conversation, through kvl's own
-media loading (``media.images`` for pictures, ``media.video_sandbox`` for video frames).
+media loading (``media.images`` for pictures, ``media.video_sandbox`` for video frames,
+``media.documents`` for a PDF's or a multi-page TIFF's pages).
 
 Each kind of media is one entry of ``LOADERS`` (its extensions and the function that loads it):
 a document type (PDF pages) is added there, in one place.
@@ -26,9 +27,9 @@ class MediaItem:
     """One thing added to the conversation: an image, or a video's frames (each after its time)."""
 
     source: str  # as the user gave it: a path or a URL (what a saved conversation reloads)
-    kind: str  # "image", "video" (a ``LOADERS`` key)
+    kind: str  # "image", "video", "document" (a ``LOADERS`` key)
     images: list[ImageInput] = field(default_factory=list)
-    stamps: list[str] = field(default_factory=list)  # per image: text before it (a frame's time)
+    stamps: list[str] = field(default_factory=list)  # per image: text before it (a frame's time, [page 3])
 
     def text(self, marker: str) -> str:
         """Its place in the user's message: one marker per image, after its stamp."""
@@ -38,6 +39,8 @@ class MediaItem:
     @property
     def label(self) -> str:
         n = len(self.images)
+        if self.kind == "document":
+            return f"{self.source} ({n} page{'s' if n != 1 else ''})"
         return f"{self.source} ({n} frames)" if self.kind == "video" else self.source
 
 
@@ -79,20 +82,54 @@ def _load_video(ref: InputRef, budget: Budget) -> MediaItem:
     return MediaItem(ref.label, "video", images, [stamp(f.time) for f in frames])
 
 
+def _load_document(ref: InputRef, budget: Budget) -> MediaItem:
+    """A PDF's (or a multi-page TIFF's) pages, each after its ``[page N]``, their budget lowered to fit
+    the context as ``kvl ask doc.pdf`` does (``KVL_PDF_PASSWORD`` opens an encrypted one)."""
+    import os
+
+    from ..media.documents import DocumentOptions
+    from ..run.documents import expand_documents, page_budget, page_label
+
+    pages, problems, _ = expand_documents([ref], [], DocumentOptions(password=os.environ.get("KVL_PDF_PASSWORD")))
+    if problems:
+        raise problems[0].error
+    if pages[0].page is None:  # a TIFF of one page: an image
+        return _load_image(pages[0], budget)
+    per_page = page_budget(len(pages), budget.image_tokens, budget.n_ctx, budget.max_tokens)
+    try:
+        images = [load_image(page, max_tokens=per_page) for page in pages]
+    finally:
+        for page in pages:
+            page.release()
+    return MediaItem(ref.label, "document", images, [page_label(page, False) for page in pages])
+
+
 Loader = Callable[[InputRef, Budget], MediaItem]
 # kind -> (extensions, loader); a new kind of media (documents) is one more entry
 LOADERS: dict[str, tuple[set[str], Loader]] = {
     "image": (IMAGE_EXTENSIONS, _load_image),
     "video": (VIDEO_EXTENSIONS, _load_video),
+    "document": ({".pdf", ".tif", ".tiff"}, _load_document),
 }
 
 
 def kind_of(ref: InputRef) -> str:
     """The kind by the name's extension; an unknown one is tried as an image (the decoder sniffs it)."""
-    for kind, (exts, _) in LOADERS.items():
+    for kind, (exts, _) in reversed(LOADERS.items()):  # a .tif is tried as a document first (its pages)
         if ref.suffix in exts:
             return kind
-    return "image"
+    return "document" if ref.suffix == "" and ref.url is None and _sniffs_pdf(ref) else "image"
+
+
+def _sniffs_pdf(ref: InputRef) -> bool:
+    """A file without an extension that begins like a PDF."""
+    from ..media.pdf import is_pdf_bytes
+
+    try:
+        with open(ref.path or "", "rb") as f:
+            return is_pdf_bytes(f.read(1024))
+    except OSError:
+        return False
 
 
 def attach(source: str, budget: Budget) -> MediaItem:
