@@ -386,6 +386,8 @@ def test_library_ocr_and_ask_take_document_options(scripted, docs):
         assert not bad.ok and "encrypted" in str(bad.error)
         answer = lib.ask([docs["scan"]], "q", pages="1,3", max_tokens=4, no_think=True)
         assert answer.ok and answer.meta["pages_in_prompt"] == [1, 3] and len(answer.result.image_tokens) == 2
+        events = list(lib.ask([docs["mixed"]], "q", stream=True, pages="2-", max_tokens=4, no_think=True))
+        assert len(events[-1].result.image_tokens) == 2
 
 
 # ---- memory ------------------------------------------------------------------------------------------
