@@ -295,6 +295,8 @@ def test_an_absurd_page_size_fails_that_page_only(kvl, scripted, docs):
     assert (bad["page"], bad["pages"], bad["exit_code"]) == (1, 2, 3)
     assert "page 1 is 200x10 inches, over the 100-inch safety limit" in bad["error"]
     assert (good["page"], good["error"]) == (2, None)
+    r = kvl("ocr", docs["huge_page"], *scripted.args())  # text: the page that failed leaves no page break
+    assert (r.code, r.out) == (5, SCRIPTED_ANSWER + "\n") and "page 1 is 200x10 inches" in r.err
 
 
 # ---- kvl ask over a document -------------------------------------------------------------------------
