@@ -288,6 +288,14 @@ def test_too_many_pages_is_refused_unread(kvl, scripted, docs, monkeypatch):
                              "(split it (e.g. qpdf --pages), or raise KVL_MAX_PDF_PAGES if you trust the file)")
 
 
+def test_a_100000_page_pdf_is_refused_at_once(kvl, scripted, tmp_path):
+    doc = pdfs.write_pdf(tmp_path / "huge.pdf", [PageSpec()] * 100_000, share_content=True)
+    r = kvl("ocr", doc, "--json", *scripted.args())
+    assert r.code == 3
+    (rec,) = jsonl(r.out)
+    assert rec["error"].startswith(f"{doc}: the PDF has 100,000 pages, over the 10,000-page safety limit")
+
+
 def test_an_absurd_page_size_fails_that_page_only(kvl, scripted, docs):
     r = kvl("ocr", docs["huge_page"], "--json", *SHORT, *scripted.args())
     assert r.code == 5
