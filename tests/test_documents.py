@@ -535,3 +535,21 @@ def test_chat_takes_a_pdf_as_its_pages(kvl, scripted, docs):
     assert f"added {docs['scan']} (4 pages) as item 2" in r.err
     r = kvl("chat", docs["damaged"], *scripted.args(), stdin=b"Hi?\n")
     assert r.code == 3 and "the PDF is damaged" in r.err
+
+
+def test_an_image_pdf_from_another_writer(kvl, scripted, tmp_path):
+    """A scanned document as Pillow writes it (each page a JPEG in the PDF): the pages come out at
+    their own shapes."""
+    from PIL import Image
+
+    scans = [Image.new("RGB", (850, 1100), (250, 250, 250)), Image.new("RGB", (1100, 850), (200, 200, 200))]
+    doc = tmp_path / "scanned.pdf"
+    scans[0].save(doc, save_all=True, append_images=scans[1:], resolution=100)
+    r = kvl("ask", doc, "q", "--dry-run", "--json", *scripted.args())
+    (rec,) = jsonl(r.out)
+    assert r.code == 0 and rec["pages_in_prompt"] == [1, 2]
+    assert "<image 1: " in rec["prompt"] and "<image 2: " in rec["prompt"]
+    first, second = (rec["prompt"].split(f"<image {n}: ")[1].split(" ")[0] for n in (1, 2))
+    w1, h1 = map(int, first.split("×"))
+    w2, h2 = map(int, second.split("×"))
+    assert h1 > w1 and w2 > h2  # portrait, then landscape
