@@ -553,3 +553,25 @@ def test_an_image_pdf_from_another_writer(kvl, scripted, tmp_path):
     w1, h1 = map(int, first.split("×"))
     w2, h2 = map(int, second.split("×"))
     assert h1 > w1 and w2 > h2  # portrait, then landscape
+
+
+def test_ray_rows_and_resume_keys_are_per_page(docs, tmp_path):
+    from kvl_cli.distributed.inputs import image_ref, list_inputs, page_rows
+    from kvl_cli.distributed.parts import Store, record_key, scan
+    from kvl_cli.media.documents import DocumentOptions
+
+    rows = page_rows(list_inputs([str(docs["scan"]), str(docs["encrypted"])], video=False),
+                     DocumentOptions(pages="2-3"))
+    scan_key = str(Path(docs["scan"]).absolute())
+    assert [r["key"] for r in rows] == [f"{docs['scan']}#page=2", f"{docs['scan']}#page=3", str(docs["encrypted"])]
+    assert rows[0]["path"] == scan_key and (rows[0]["page"], rows[0]["pages"]) == (2, 4)
+    assert "encrypted" in rows[2]["error"] and rows[2]["exit_code"] == 3
+    ref = image_ref(rows[1], DocumentOptions(dpi=72.0))
+    assert (ref.label, ref.page.number, ref.page.dpi) == (str(docs["scan"]), 3, 72.0)
+    # a page's record is its row's key: --skip-done DIR resumes by page
+    store = Store(str(tmp_path / "out"))
+    store.ensure()
+    store.write("part-x.jsonl", json.dumps({"input": str(docs["scan"]), "page": 2, "pages": 4, "error": None,
+                                            "finish_reason": "stop"}) + "\n")
+    assert record_key({"input": "a.pdf", "page": 2}) == "a.pdf#page=2"
+    assert scan(store).ok == {f"{docs['scan']}#page=2"}
