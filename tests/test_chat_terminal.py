@@ -87,6 +87,12 @@ def term(tmp_path, isolated):  # type: ignore[no-untyped-def]
         t.close()
 
 
+def at_prompt(screen: str) -> bool:
+    """The last line is an empty prompt."""
+    lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
+    return bool(lines) and lines[-1] == "›"
+
+
 def prompts(screen: str) -> int:
     return sum(1 for line in screen.splitlines() if line.startswith("›"))
 
@@ -108,7 +114,7 @@ def test_typed_questions_add_and_ctrl_d(term, scripted, images, isolated):
     assert screen.count(SCRIPTED_ANSWER) == 2
     t.type("half a line")  # Ctrl-C at the prompt clears it; the chat goes on
     t.keys("C-c")
-    t.wait(lambda s: prompts(s) >= 5)
+    t.wait(lambda s: "› half a line" in s and at_prompt(s))  # a new, empty prompt (bracketed paste on again)
     # two lines pasted (bracketed paste, as a terminal pastes) are one question
     t.tmux("set-buffer", "-b", "two", "What is on the left?\nAnd on the right?")
     t.tmux("paste-buffer", "-p", "-b", "two", "-t", "chat")
