@@ -91,6 +91,13 @@ def test_think_off_and_choices_shape_the_next_answer(kvl, scripted, images):
     assert free["answer"] == SCRIPTED_ANSWER and "data" not in free
 
 
+def test_choices_on_the_command_line_shape_every_answer(kvl, scripted, images):
+    r = chat(kvl, scripted, ["Which?", "And now?"], str(images["jpg"]), "--json", "--choices", "yes,no",
+             "--temperature", "0")
+    assert r.code == 0, r.err
+    assert all(rec["answer"] in ("yes", "no") and rec["data"] == rec["answer"] for rec in records(r.out))
+
+
 def test_save_and_resume(kvl, scripted, images, tmp_path):
     saved, md = tmp_path / "talk.json", tmp_path / "talk.md"
     r = chat(kvl, scripted, ["What is it?", f"/save {saved}", f"/save {md}"], str(images["jpg"]))
