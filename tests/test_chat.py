@@ -316,3 +316,17 @@ def test_the_request_repeats_the_turns_with_their_media_in_order():
     assert [m.source for m in conv.turns[0].media] == ["a.png", "v.mp4"]  # the dropped turn's media stays
     assert conv.drop_oldest() and not conv.turns and [m.source for m in conv.pending] == ["a.png", "v.mp4"]
     assert not conv.drop_oldest()
+
+
+def test_resume_without_a_saved_image_says_so_and_goes_on(kvl, scripted, tmp_path):
+    from .conftest import make_image
+
+    photo = make_image(tmp_path / "gone.png")
+    saved = tmp_path / "talk.json"
+    assert chat(kvl, scripted, ["What is it?", f"/save {saved}"], str(photo)).code == 0
+    photo.unlink()
+    r = kvl("chat", "--resume", str(saved), "--json", *scripted.args(), stdin=b"And then?\n")
+    assert r.code == 0
+    assert f"kvl: warning: {saved}: media left out: {photo}: file not found" in r.err
+    (rec,) = records(r.out)
+    assert rec["turn"] == 2 and rec["image_tokens"] == [] and rec["answer"] == SCRIPTED_ANSWER
