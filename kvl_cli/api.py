@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .engine.types import Event, FailedEvent, Request, Result
 from .environment import Environment
 from .errors import KvlError
+from .media.documents import DocumentOptions
 from .media.images import VIDEO_EXTENSIONS, InputProblem, expand_inputs, load_image
 from .options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags
+from .pages import Page
 from .render import OutputOptions, Renderer
+from .run.documents import expand_documents, question_job
 from .run.images import per_image_jobs
 from .run.plan import make_plan
 from .run.runner import Job, user_text
@@ -69,8 +73,9 @@ class Collector(Renderer):
     def warn(self, message: str) -> None:
         pass
 
-    def error(self, label: str, error: KvlError) -> None:
-        self.answers.append(Answer(label, error=error))
+    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
+        meta = {"page": page.number, "pages": page.count} if page is not None else {}
+        self.answers.append(Answer(label, error=error, meta=meta))
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
         self.answers.append(Answer(label, result.answer, result.thinking, meta.get("data"), None, result, meta))
@@ -95,21 +100,30 @@ class Library(Session):
                 meta: dict[str, Any],
                 parallel: int | None) -> list[Answer]:
         plan = make_plan(task, self._common(dict(gen)), parallel=parallel)
+        lowest = min((job.image_tokens for job in jobs if job.image_tokens), default=None)
+        if lowest is not None and lowest < plan.image_tokens:  # pages fitted to the context: the encoder's limit
+            plan = replace(plan, image_tokens=lowest)
         collector = Collector(self.env)
         self.run_images(plan, jobs, problems, collector, meta)
         return collector.answers
 
     def _per_image(self, task: str, images: Sequence[Media], instruction: str, meta: dict[str, Any],
                    gen: dict[str, Any]) -> list[Answer]:
+        documents = _documents(gen)
         refs, problems = expand_inputs([str(i) for i in images])
-        return self._images(task, per_image_jobs(refs, instruction), problems, gen, meta, gen.pop("parallel", None))
+        refs, problems, _ = expand_documents(refs, problems, documents)
+        return self._images(task, per_image_jobs(refs, instruction, text_layer=documents.text_layer), problems, gen,
+                            meta, gen.pop("parallel", None))
 
     def caption(self, images: Sequence[Media], *, detail: str = "normal", **gen: Any) -> list[Answer]:
-        """One caption per image, in order (``detail``: short, normal or long)."""
+        """One caption per image (and per page of a PDF: ``pages=``, ``dpi=``, ``password=``), in order
+        (``detail``: short, normal or long)."""
         return self._per_image("caption", images, caption_prompt(detail), {"detail": detail}, gen)
 
     def ocr(self, images: Sequence[Media], *, format: str = "text", **gen: Any) -> list[Answer]:
-        """All visible text of each image, in order (``format``: text or markdown)."""
+        """All visible text of each image and PDF page, in order (``format``: text or markdown;
+        ``pages="1-3"``, ``dpi=``, ``password=``, ``text_layer=True`` as the flags); a page's ``Answer``
+        has ``meta["page"]`` and ``meta["pages"]``."""
         return self._per_image("ocr", images, ocr_prompt(format), {"format": format}, gen)
 
     def ask(self, media: Sequence[Media], question: str, *, stream: bool = False,
@@ -124,10 +138,11 @@ class Library(Session):
             return summary
         if stream:
             return self._stream(labels, question, gen)
+        documents = _documents(gen)
         refs, problems = expand_inputs(labels)
-        label = refs[0].label if len(refs) == 1 else ", ".join(r.label for r in refs)
-        jobs = [] if problems else [Job(label=label, refs=refs, instruction=question,
-                                        meta={"question": question, "images": [r.label for r in refs]})]
+        refs, problems, _ = expand_documents(refs, problems, documents)
+        plan = make_plan("ask", self._common(dict(gen)), parallel=1)
+        jobs = [] if problems or not refs else [question_job(refs, question, plan)]
         return self._images("ask", jobs, problems, gen, {"question": question}, 1)[0]
 
     def _stream(self, labels: list[str], question: str, gen: dict[str, Any]) -> Iterator[Event]:
@@ -177,6 +192,14 @@ class Library(Session):
                 raise collector.answers[0].error or KvlError("the video failed")
             return [json.loads(line) for line in out.getvalue().splitlines()]
         return collector.answers[0]
+
+
+def _documents(gen: dict[str, Any]) -> DocumentOptions:
+    """``pages=``, ``dpi=``, ``password=`` (else ``KVL_PDF_PASSWORD``) and ``text_layer=`` out of a call's options."""
+    dpi = gen.pop("dpi", None)
+    return DocumentOptions(pages=gen.pop("pages", None), dpi=float(dpi) if dpi else None,
+                           password=gen.pop("password", None) or os.environ.get("KVL_PDF_PASSWORD") or None,
+                           text_layer=bool(gen.pop("text_layer", False)))
 
 
 class ChatHandle:

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from .engine.types import Answerer, EngineConfig, Request
 from .environment import Environment
+from .media.documents import DocumentOptions
 from .media.images import InputProblem
 from .options import BatchOptions, ModelOptions
 from .render import Renderer
@@ -92,12 +93,13 @@ class Session:
                               dry_run=dry_run)
 
     def run_batch(self, plan: RunPlan, inputs: tuple[str, ...], batch: BatchOptions, instruction: str,
-                  renderer: Renderer, meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
+                  renderer: Renderer, meta: dict[str, Any], *, dry_run: bool = False,
+                  documents: DocumentOptions | None = None) -> list[JobOutcome]:
         """caption and ocr from the command line: arguments, ``--from``, stdin, ``--skip-done`` and
         ``--shard`` give one job per image with ``instruction``; as ``run_images`` from there."""
         return run_batch(plan, inputs, batch, instruction, renderer, meta, find_pair=lambda: self.pair(renderer),
                          engine_for=lambda config, fields: self._answerer(config, renderer, fields), env=self.env,
-                         dry_run=dry_run)
+                         dry_run=dry_run, documents=documents)
 
     def run_videos(self, plan: RunPlan, inputs: list[str], args: VideoArgs, renderer: Renderer, *, instruction: str,
                    scenes: bool = False, fmt: str = "text", task_meta: dict[str, object] | None = None,

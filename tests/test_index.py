@@ -89,7 +89,7 @@ def test_indexing_is_incremental(kvl, tmp_path):
     r = kvl("index", src)
     assert "1 new record, 1 replaced, 1 already there" in r.err
     assert hits(kvl, "whiteboard") == []
-    assert [h["file"] for h in hits(kvl, "chalkboard")] == ["b.jpg"]
+    assert [h["file"] for h in hits(kvl, "chalkboard")] == [str(tmp_path / "b.jpg")]  # whole: beside the records
     assert len(hits(kvl, "a")) == 3
 
 
@@ -102,7 +102,7 @@ def test_damaged_lines_are_skipped_and_counted(kvl, tmp_path):
     r = kvl("index", src)
     assert r.code == 5
     assert f"5 damaged lines skipped (the first: {src}:2)" in r.err and "1 record of failed inputs left out" in r.err
-    assert sorted(h["file"] for h in hits(kvl, "lighthouse")) == ["a.jpg", "v.mp4"]
+    assert sorted(h["file"] for h in hits(kvl, "lighthouse")) == [str(tmp_path / "a.jpg"), str(tmp_path / "v.mp4")]
     # a .json sidecar cut short (the run killed while writing it) is damage too
     folder = tmp_path / "sidecars"
     folder.mkdir()
@@ -110,7 +110,7 @@ def test_damaged_lines_are_skipped_and_counted(kvl, tmp_path):
     (folder / "c.json").write_text(json.dumps(image("c.jpg", "a lighthouse"))[:30])
     r = kvl("index", folder)
     assert r.code == 5 and f"1 damaged line skipped (the first: {folder / 'c.json'})" in r.err
-    assert "b.jpg" in {h["file"] for h in hits(kvl, "keeper")}
+    assert str(folder / "b.jpg") in {h["file"] for h in hits(kvl, "keeper")}
 
 
 def test_an_unreadable_file_is_counted_and_the_others_indexed(kvl, tmp_path):
@@ -120,7 +120,7 @@ def test_an_unreadable_file_is_counted_and_the_others_indexed(kvl, tmp_path):
     (folder / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
     r = kvl("index", folder)
     assert r.code == 5 and "1 damaged line skipped" in r.err and "b.jsonl" in r.err
-    assert [h["file"] for h in hits(kvl, "lighthouse")] == ["a.jpg"]
+    assert [h["file"] for h in hits(kvl, "lighthouse")] == [str(folder / "a.jpg")]
 
 
 def test_ray_part_folders_and_stdin(kvl, tmp_path):
@@ -149,15 +149,19 @@ def test_search_ranks_filters_and_limits(kvl, tmp_path):
     ])
     assert kvl("index", src).code == 0
     found = hits(kvl, "whiteboard")
+    found = [{**h, "file": os.path.relpath(h["file"], tmp_path)} for h in found]
     assert len(found) == 4 and found[0]["file"] == "talks/b.jpg"
     assert [h["score"] for h in found] == sorted(h["score"] for h in found)  # BM25: lower is better
     assert len(hits(kvl, "whiteboard", "--limit", "2")) == 2
-    assert {h["file"] for h in hits(kvl, "whiteboard", "--path", "talks/*")} == {"talks/a.jpg", "talks/b.jpg",
-                                                                                 "talks/d.jpg"}
-    assert [h["file"] for h in hits(kvl, "whiteboard", "--task", "ocr")] == ["talks/d.jpg"]
-    assert [h["file"] for h in hits(kvl, '"whiteboard diagram"')] == ["talks/b.jpg"]
-    assert [h["file"] for h in hits(kvl, "diag*")] == ["talks/b.jpg"]
-    assert {h["file"] for h in hits(kvl, "diagram OR sentence")} == {"talks/b.jpg", "other/c.jpg"}
+    talks = str(tmp_path / "talks")
+    assert {h["file"] for h in hits(kvl, "whiteboard", "--path", "talks/*")} == {f"{talks}/a.jpg", f"{talks}/b.jpg",
+                                                                                 f"{talks}/d.jpg"}
+    assert len(hits(kvl, "whiteboard", "--path", f"{talks}/*")) == 3  # a whole path's GLOB too
+    assert hits(kvl, "whiteboard", "--path", "alks/*") == []  # a relative GLOB matches whole folder names
+    assert [h["file"] for h in hits(kvl, "whiteboard", "--task", "ocr")] == [f"{talks}/d.jpg"]
+    assert [h["file"] for h in hits(kvl, '"whiteboard diagram"')] == [f"{talks}/b.jpg"]
+    assert [h["file"] for h in hits(kvl, "diag*")] == [f"{talks}/b.jpg"]
+    assert {h["file"] for h in hits(kvl, "diagram OR sentence")} == {f"{talks}/b.jpg", str(tmp_path / "other/c.jpg")}
     r = kvl("search", "zebra")
     assert r.code == 0 and r.out == "" and "no records match" in r.err
 
@@ -168,10 +172,10 @@ def test_a_very_common_word_is_ranked_among_its_newest_matches(tmp_path, monkeyp
                       [image(f"new{i}.jpg", f"a kayak and {i} other things on a long shore") for i in range(5)])
     build([str(src)], index, sys.stderr)
     conn = open_index(index)
-    assert search(conn, "kayak", limit=1)[0].file == "old.jpg"  # the best by BM25
+    assert search(conn, "kayak", limit=1)[0].file == str(tmp_path / "old.jpg")  # the best by BM25
     monkeypatch.setattr(importlib.import_module("kvl_cli.index.search"), "RANK_WINDOW", 5)
     found = [h.file for h in search(conn, "kayak", limit=10)]
-    assert len(found) == 5 and "old.jpg" not in found  # past the window: the newest five matches are ranked
+    assert len(found) == 5 and str(tmp_path / "old.jpg") not in found  # past the window: the newest five are ranked
     conn.close()
 
 

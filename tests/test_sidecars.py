@@ -78,11 +78,17 @@ def test_sidecars_beside_each_input_then_the_rerun_skips_them(kvl, scripted, pho
     assert [x["input"] for x in records(r.out)] == many
 
 
-def test_an_xmp_sidecar_of_another_task_is_not_a_resume_mark(kvl, scripted, photos):
+def test_an_xmp_sidecar_of_another_task_is_not_a_resume_mark_nor_replaced(kvl, scripted, photos):
     [photo] = photos(1)
     assert kvl("caption", photo, *scripted.args(), "--sidecar", "xmp").code == 0
-    r = kvl("ocr", photo, *scripted.args(), "--json", "--sidecar", "xmp")
-    assert [x["input"] for x in records(r.out)] == [photo]
+    before = Path(photo).with_suffix(".xmp").read_bytes()
+    r = kvl("ocr", photo, *scripted.args(), "--json", "--sidecar", "xmp")  # not skipped, and not replaced either
+    [rec] = records(r.out)
+    assert r.code == 3 and rec["exit_code"] == 3
+    assert "holds kvl's caption" in rec["error"] and "--overwrite" in rec["error"]
+    assert Path(photo).with_suffix(".xmp").read_bytes() == before
+    r = kvl("ocr", photo, *scripted.args(), "--json", "--sidecar", "xmp", "--overwrite")
+    assert [x["input"] for x in records(r.out)] == [photo] and r.code == 0
     root = ET.parse(Path(photo).with_suffix(".xmp")).getroot()
     assert root.findtext(".//kvl:task", namespaces=NS) == "ocr"
     assert len(root.findall(".//kvl:task", NS)) == 1 and description(root) == {"x-default": SCRIPTED_ANSWER}
@@ -231,6 +237,7 @@ def test_where_a_sidecar_goes(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert sidecar_path("photos/./a.jpg", "txt", None) == Path("photos/a.txt")
+    assert sidecar_path("~/p/a.jpg", "txt", None) == Path.home() / "p" / "a.txt"  # quoted, or from --from: not ./~/
     assert sidecar_path("photos/scan", "json", None) == Path("photos/scan.json")  # no suffix: one added
     assert sidecar_path("photos/a.jpg", "xmp", "out") == Path("out/photos/a.xmp")
     assert sidecar_path("/srv/media/a.jpg", "txt", "out") == Path("out/srv/media/a.txt")
@@ -239,3 +246,204 @@ def test_where_a_sidecar_goes(tmp_path, monkeypatch):
     for label in ("-", "https://example.org/a.png", "s3://bucket/c.jpg"):
         with pytest.raises(UsageError):
             sidecar_path(label, "txt", None)
+
+
+# ---- hostile input (issue 21's follow-up) ------------------------------------------------------------------
+
+
+def result(answer: str):  # type: ignore[no-untyped-def]
+    from kvl_cli.engine.types import FinishReason, Result, Timings, Tokens
+
+    return Result(answer, "", FinishReason.STOP, Tokens(), Timings(), [])
+
+
+def test_control_characters_and_lone_surrogates_never_make_an_unreadable_sidecar(tmp_path):
+    from kvl_cli.options import SidecarOptions
+    from kvl_cli.sidecars import SidecarWriter
+
+    photo = make_image(tmp_path / "a.png")
+    writer = SidecarWriter(SidecarOptions(("xmp", "txt", "json")), "ocr")
+    hostile = "TOTAL\x00 12\x01\x08\x0b\x0c\x1b[2J \ud800 done\ufffe\tend\r\nnext \U0001f600"
+    for answer in (hostile, hostile + " again"):  # written, then merged into again: kvl reads its own sidecar
+        writer.write(str(photo), result(answer), {"model": "toy\x07"})
+    text = photo.with_suffix(".xmp").read_bytes()
+    root = ET.fromstring(text.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+    assert description(root)["x-default"] == "TOTAL 12[2J  done\tend\nnext \U0001f600 again"
+    assert root.findtext(".//kvl:model", namespaces=NS) == "toy"
+    assert photo.with_suffix(".txt").read_bytes().decode() == "TOTAL 12[2J  done\tend\r\nnext \U0001f600 again\n"
+    assert json.loads(photo.with_suffix(".json").read_text())["answer"] == hostile + " again"  # JSON escapes them
+    assert writer.done(str(photo))
+
+
+def test_a_sidecar_that_would_replace_an_input_is_refused_before_the_model_loads(kvl, tmp_path):
+    png = make_image(tmp_path / "p.png").read_bytes()
+    (tmp_path / "pic.txt").write_bytes(png)  # an image under a name its own sidecar has
+    r = kvl("caption", tmp_path / "pic.txt", "--model", tmp_path / "missing.gguf", "--sidecar", "txt")
+    assert r.code == 2 and "would replace the input" in r.err and str(tmp_path / "pic.txt") in r.err
+    assert (tmp_path / "pic.txt").read_bytes() == png
+    make_image(tmp_path / "a.jpg")
+    (tmp_path / "a.json").write_bytes(png)  # a.jpg's sidecar is another input
+    r = kvl("caption", tmp_path / "a.jpg", tmp_path / "a.json", "--model", tmp_path / "missing.gguf",
+            "--sidecar", "json")
+    assert r.code == 2 and f"{tmp_path / 'a.jpg'}'s sidecar {tmp_path / 'a.json'} would replace the input" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and (tmp_path / "a.json").read_bytes() == png
+
+
+def test_a_json_that_is_not_kvls_is_not_replaced_without_overwrite(kvl, scripted, photos):
+    many = photos(2)
+    theirs = Path(many[0]).with_suffix(".json")
+    theirs.write_text('{"title": "p00.png", "photoTakenTime": {"timestamp": "1"}}')  # Google Takeout's
+    r = kvl("caption", *many, *scripted.args(), "--json", "--sidecar", "json", "--sidecar", "txt")
+    assert r.code == 5
+    first, second = records(r.out)
+    assert first["exit_code"] == 3 and f"{theirs} is already there and it is not kvl's record" in first["error"]
+    assert second["answer"] == SCRIPTED_ANSWER and Path(many[1]).with_suffix(".json").is_file()
+    assert "Takeout" not in theirs.read_text() and "photoTakenTime" in theirs.read_text()  # as it was
+    assert not Path(many[0]).with_suffix(".txt").exists()  # none of the input's sidecars written: never a mixed set
+    r = kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--overwrite")
+    assert r.code == 0 and json.loads(theirs.read_text())["answer"] == SCRIPTED_ANSWER
+
+
+def test_sidecars_of_another_task_or_of_nobody_known_are_a_conflict(kvl, scripted, photos):
+    many = photos(2)
+    assert kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--sidecar", "txt").code == 0
+    caption = {k: Path(many[0]).with_suffix(f".{k}").read_bytes() for k in ("json", "txt")}
+    Path(many[1]).with_suffix(".txt").write_text("a hand-written caption\n")  # a training set's own
+    r = kvl("ocr", *many, *scripted.args(), "--sidecar", "json", "--sidecar", "txt")
+    assert r.code == 3, r.err
+    assert "it holds kvl's caption record" in r.err and "kvl cannot tell who wrote it" in r.err
+    assert {k: Path(many[0]).with_suffix(f".{k}").read_bytes() for k in ("json", "txt")} == caption
+    assert Path(many[1]).with_suffix(".txt").read_text() == "a hand-written caption\n"
+    # the same task again: kvl's own, replaced (one sidecar missing makes the input run; a .txt beside
+    # kvl's .json of the same task is kvl's too)
+    Path(many[0]).with_suffix(".txt").unlink()
+    assert kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--sidecar", "txt").code == 0
+    assert kvl("caption", many[0], *scripted.args(), "--sidecar", "json", "--sidecar", "xmp").code == 0
+    r = kvl("ocr", *many, *scripted.args(), "--sidecar", "json", "--sidecar", "txt", "--overwrite")
+    assert r.code == 0 and json.loads(Path(many[1]).with_suffix(".json").read_text())["task"] == "ocr"
+    assert Path(many[1]).with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n"
+
+
+def test_a_deeply_nested_xmp_fails_its_input_only(kvl, scripted, photos):
+    many = photos(2)
+    deep = Path(many[0]).with_suffix(".xmp")
+    deep.write_bytes(HEAD + b"<a>" * 1500 + b"</a>" * 1500 + TAIL)
+    r = kvl("caption", *many, *scripted.args(), "--json", "--sidecar", "xmp")
+    assert r.code == 5 and "Traceback" not in r.err
+    first, second = records(r.out)
+    assert first["exit_code"] == 3 and "nested deeper than 100 levels" in first["error"]
+    assert second["answer"] == SCRIPTED_ANSWER and xmp.kvl_task(Path(many[1]).with_suffix(".xmp").read_bytes())
+
+
+def test_a_sidecar_dir_that_is_a_file_is_refused_and_long_names_are_written(kvl, scripted, tmp_path):
+    (tmp_path / "caps").write_text("a file")
+    photo = make_image(tmp_path / ("long-" * 49 + "x.png"))  # 251 characters: a temporary name must be shorter
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir",
+            tmp_path / "caps")
+    assert r.code == 2 and "is not a folder" in r.err
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir", "")
+    assert r.code == 2 and "--sidecar-dir is empty" in r.err
+    r = kvl("caption", photo, *scripted.args(), "--sidecar", "txt", "--sidecar", "xmp")
+    assert r.code == 0, r.err
+    assert photo.with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n" and photo.with_suffix(".xmp").is_file()
+
+
+def test_a_fifo_where_a_sidecar_goes_fails_its_input_and_never_waits(scripted, photos):
+    import os
+    import subprocess
+
+    from .conftest import kvl_env
+    from .kvlrun import KVL
+
+    many = photos(2)
+    os.mkfifo(Path(many[0]).with_suffix(".json"))  # nobody writes it: opening it to read would wait forever
+    r = subprocess.run([*KVL, "caption", *many, *scripted.args(), "--json", "--sidecar", "json"], capture_output=True,
+                       text=True, env=kvl_env(), timeout=120)
+    assert r.returncode == 5, r.stderr
+    first, second = records(r.stdout)
+    assert first["exit_code"] == 3 and "is not a plain file" in first["error"]
+    assert second["answer"] == SCRIPTED_ANSWER
+
+
+def test_a_urls_host_cannot_lead_a_sidecar_out_of_the_sidecar_dir():
+    from kvl_cli.sidecars import sidecar_path
+
+    for label in ("http://../a.png", "s3://../x/a.png", "http://./a.png"):
+        path = sidecar_path(label, "txt", "/out")
+        assert ".." not in path.parts and path.parts[:2] == ("/", "out"), path
+
+
+def test_the_models_control_bytes_never_break_its_own_xmp(kvl, random_pair, photos):
+    from .kvlrun import LONG
+
+    [photo] = photos(1)
+    for again in ([], ["--overwrite"]):  # written, then merged into: kvl reads back what it wrote
+        r = kvl("caption", *LONG, *random_pair.args(), photo, "--json", "--sidecar", "xmp", "--sidecar", "txt", *again)
+        assert r.code == 0, r.err
+    [rec] = records(r.out)
+    assert any(ch in rec["answer"] for ch in map(chr, [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]))  # C0 ones
+    side = Path(photo).with_suffix(".xmp").read_bytes()
+    said = description(ET.fromstring(side.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0]))["x-default"]
+    assert said == xmp.xml_text(rec["answer"].strip()) and xmp.kvl_task(side) == "caption"
+    assert Path(photo).with_suffix(".txt").read_bytes().decode() == xmp.xml_text(rec["answer"].strip()) + "\n"
+
+
+def test_a_home_relative_name_from_a_list_gets_its_sidecar_beside_it(kvl, scripted, isolated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (isolated / "pics").mkdir()
+    make_image(isolated / "pics" / "a.png")
+    (tmp_path / "list.txt").write_text("~/pics/a.png\n")
+    r = kvl("caption", "--from", tmp_path / "list.txt", *scripted.args(), "--sidecar", "txt")
+    assert r.code == 0, r.err
+    assert (isolated / "pics" / "a.txt").read_text() == SCRIPTED_ANSWER + "\n" and not (tmp_path / "~").exists()
+
+
+def test_a_conflict_fails_its_input_only_with_parallel_workers(kvl, scripted, photos):
+    many = photos(3)
+    Path(many[1]).with_suffix(".json").write_text('{"settings": true}')
+    r = kvl("caption", *many, *scripted.args(), "-P", "2", "--json", "--sidecar", "json")
+    assert r.code == 5, r.err
+    by_input = {x["input"]: x for x in records(r.out)}
+    assert by_input[many[1]]["exit_code"] == 3 and "not kvl's record" in by_input[many[1]]["error"]
+    assert all(json.loads(Path(m).with_suffix(".json").read_text())["answer"] == SCRIPTED_ANSWER
+               for m in (many[0], many[2]))
+    assert Path(many[1]).with_suffix(".json").read_text() == '{"settings": true}'
+
+
+def test_a_sidecar_never_takes_set_id_or_execute_bits(tmp_path):
+    import os
+
+    from kvl_cli.sidecars import write_atomic
+
+    target = tmp_path / "tool"
+    target.write_text("#!/bin/sh\n")
+    target.chmod(0o4755)
+    link = tmp_path / "a.txt"
+    link.symlink_to(target)  # a sidecar's place holding a link to a set-uid program
+    write_atomic(link, b"caption\n")
+    assert not link.is_symlink() and link.read_bytes() == b"caption\n"
+    assert os.stat(link).st_mode & 0o7111 == 0 and target.read_text() == "#!/bin/sh\n"
+    (tmp_path / "b.txt").write_text("old")
+    (tmp_path / "b.txt").chmod(0o640)
+    write_atomic(tmp_path / "b.txt", b"new\n")
+    assert os.stat(tmp_path / "b.txt").st_mode & 0o7777 == 0o640  # its own permissions kept
+
+
+def test_an_input_whose_name_is_not_utf8_gets_its_sidecars(scripted, tmp_path):
+    import os
+    import subprocess
+
+    from .conftest import kvl_env
+    from .kvlrun import KVL
+
+    png = make_image(tmp_path / "p.png").read_bytes()
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/caf\xff.png", "wb") as f:
+        f.write(png)
+    r = subprocess.run([*KVL, "caption", folder + b"/caf\xff.png", *scripted.args(), "--json", "--sidecar", "json",
+                        "--sidecar", "xmp", "--sidecar", "txt"], capture_output=True, env=kvl_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    for kind in ("json", "xmp", "txt"):
+        assert os.path.isfile(folder + b"/caf\xff." + kind.encode())
+    with open(folder + b"/caf\xff.json", "rb") as f:
+        assert json.loads(f.read())["answer"] == SCRIPTED_ANSWER

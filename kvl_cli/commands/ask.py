@@ -7,9 +7,10 @@ import click
 from ..environment import Environment
 from ..errors import UsageError
 from ..media.images import VIDEO_EXTENSIONS, expand_inputs
-from ..run.runner import Job
+from ..run.documents import expand_documents, question_job
+from ..run.plan import make_plan
 from ._common import pass_env, run_image_task
-from .flags import common_options, generation_options, model_options, output_options
+from .flags import common_options, document_options, documents_from, generation_options, model_options, output_options
 
 
 def split_question(args: list[str], question: str | None, env: Environment) -> tuple[list[str], str]:
@@ -29,6 +30,7 @@ def split_question(args: list[str], question: str | None, env: Environment) -> t
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, required=True, metavar="IMAGE... [QUESTION]")
 @click.option("--question", "-q", default=None, help="The question (instead of the last argument).")
+@document_options
 @model_options
 @generation_options
 @output_options
@@ -43,17 +45,19 @@ def ask(env: Environment, args: tuple[str, ...], question: str | None, **kwargs:
       kvl ask photo.jpg "How many people are there?"
       kvl ask before.png after.png "What changed?"
       kvl ask clip.mp4 "What happens after the dog jumps?"
+      kvl ask --pages 1-4 report.pdf "What is the total on the invoice?"
       echo "What does the sign say?" | kvl ask street.jpg
     """
     inputs, q = split_question(list(args), question, env)
+    documents = documents_from(kwargs)
     common = common_options(kwargs)
     if len(inputs) == 1 and any(inputs[0].lower().endswith(ext) for ext in VIDEO_EXTENSIONS):
         from .video import ask_video
 
         return ask_video(inputs[0], q, common, env)
     refs, problems = expand_inputs(inputs, stdin=env.read_stdin)
-    label = refs[0].label if len(refs) == 1 else ", ".join(r.label for r in refs)
-    jobs = [Job(label=label, refs=refs, instruction=q, meta={"question": q, "images": [r.label for r in refs]})]
+    refs, problems, _ = expand_documents(refs, problems, documents)
     if problems:  # one prompt needs every image: a missing one fails the question
-        jobs = []
-    return run_image_task("ask", jobs if refs else [], problems, common, {"question": q}, 1, env)
+        return run_image_task("ask", [], problems, common, {"question": q}, 1, env)
+    return run_image_task("ask", [question_job(refs, q, make_plan("ask", common, parallel=1))] if refs else [], [],
+                          common, {"question": q}, 1, env)

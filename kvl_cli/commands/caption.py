@@ -7,13 +7,22 @@ import click
 from ..environment import Environment
 from ..tasks import caption_prompt
 from ._common import pass_env, run_per_image
-from .flags import batch_options, generation_options, model_options, output_options, ray_options, sidecar_options
+from .flags import (
+    batch_options,
+    document_options,
+    generation_options,
+    model_options,
+    output_options,
+    ray_options,
+    sidecar_options,
+)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, metavar="IMAGE...")
 @click.option("--detail", type=click.Choice(["short", "normal", "long"]), default="normal", show_default=True,
               help="How much to say.")
+@document_options
 @model_options
 @batch_options
 @sidecar_options
@@ -33,5 +42,6 @@ def caption(env: Environment, inputs: tuple[str, ...], detail: str, **kwargs: An
       cat photo.jpg | kvl caption -
       find photos -name '*.jpg' | kvl caption --json --skip-done caps.jsonl >> caps.jsonl
       kvl caption --sidecar txt --sidecar xmp dataset/     # dataset/a.jpg -> a.txt, a.xmp
+      kvl caption report.pdf                               # one caption per page
     """
     return run_per_image("caption", inputs, kwargs, env, caption_prompt(detail), {"detail": detail})

@@ -19,7 +19,9 @@ from click.core import ParameterSource
 from ..distributed.options import RayOptions
 from ..environment import env_flag
 from ..errors import UsageError
+from ..media.documents import DocumentOptions
 from ..options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags, SidecarOptions
+from ..pages import parse_pages
 
 F = Callable[..., Any]
 
@@ -232,3 +234,35 @@ def ray_from(kwargs: dict[str, Any], *, video: bool = False) -> RayOptions | Non
             raise UsageError(f"{given[0]} works only with --ray", hint="add --ray auto (or --ray local)")
         return None
     return RayOptions(address, output, cpus, workers, skip_done)
+
+
+def _check_pages(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """Click callback for ``--pages``: malformed is exit 2 before anything is read."""
+    if value is not None:
+        try:
+            parse_pages(value)
+        except UsageError as exc:
+            raise click.BadParameter(exc.message.split(": ", 1)[-1] + f" ({exc.hint})") from None
+    return value
+
+
+document_options = stack_options(
+    click.option("--pages", metavar="1-3,7", default=None, callback=_check_pages,
+                 help="Pages of each PDF or multi-page TIFF to read (1-based ranges and lists; 5- to the end)."),
+    click.option("--dpi", type=click.IntRange(10, 1200), default=None,
+                 help="Render PDF pages at this resolution [default: the one that fills the task's image token "
+                      "budget, at most 300]."),
+    click.option("--password", metavar="TEXT", default=None,
+                 help="Password of encrypted PDFs [env KVL_PDF_PASSWORD]; never shown or recorded."),
+)
+text_layer_option = click.option(
+    "--text-layer", is_flag=True,
+    help="Use a PDF page's own text when it has one, OCR only pages without (records say \"source\").")
+
+
+def documents_from(kwargs: dict[str, Any]) -> DocumentOptions:
+    """Pop ``--pages``, ``--dpi``, ``--password`` (else ``KVL_PDF_PASSWORD``) and ``--text-layer``."""
+    password = kwargs.pop("password", None) or os.environ.get("KVL_PDF_PASSWORD") or None
+    dpi = kwargs.pop("dpi", None)
+    return DocumentOptions(pages=kwargs.pop("pages", None), dpi=float(dpi) if dpi else None, password=password,
+                           text_layer=bool(kwargs.pop("text_layer", False)))

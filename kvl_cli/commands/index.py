@@ -35,17 +35,26 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
     if env.stderr_isatty:
         env.stderr.write("\r\x1b[K")
     unchanged_files = f", {tally.unchanged_files} unchanged (not read)" if tally.unchanged_files else ""
-    notes = f"; {_n(tally.failed, 'record')} of failed inputs left out" if tally.failed else ""
-    if tally.damage.others:
-        notes += f"; {_n(tally.damage.others, '.json file')} not kvl's passed over"
     env.stderr.write(one_line(
         f"kvl: indexed {_n(tally.files, 'file')}{unchanged_files} into {target}: {_n(tally.added, 'new record')}, "
-        f"{tally.replaced} replaced, {tally.unchanged} already there{notes}") + "\n")
+        f"{tally.replaced} replaced, {tally.unchanged} already there{_notes(tally)}") + "\n")
+    for missing in tally.missing:
+        env.stderr.write(one_line(f"kvl: error: {missing}") + "\n")
     if tally.damage.count:
         env.stderr.write(one_line(f"kvl: error: {_n(tally.damage.count, 'damaged line')} skipped (the first: "
                                   f"{tally.damage.first}); everything else is indexed") + "\n")
-        return int(ExitCode.PARTIAL)
-    return 0
+    if tally.missing and not tally.files:
+        return int(ExitCode.INPUT)  # nothing there to index at all
+    return int(ExitCode.PARTIAL) if tally.damage.count or tally.missing else 0
+
+
+def _notes(tally: Tally) -> str:
+    notes = f"; {_n(tally.failed, 'record')} of failed inputs left out" if tally.failed else ""
+    if tally.damage.others:
+        notes += f"; {_n(tally.damage.others, '.json file')} not kvl's passed over"
+    if tally.damage.special:
+        notes += f"; {tally.damage.special:,} not plain files (FIFOs, devices) passed over"
+    return notes
 
 
 def _progress(env: Environment) -> Callable[[Tally], None] | None:

@@ -20,7 +20,9 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import InputError, KvlError
+from ..media.documents import PDF_EXTENSIONS, DocPage, DocumentOptions, probe
 from ..media.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputRef, expand_inputs
+from ..pages import Page, page_key, select_pages
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 Row = dict[str, Any]
@@ -67,7 +69,7 @@ def _local_row(ref: InputRef) -> Row:
 
 
 def _media(name: str, video: bool) -> bool:
-    exts = IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else set())
+    exts = IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else PDF_EXTENSIONS)
     base = name.rsplit("/", 1)[-1]
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in exts
 
@@ -129,14 +131,46 @@ def read_uri(uri: str) -> bytes:
                          hint="check the URI and the credentials for its store") from None
 
 
-def image_ref(row: Row) -> InputRef:
-    """The row as the in-process batch's input: a path, a URL, or a URI read when its turn comes."""
+def page_rows(rows: list[Row], options: DocumentOptions) -> list[Row]:
+    """Each PDF's row replaced by a row per selected page (``doc.pdf#page=3``), its page count read
+    here, on the driver; a PDF that cannot be read stays one row, with its error."""
+    out: list[Row] = []
+    for row in rows:
+        name = urlsplit(row["key"]).path if "://" in row["key"] else row["key"]
+        if "error" in row or os.path.splitext(name)[1].lower() not in PDF_EXTENSIONS:
+            out.append(row)
+            continue
+        try:
+            ref = _ref(row)
+            info, with_text = probe(ref.label, ref.source(), "pdf", options)
+            numbers = select_pages(options.pages, info.pages, ref.label)
+        except KvlError as exc:
+            out.append({**row, **error_fields(exc)})
+            continue
+        out += [{**row, "key": page_key(row["key"], n), "doc": row["key"], "page": n, "pages": info.pages,
+                 "text": options.text_layer and n in with_text} for n in numbers]
+    return out
+
+
+def _ref(row: Row) -> InputRef:
+    label = str(row.get("doc", row["key"]))
     if "path" in row:
-        return InputRef(label=row["key"], path=Path(row["path"]))
+        return InputRef(label=label, path=Path(row["path"]))
     if "url" in row:
-        return InputRef(label=row["key"], url=row["url"])
+        return InputRef(label=label, url=row["url"])
     uri = row["uri"]
-    return InputRef(label=row["key"], reader=lambda: read_uri(uri))
+    return InputRef(label=label, reader=lambda: read_uri(uri))
+
+
+def image_ref(row: Row, options: DocumentOptions | None = None) -> InputRef:
+    """The row as the in-process batch's input: a path, a URL, or a URI read when its turn comes;
+    a document's page row, that page (rendered as ``options`` say)."""
+    ref = _ref(row)
+    if "page" in row:
+        options = options or DocumentOptions()
+        ref.page = DocPage(Page(int(row["page"]), int(row["pages"])), "pdf", options.dpi, options.password,
+                           bool(row.get("text")))
+    return ref
 
 
 def local_video(row: Row) -> Path:

@@ -24,15 +24,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..pages import page_key
+
 PREFIX = "part-"
 SUFFIX = ".jsonl"
 FENCE = ".kvl-round"
 
 
 def record_key(record: dict[str, Any]) -> str:
-    """An image's label; a scene's ``FILE#N``; a video that failed as a whole, its label."""
+    """An image's label; a document's page's ``DOC#page=N``; a scene's ``FILE#N``; a video that failed
+    as a whole, its label."""
     if "input" in record:
-        return str(record["input"])
+        page = record.get("page")
+        return page_key(str(record["input"]), page if isinstance(page, int) else None)
     scene = record.get("scene")
     return f"{record['file']}#{scene}" if scene is not None else str(record["file"])
 

@@ -9,11 +9,12 @@ from typing import IO, Any
 
 from ..environment import Environment
 from ..errors import InputError, UsageError
+from ..media.documents import DocumentOptions
 from ..options import BatchOptions, CommonOptions
 from ..run.batch import input_names
 from ..run.plan import make_plan
 from ..run.videos import VideoArgs
-from .inputs import Row, list_inputs
+from .inputs import Row, list_inputs, page_rows
 from .options import RayOptions
 from .parts import Store, drop_failed, scan
 from .spec import WorkSpec
@@ -35,13 +36,15 @@ def refuse_unsupported(ray_opts: RayOptions, common: CommonOptions, batch: Batch
 
 
 def make_spec(task: str, common: CommonOptions, ray_opts: RayOptions, *, meta: dict[str, Any], instruction: str,
-              video: VideoArgs | None, parallel: int | None, gpu: bool) -> WorkSpec:
+              video: VideoArgs | None, parallel: int | None, gpu: bool,
+              documents: DocumentOptions | None = None) -> WorkSpec:
     frames = video.frames_per_scene if video is not None else 1
     plan = make_plan(task, common, parallel=parallel, images_per_input=frames, scenes=video is not None)
     plan = plan.for_ray_worker(ray_opts.cpus or common.model.threads or 1, gpu)
     if video is not None:
         video = replace(video, per_frame=plan.image_tokens)
-    return WorkSpec(task=task, plan=plan, meta=meta, instruction=instruction, output=ray_opts.output, video=video)
+    return WorkSpec(task=task, plan=plan, meta=meta, instruction=instruction, output=ray_opts.output, video=video,
+                    documents=documents or DocumentOptions())
 
 
 def gather_args(inputs: tuple[str, ...], batch: BatchOptions | None, env: Environment) -> list[str]:
@@ -80,8 +83,10 @@ def _same(a: str, b: str) -> bool:
 
 
 def plan_rows(inputs: tuple[str, ...], batch: BatchOptions | None, ray_opts: RayOptions, env: Environment,
-              video: bool) -> list[Row]:
+              video: bool, documents: DocumentOptions | None = None) -> list[Row]:
     rows = list_inputs(gather_args(inputs, batch, env), video=video)
+    if not video:  # a document is one row per page, as a video is one per scene (every page once)
+        rows = page_rows(rows, documents or DocumentOptions())
     skip = ray_opts.skip_done if video else (batch.skip_done if batch is not None else None)
     if skip is not None and not os.path.isdir(os.path.expanduser(skip)) and "://" not in skip \
             and os.path.exists(os.path.expanduser(skip)):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..environment import Environment
 from ..errors import KvlError, UsageError
+from ..media.documents import DocumentOptions
 from ..options import BatchOptions, CommonOptions
 from ..run.plan import uses_gpu
 from ..run.videos import VideoArgs
@@ -41,13 +42,14 @@ MAX_BATCH = 16
 def run_on_ray(task: str, inputs: tuple[str, ...], ray_opts: RayOptions, common: CommonOptions, env: Environment, *,
                batch: BatchOptions | None = None, meta: dict[str, Any] | None = None, instruction: str = "",
                video: VideoArgs | None = None, scenes: bool = False, fmt: str = "text",
-               parallel: int | None = None) -> int:
+               parallel: int | None = None, documents: DocumentOptions | None = None) -> int:
     """caption / ocr / video --scenes on a Ray cluster; the exit code as for a batch."""
     refuse_unsupported(ray_opts, common, batch, video, scenes, fmt)
     gpu = uses_gpu(common.model)
     spec = make_spec(task, common, ray_opts, meta=meta or {}, instruction=instruction, video=video,
-                     parallel=parallel if parallel is not None else (batch.parallel if batch else None), gpu=gpu)
-    rows = plan_rows(inputs, batch, ray_opts, env, video=video is not None)
+                     parallel=parallel if parallel is not None else (batch.parallel if batch else None), gpu=gpu,
+                     documents=documents)
+    rows = plan_rows(inputs, batch, ray_opts, env, video=video is not None, documents=documents)
     if not rows:
         return 0
     if ray_opts.output is not None:

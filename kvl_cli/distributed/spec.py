@@ -3,12 +3,13 @@ once on the driver and shipped to each worker; and the model, found (or pulled) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..engine.types import EngineConfig, GenerationSettings
 from ..errors import ModelError
+from ..media.documents import DocumentOptions
 from ..options import ModelOptions
 from ..run.plan import RunPlan
 from ..run.videos import VideoArgs
@@ -23,6 +24,7 @@ class WorkSpec:
     instruction: str  # images: the prompt; scenes use SCENE_PROMPT
     output: str | None  # --output DIR, or None: records go back to the driver
     video: VideoArgs | None = None
+    documents: DocumentOptions = field(default_factory=DocumentOptions)  # --dpi, --password, --text-layer
 
     @property
     def model(self) -> ModelOptions:

@@ -20,8 +20,10 @@ from ..environment import Environment
 from ..errors import InputError, KvlError
 from ..media import video_sandbox
 from ..media.video import Scene, VideoInfo
+from ..pages import page_key
 from ..render import OutputOptions, phase_text
 from ..render.stream import JsonRenderer
+from ..run.documents import page_meta
 from ..run.ordered import OrderedEmitter, Outcome, run_ordered
 from ..run.runner import Job, prepare, run_jobs
 from ..run.videos import ScenesInOrder, SceneWriter, frame_budget, frames_request
@@ -116,8 +118,10 @@ class ImageWorker(EngineWorker):
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         records = {row["key"]: {"input": row["key"], **error_fields_of(row)} for row in rows if "error" in row}
-        jobs = [Job(label=row["key"], refs=[image_ref(row)], instruction=self.spec.instruction)
-                for row in rows if "error" not in row]
+        text_layer = self.spec.documents.text_layer
+        refs = [image_ref(row, self.spec.documents) for row in rows if "error" not in row]
+        jobs = [Job(label=ref.label, refs=[ref], instruction=self.spec.instruction, meta=page_meta(ref, text_layer))
+                for ref in refs]
         if jobs:
             meta = {"task": self.spec.task, "model": self.model_name, **self.spec.meta,
                     "image_max_tokens": self.config.image_max_tokens, "temperature": self.spec.settings.temperature,
@@ -131,10 +135,12 @@ class ImageWorker(EngineWorker):
                 self.renderer.error("", exc)
             for rec in self.renderer.take():
                 if rec.get("input"):
-                    records[rec["input"]] = rec
+                    records[record_key(rec)] = rec
             for job in jobs:
-                records.setdefault(job.label, {"input": job.label, **error_fields(
-                    InputError(f"{job.label}: the worker stopped before it", hint="run the command again"))})
+                where = job.meta if job.page is not None else {}
+                records.setdefault(page_key(job.label, job.page.number if job.page else None), {
+                    "input": job.label, **{k: where[k] for k in ("page", "pages") if k in where}, **error_fields(
+                        InputError(f"{job.label}: the worker stopped before it", hint="run the command again"))})
         return [records[row["key"]] for row in rows]
 
     def failed(self, rows: list[Row], exc: KvlError) -> list[dict[str, Any]]:

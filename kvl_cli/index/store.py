@@ -10,6 +10,7 @@ Records are written in transactions of ``BATCH`` records: Ctrl-C keeps what was 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, NamedTuple
 
-from .sources import Damage, Source, records
+from .sources import SPECIAL, Damage, Resolver, Source, records, valid_text
+from .words import segment
 
 BATCH = 20_000
 LOOKUP = 500  # keys per lookup query (under SQLite's limit on variables)
@@ -48,6 +50,7 @@ class Tally:
     replaced: int = 0
     unchanged: int = 0
     failed: int = 0  # records of inputs that failed: nothing to search
+    missing: list[str] = field(default_factory=list)  # PATHs that could not be read at all (and why)
     damage: Damage = field(default_factory=Damage)
 
 
@@ -63,16 +66,17 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None) -> Doc | None:
-    """The record (``raw``: its text as read) as a ``Doc``; None for a failed input's record or one
-    with no text."""
+def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None,
+           resolve: Callable[[str], str] = str) -> Doc | None:
+    """The record (``raw``: its text as read) as a ``Doc``, its file made whole by ``resolve``; None for
+    a failed input's record or one with no text."""
     if rec.get("error") is not None:
         return None
     text = _str(rec.get("answer")) or _str(rec.get("caption")) or _str(rec.get("text"))
     if text is None:
         return None
     file = rec.get("file")
-    file = file if isinstance(file, str) else str(rec["input"])
+    file = valid_text(resolve(file if isinstance(file, str) else str(rec["input"])))
     scene, page = _int(rec.get("scene")), _int(rec.get("page"))
     task = _str(rec.get("task")) or ("video" if scene is not None else None)
     key = f"{task or ''}\x1f{file}\x1f{'' if scene is None else scene}\x1f{'' if page is None else page}"
@@ -81,7 +85,15 @@ def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None)
     # again (the input captioned again) replaces the old one
     digest = hashlib.blake2b(raw.strip().encode("utf-8", "replace"), digest_size=12).digest()
     return Doc(key, digest, file, scene, page, _float(rec.get("start")), _float(rec.get("end")), task,
-               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, text)
+               _str(rec.get("model")), _str(rec.get("date")) or default_date, source, segment(_unmarked(text)))
+
+
+def _unmarked(text: str) -> str:
+    """``text`` without the two control characters a search marks its matches with (a record escapes
+    them, so only a hand-made one holds them): a snippet's marks are always the search's own."""
+    if "\x02" in text or "\x03" in text:
+        return text.replace("\x02", "").replace("\x03", "")
+    return text
 
 
 def _mtime_date(mtime_ns: int | None) -> str | None:
@@ -103,6 +115,12 @@ class Indexer:
 
     def index(self, sources: Iterable[Source]) -> Tally:
         for source in sources:
+            if source.problem == SPECIAL:
+                self.tally.damage.special += 1
+                continue
+            if source.problem is not None:
+                self.tally.missing.append(f"{source.name}: {source.problem}")
+                continue
             self.tally.files += 1
             if self._unchanged(source):
                 self.tally.unchanged_files += 1
@@ -114,20 +132,23 @@ class Indexer:
                 self.tally.damage.add(f"{source.name}: {exc.strerror or exc}")
             if self.tally.damage.count == before and source.mtime_ns is not None:
                 self.conn.execute("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)",
-                                  (source.name, source.size, source.mtime_ns))
+                                  (valid_text(source.name), source.size, source.mtime_ns))
         return self.tally
 
     def _unchanged(self, source: Source) -> bool:
         if source.mtime_ns is None:
             return False
-        row = self.conn.execute("SELECT size, mtime_ns FROM sources WHERE path = ?", (source.name,)).fetchone()
+        row = self.conn.execute("SELECT size, mtime_ns FROM sources WHERE path = ?",
+                                (valid_text(source.name),)).fetchone()
         return row is not None and tuple(row) == (source.size, source.mtime_ns)
 
     def _read(self, source: Source) -> None:
         date = _mtime_date(source.mtime_ns)
+        resolve = Resolver(source)
+        name = valid_text(source.name)  # a file name's bytes that are not UTF-8: as SQLite can keep them
         batch: dict[str, Doc] = {}
-        for rec, raw in records(source, self.tally.damage, self.stdin):
-            doc = to_doc(rec, raw, source.name, date)
+        for rec, raw, whole in records(source, self.tally.damage, self.stdin):
+            doc = to_doc(rec, raw, name, date, resolve.sidecar if whole else resolve)
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue
@@ -163,7 +184,9 @@ class Indexer:
                 c.execute("INSERT INTO fts(rowid, text) VALUES (?, ?)", (doc_id, doc.text))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # SQLite rolled back already after some errors (a full disk)
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
             raise
         self.tally.added += len(new)
         self.tally.replaced += len(changed)

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from ..errors import KvlError, UsageError
 from .sandbox import Header, read_message, write_message
 
-Reply = tuple[Header, bytes]
+Reply = tuple[Header, "bytes | memoryview"]
 
 
 def _source(req: Header, payload: bytes) -> Path | bytes:
@@ -73,17 +73,46 @@ def video_scenes(req: Header, payload: bytes) -> Iterator[Reply]:
     yield {"done": True, "scenes": [[s.index, s.start, s.end] for s in scenes]}, b""
 
 
+def doc_info(req: Header, payload: bytes) -> Iterator[Reply]:
+    from .pdf import document_info
+
+    info, with_text = document_info(req["label"], _source(req, payload), kind=req["kind"], password=req.get("password"),
+                                    limit=req["limit"], pixels=req["pixels"], text_layer=bool(req.get("text_layer")))
+    yield {"done": True, "pages": info.pages, "text_pages": with_text}, b""
+
+
+def doc_page(req: Header, payload: bytes) -> Iterator[Reply]:
+    from .pdf import render_page
+
+    with render_page(req["label"], _source(req, payload), req["page"], kind=req["kind"],
+                     password=req.get("password"), max_tokens=req.get("max_tokens"), dpi=req.get("dpi"),
+                     pixels=req["pixels"]) as (width, height, rgb):
+        yield {"done": True, "width": width, "height": height}, rgb  # written while the bitmap is open
+
+
+def doc_text(req: Header, payload: bytes) -> Iterator[Reply]:
+    from .pdf import page_text
+
+    text = page_text(req["label"], _source(req, payload), req["page"], password=req.get("password"))
+    yield {"done": True}, text.encode("utf-8", "replace")
+
+
 OPS: dict[str, Callable[[Header, bytes], Iterator[Reply]]] = {
     "image.header": image_header, "image.decode": image_decode, "video.probe": video_probe,
-    "video.frames": video_frames, "video.scenes": video_scenes,
+    "video.frames": video_frames, "video.scenes": video_scenes, "doc.info": doc_info, "doc.page": doc_page,
+    "doc.text": doc_text,
 }
+
+
+def _what(op: str) -> str:
+    return "video" if op.startswith("video") else "document" if op.startswith("doc.") else "image"
 
 
 def error_reply(req: Header, exc: BaseException) -> Header:
     """What the parent raises for this input: kvl's own error as it is, anything else named by its type."""
     if isinstance(exc, KvlError):
         return {"error": exc.message, "hint": exc.hint, "kind": "usage" if isinstance(exc, UsageError) else "input"}
-    what = "video" if req.get("op", "").startswith("video") else "image"
+    what = _what(req.get("op", ""))
     detail = " ".join(str(exc).split())[:200] or "no detail"
     return {"error": f"{req.get('label', '?')}: the {what} is damaged ({type(exc).__name__}: {detail})",
             "hint": "re-export or re-download it", "kind": "input"}

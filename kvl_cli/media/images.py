@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.types import ImageInput
-from ..errors import InputError
+from ..errors import InputError, KvlError
 from ..limits import is_regular, max_input_bytes, oversized, read_file, read_limited
 from . import sandbox
 from .decode import DEFAULT_MAX_IMAGE_PIXELS, PIXELS_PER_TOKEN, check_header, decode_rgb, fit, pixel_limit
+from .documents import PDF_EXTENSIONS, DocPage, load_page
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -40,6 +41,7 @@ class InputRef:
     data: bytes | None = None  # what was read once: stdin, a pipe, a downloaded URL
     url: str | None = None
     reader: Callable[[], bytes] | None = None  # stdin: read when first needed, shared by every "-"
+    page: DocPage | None = None  # one page of a document (see ``run.documents``)
 
     @property
     def suffix(self) -> str:
@@ -75,7 +77,7 @@ class InputRef:
 @dataclass
 class InputProblem:
     label: str
-    error: InputError
+    error: KvlError  # an InputError; a UsageError for a page a document does not have (--pages)
     at: int | None = None  # how many inputs come before it (its place in the order); None: first
 
 
@@ -94,7 +96,7 @@ def fetch_url(url: str) -> bytes:
 
 
 def _is_media(path: Path, video: bool) -> bool:
-    exts = IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else set())
+    exts = IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else PDF_EXTENSIONS)  # documents: the image commands'
     return path.suffix.lower() in exts and not path.name.startswith(".")
 
 
@@ -150,20 +152,23 @@ def _expand_path(arg: str, video: bool) -> list[InputRef]:
 
 
 def _ext_list(video: bool) -> str:
-    exts = sorted(IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else set()))
+    exts = sorted(IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if video else PDF_EXTENSIONS))
     return " ".join(exts)
 
 
 def precheck_image(ref: InputRef) -> None:
     """Header-only check: exists, non-empty, within the size limits, a known format. A URL is
     fetched when its turn comes; a pipe or stdin is read here, once, and kept for the load."""
-    if ref.url is not None:
+    if ref.url is not None or ref.page is not None:  # a document's page: read when the document was
         return
     _decode("image.header", ref.label, ref.source())
 
 
 def load_image(ref: InputRef, *, max_tokens: int | None = None) -> ImageInput:
-    """Decode to RGB, orientation fixed, alpha flattened; downsized to ``max_tokens`` worth of pixels."""
+    """Decode to RGB, orientation fixed, alpha flattened; downsized to ``max_tokens`` worth of pixels
+    (a document's page: rendered to fill them)."""
+    if ref.page is not None:
+        return load_page(ref.label, ref.source(), ref.page, max_tokens)
     width, height, rgb = _decode("image.decode", ref.label, ref.source(), max_tokens)
     digest = hashlib.sha256(rgb).hexdigest()[:32] + f"-{width}x{height}"
     return ImageInput(rgb=rgb, width=width, height=height, id=digest, label=ref.label)

@@ -15,6 +15,7 @@ from rich.text import Text
 from ..engine.types import Event, FinishReason, Phase, PhaseEvent, Result
 from ..environment import Environment
 from ..errors import KvlError
+from ..pages import Page
 from ..safetext import one_line
 
 PHASE_LABELS = {Phase.LOAD: "loading model", Phase.ENCODE: "encoding image", Phase.PREFILL: "reading prompt",
@@ -42,6 +43,7 @@ class OutputOptions:
     show_thinking: bool | None = None  # None: on a terminal yes, in a pipe no
     verbose: bool = False
     color: bool | None = None
+    page_marks: bool = False  # a document's pages each after ``<!-- page N -->`` (ocr --format markdown)
 
 
 @dataclass
@@ -113,13 +115,19 @@ class Renderer:
         self.stop_status()
         self.err.print(Text(f"kvl: warning: {one_line(message)}", style="yellow"), soft_wrap=True)
 
-    def error(self, label: str, error: KvlError) -> None:
+    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
+        """One input failed (``page``: one page of a document did; the message names it)."""
         self.failed += 1
         self.stop_status()
-        self.err.print(Text(f"kvl: error: {one_line(str(error))}", style="bold red"), soft_wrap=True)
+        text = str(error)
+        if page is not None and f"page {page.number}" not in text:
+            text = f"{label} page {page.number}: {text}"
+        self.err.print(Text(f"kvl: error: {one_line(text)}", style="bold red"), soft_wrap=True)
 
     # per input ----------------------------------------------------------------------------
-    def begin(self, label: str, index: int, total: int) -> None:
+    def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
+        """An input's answer begins: the ``index``-th of ``total`` inputs (a document's pages count as
+        one input: ``page`` says which page of it this is)."""
         self.total = total
 
     def event(self, ev: Event) -> None:

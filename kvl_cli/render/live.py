@@ -17,6 +17,7 @@ from ..engine.reasoning import Section
 from ..engine.types import DoneEvent, Event, Phase, PhaseEvent, Result, TextEvent
 from ..environment import Environment
 from ..errors import KvlError
+from ..pages import Page
 from ..safetext import escape_controls, one_line
 from .base import OutputOptions, Renderer, fmt_seconds, make_console, phase_text
 
@@ -62,12 +63,15 @@ class LiveRenderer(Renderer):
         self._stop_live()
         super().warn(message)
 
-    def error(self, label: str, error: KvlError) -> None:
+    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
         self._stop_live()
-        super().error(label, error)
+        super().error(label, error, page=page)
 
-    def begin(self, label: str, index: int, total: int) -> None:
-        super().begin(label, index, total)
+    def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
+        super().begin(label, index, total, page=page)
+        if page is not None:  # each page its own header: "doc.pdf · page 3/12", a blank line between pages
+            label, self.total = f"{label} · page {page.number}/{page.count}", max(total, 2)
+            index = index if page.first else max(index, 2)
         self._reset(label, index, total)
 
     def event(self, ev: Event) -> None:

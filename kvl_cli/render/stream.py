@@ -16,6 +16,7 @@ from ..engine.reasoning import Section
 from ..engine.types import Event, Result, TextEvent
 from ..environment import Environment
 from ..errors import KvlError
+from ..pages import Page
 from ..safetext import escape_controls, json_safe, one_line
 from .base import OutputOptions, Renderer
 
@@ -30,12 +31,16 @@ class PlainRenderer(Renderer):
         self._answer_text = escape_controls if self.env.stdout_isatty else str
         self._thinking_text = escape_controls if self.env.stderr_isatty else str
 
-    def begin(self, label: str, index: int, total: int) -> None:
-        super().begin(label, index, total)
+    def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
+        super().begin(label, index, total, page=page)
         self._wrote_answer = False
-        if total > 1:
+        if page is not None and not page.first:  # the document's next page: a page break, as pdftotext's
+            self.out.write("\n" if self.opts.page_marks else "\f")
+        elif total > 1:
             self.out.write(("\n" if index > 1 else "") + f"==> {one_line(label)} <==\n")
-            self.out.flush()
+        if page is not None and self.opts.page_marks:
+            self.out.write(f"<!-- page {page.number} -->\n\n")
+        self.out.flush()
 
     def event(self, ev: Event) -> None:
         if isinstance(ev, TextEvent):
@@ -70,8 +75,9 @@ class PlainRenderer(Renderer):
 
 def result_record(label: str, result: Result, meta: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` record of one input's result (its ``meta``: the run's fields, task and model)."""
+    page: dict[str, Any] = {k: meta[k] for k in ("page", "pages") if k in meta}  # a page: right after its name
     return {
-        "input": label, **{k: v for k, v in meta.items() if not k.startswith("_")},
+        "input": label, **page, **{k: v for k, v in meta.items() if not k.startswith("_")},
         "answer": result.answer, "thinking": result.thinking,
         "finish_reason": result.finish_reason.value, "tokens": result.tokens.to_dict(),
         "image_tokens": result.image_tokens, "timings": result.timings.to_dict(),
@@ -90,9 +96,10 @@ class JsonRenderer(Renderer):
         super().end(label, result, meta)
         self.write(result_record(label, result, meta))
 
-    def error(self, label: str, error: KvlError) -> None:
-        super().error(label, error)
-        self.write({"input": label, "error": str(error), "exit_code": int(error.exit_code)})
+    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
+        super().error(label, error, page=page)
+        where = {"page": page.number, "pages": page.count} if page is not None else {}
+        self.write({"input": label, **where, "error": str(error), "exit_code": int(error.exit_code)})
 
     def write(self, record: dict[str, Any]) -> None:
         self.out.write(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")

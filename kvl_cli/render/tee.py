@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..engine.types import Event, Result
 from ..errors import KvlError
+from ..pages import Page
 from .base import Renderer
 
 
@@ -31,6 +32,7 @@ class RecordTee(Renderer):
         self.sinks = sinks
         self.out, self.err_stream, self.err = inner.out, inner.err_stream, inner.err
         self.failed_labels: dict[str, KvlError] = {}
+        self._page: Page | None = None
 
     def status(self, label: str, detail: str = "") -> None:
         self.inner.status(label, detail)
@@ -41,11 +43,12 @@ class RecordTee(Renderer):
     def warn(self, message: str) -> None:
         self.inner.warn(message)
 
-    def error(self, label: str, error: KvlError) -> None:
-        self.inner.error(label, error)
+    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
+        self.inner.error(label, error, page=page)
 
-    def begin(self, label: str, index: int, total: int) -> None:
-        self.inner.begin(label, index, total)
+    def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
+        self._page = page
+        self.inner.begin(label, index, total, page=page)
 
     def event(self, ev: Event) -> None:
         self.inner.event(ev)
@@ -58,7 +61,7 @@ class RecordTee(Renderer):
             self.failed_labels[label] = exc
             if not self.opts.json:  # the answer streamed already: finish it, then say what failed
                 self.inner.end(label, result, meta)
-            self.inner.error(label, exc)  # --json: the input's one record is its error
+            self.inner.error(label, exc, page=self._page)  # --json: the input's one record is its error
             return
         self.inner.end(label, result, meta)
 

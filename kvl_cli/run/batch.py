@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +26,7 @@ from ..errors import InputError, UsageError
 from ..limits import is_regular, max_input_bytes, oversized, read_file
 from ..media.images import InputProblem, InputRef, expand_inputs
 from ..options import BatchOptions, SidecarOptions
+from ..pages import page_key
 
 # a --json record is kilobytes (a long answer with its thinking: tens of kB); a line longer than
 # this in a --skip-done file is not one of them
@@ -65,7 +66,7 @@ def input_names(inputs: tuple[str, ...], from_file: str | None, env: Environment
     if not data:
         return []
     head = data[:4096]
-    if b"\0" in head or head.startswith(IMAGE_MAGIC) or head[4:12].startswith(b"ftyp"):
+    if b"\0" in head or head.startswith(IMAGE_MAGIC) or head[4:12].startswith(b"ftyp") or b"%PDF-" in head[:1024]:
         return ["-"]
     return names_in(data)
 
@@ -135,8 +136,27 @@ def _done_key(line: str) -> str | None:
         return None  # cut short when the earlier run was killed, or not a record at all
     if (isinstance(rec, dict) and isinstance(rec.get("input"), str) and rec.get("error") is None
             and rec.get("finish_reason") not in (None, "interrupted")):
-        return input_key(rec["input"])
+        page = rec.get("page")  # a document's page is done by itself
+        return page_key(input_key(rec["input"]), page if isinstance(page, int) and not isinstance(page, bool) else None)
     return None
+
+
+def done_pages(b: BatchOptions, task: str) -> Callable[[str, int], bool] | None:
+    """Whether a document's page is done already: its record in ``--skip-done``'s file, or its
+    sidecars written (``doc.p3.txt``); None when neither is asked for."""
+    if not b.skip_done and b.sidecars is None:
+        return None
+    done = done_inputs(b.skip_done) if b.skip_done else set()
+    writer = None
+    if b.sidecars is not None and b.sidecars.kinds:
+        from ..sidecars import SidecarWriter
+
+        writer = SidecarWriter(b.sidecars, task)
+
+    def skip(label: str, page: int) -> bool:
+        return page_key(input_key(label), page) in done or (writer is not None and writer.done(label, page))
+
+    return skip
 
 
 def start_new_line(skip_done: str, out: IO[str]) -> None:
@@ -209,7 +229,9 @@ def _without_sidecars(refs: list[InputRef], problems: list[InputProblem], option
     """The inputs whose sidecars are not all there yet (the sidecar is the resume mark)."""
     from ..sidecars import pending
 
-    kept = [ref for ref, todo in zip(refs, pending([r.label for r in refs], options, task), strict=True) if todo]
+    # a document's sidecars are its pages' (doc.p3.txt): which pages are done is known once it is opened
+    kept = [ref for ref, todo in zip(refs, pending([r.label for r in refs], options, task), strict=True)
+            if todo or ref.suffix == ".pdf"]
     if len(kept) < len(refs):
         env.stderr.write(f"kvl: skipping {len(refs) - len(kept)} with their sidecars already written "
                          f"(--overwrite to redo them); {len(kept)} to run\n")

@@ -14,20 +14,23 @@ from typing import Any
 from ..engine.types import Answerer, EngineConfig, Request
 from ..environment import Environment
 from ..errors import InputError
+from ..media.documents import DocumentOptions
 from ..media.images import InputProblem, InputRef
 from ..render import Renderer
 from ..store.catalog import Pair
-from .batch import batch_inputs
+from .batch import batch_inputs, done_pages
+from .documents import expand_documents, page_meta
 from .plan import RunPlan
 from .preview import preview_jobs
-from .runner import Job, JobOutcome, prepare, run_jobs, runnable
+from .runner import Job, JobOutcome, needs_model, prepare, run_jobs, runnable
 
 # (config, the run's record fields) -> the run's engine factory; a running server names itself in the fields
 EngineFor = Callable[[EngineConfig, dict[str, Any]], Callable[[Request | None], Answerer]]
 
 
-def per_image_jobs(refs: list[InputRef], instruction: str) -> list[Job]:
-    return [Job(label=ref.label, refs=[ref], instruction=instruction) for ref in refs]
+def per_image_jobs(refs: list[InputRef], instruction: str, *, text_layer: bool = False) -> list[Job]:
+    """One job per image, and per page of a document (its record says which: ``page``, ``pages``)."""
+    return [Job(label=ref.label, refs=[ref], instruction=instruction, meta=page_meta(ref, text_layer)) for ref in refs]
 
 
 def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem], renderer: Renderer,
@@ -38,9 +41,10 @@ def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem],
         raise InputError("no input given", hint=f"try: kvl {plan.task} photo.jpg")
     slots = prepare(jobs, problems)  # every input checked, in order, before a model is looked for
     todo = runnable(slots)
-    if not todo:  # a missing or broken file should not ask for a model
+    if not todo or (not needs_model(slots) and not dry_run):  # a missing or broken file should not ask for a
+        # model, nor a document whose pages all have their own text (--text-layer)
         return run_jobs(_no_engine, slots, settings=plan.settings, renderer=renderer, image_max_tokens=None,
-                        meta=meta)
+                        meta={"task": plan.task, **meta})
     model, mmproj, name = find_pair()
     meta = {"task": plan.task, "model": name, **meta, "image_max_tokens": plan.image_tokens,
             "temperature": plan.settings.temperature, "seed": plan.settings.seed}
@@ -59,14 +63,21 @@ def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem],
 
 def run_batch(plan: RunPlan, inputs: tuple[str, ...], batch: Any, instruction: str, renderer: Renderer,
               meta: dict[str, Any], *, find_pair: Callable[[], Pair], engine_for: EngineFor, env: Environment,
-              dry_run: bool = False) -> list[JobOutcome]:
+              dry_run: bool = False, documents: DocumentOptions | None = None) -> list[JobOutcome]:
     """caption and ocr: the arguments, ``--from``, ``--skip-done`` and ``--shard`` (``batch``) make one
-    job per image with ``instruction``."""
+    job per image with ``instruction``, and one per selected page of each document (``documents``);
+    a document half done (``--skip-done``, sidecars) resumes at its first page not done."""
+    documents = documents or DocumentOptions()
     refs, problems = batch_inputs(inputs, batch, env, plan.task)
+    skip = done_pages(batch, plan.task)
+    refs, problems, skipped = expand_documents(refs, problems, documents, skip)
+    if skipped:
+        env.stderr.write(f"kvl: skipping {skipped} page{'s' if skipped != 1 else ''} already done; "
+                         f"{len(refs)} to run\n")
     if not refs and not problems and (batch.skip_done or batch.shard or batch.sidecars):
         return []  # everything is done or belongs to other shards
-    return run_image_jobs(plan, per_image_jobs(refs, instruction), problems, renderer, meta, find_pair=find_pair,
-                          engine_for=engine_for, env=env, dry_run=dry_run)
+    return run_image_jobs(plan, per_image_jobs(refs, instruction, text_layer=documents.text_layer), problems,
+                          renderer, meta, find_pair=find_pair, engine_for=engine_for, env=env, dry_run=dry_run)
 
 
 def _no_engine(first: Request | None) -> Answerer:

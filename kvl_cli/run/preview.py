@@ -43,6 +43,21 @@ class PreviewWriter:
                 f"image{'s' if images != 1 else ''}\n")
         self.env.stdout.flush()
 
+    def write_text_page(self, label: str, meta: dict[str, Any]) -> None:
+        """A page answered by its own text (``--text-layer``): nothing goes to the model."""
+        self.count += 1
+        if self.as_json:
+            self.env.stdout.write(json.dumps({"input": label, **meta, "prompt": None}, ensure_ascii=False) + "\n")
+        else:
+            head = ("\n" if self.count > 1 else "") + f"==> {_name(label, meta)} <==\n" if self.total > 1 else ""
+            self.env.stdout.write(f"{head}(its own text layer: no prompt)\n")
+        self.env.stdout.flush()
+
+
+def _name(label: str, meta: dict[str, Any]) -> str:
+    """The input as a preview's header names it (a document's page: ``doc.pdf page 3``)."""
+    return f"{label} page {meta['page']}" if "page" in meta else label
+
 
 def preview_jobs(slots: list[Slot], config: EngineConfig, settings: GenerationSettings, meta: dict[str, Any],
                  renderer: Renderer, env: Environment, *, as_json: bool) -> list[JobOutcome]:
@@ -56,13 +71,18 @@ def preview_jobs(slots: list[Slot], config: EngineConfig, settings: GenerationSe
                 renderer.error(slot.label, slot.error)
                 outcomes.append(JobOutcome(slot.label, error=slot.error))
                 continue
+            if slot.text_only:  # --text-layer: the page's own text is the answer, no prompt
+                writer.write_text_page(slot.label, {**meta, **slot.meta})
+                outcomes.append(JobOutcome(slot.label))
+                continue
             try:
-                images = [load_image(ref, max_tokens=config.image_max_tokens) for ref in slot.refs]
+                images = [load_image(ref, max_tokens=slot.image_tokens or config.image_max_tokens) for ref in slot.refs]
             except InputError as exc:
-                renderer.error(slot.label, exc)
+                renderer.error(slot.label, exc, page=slot.page)
                 outcomes.append(JobOutcome(slot.label, error=exc))
                 continue
-            request = Request(user_text(default_marker(), len(images), slot.instruction), images, slot.system, settings)
-            writer.write(slot.label, pp.view(request), {**meta, **slot.meta})
+            request = Request(user_text(default_marker(), len(images), slot.instruction, slot.image_labels), images,
+                              slot.system, settings)
+            writer.write(_name(slot.label, slot.meta), pp.view(request), {**meta, **slot.meta})
             outcomes.append(JobOutcome(slot.label))
     return outcomes

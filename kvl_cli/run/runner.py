@@ -20,17 +20,35 @@ from ..cache import DiskCache, cap_from_env
 from ..engine import stop
 from ..engine.engine import Engine
 from ..engine.mtmd_handles import default_marker
-from ..engine.types import Answerer, EngineConfig, Event, GenerationSettings, ImageInput, PhaseEvent, Request, Result
+from ..engine.reasoning import Section
+from ..engine.types import (
+    Answerer,
+    EngineConfig,
+    Event,
+    FinishReason,
+    GenerationSettings,
+    ImageInput,
+    PhaseEvent,
+    Request,
+    Result,
+    TextEvent,
+    Timings,
+    Tokens,
+)
 from ..errors import InputError, KvlError, UsageError, batch_exit_code
+from ..media.documents import load_text
 from ..media.images import InputProblem, InputRef, load_image, precheck_image
+from ..pages import Page
 from ..render import Renderer, phase_text
 from ..schema import AnswerGate, AnswerSchema
 from .ordered import OrderedEmitter, Outcome, run_ordered
 
 
-def user_text(marker: str, n_images: int, instruction: str) -> str:
+def user_text(marker: str, n_images: int, instruction: str, labels: list[str] | None = None) -> str:
     """Images first, then the instruction right after the last one (no newline): the layout
-    Kimi-VL was trained on."""
+    Kimi-VL was trained on. ``labels``: a text before each image (a document's ``[page 3]``)."""
+    if labels:
+        return "".join(label + marker for label in labels) + instruction
     return marker * n_images + instruction
 
 
@@ -43,6 +61,20 @@ class Job:
     instruction: str
     system: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    image_labels: list[str] | None = None  # a text before each image (a document's pages: ``[page 3]``)
+    image_tokens: int | None = None  # most tokens per image, when lower than the run's (pages fitted to --ctx)
+
+    @property
+    def page(self) -> Page | None:
+        """The page of a document this job is (caption, ocr), else None."""
+        if len(self.refs) == 1 and self.refs[0].page is not None:
+            return self.refs[0].page.page
+        return None
+
+    @property
+    def text_only(self) -> bool:
+        """A page whose own text is its answer (``--text-layer``): no model needed."""
+        return len(self.refs) == 1 and self.refs[0].page is not None and self.refs[0].page.text
 
 
 @dataclass
@@ -112,6 +144,21 @@ def runnable(slots: list[Slot]) -> list[Job]:
     return [slot for slot in slots if isinstance(slot, Job)]
 
 
+def needs_model(slots: list[Slot]) -> bool:
+    """Whether any job needs the model (a page answered by its own text does not)."""
+    return any(not job.text_only for job in runnable(slots))
+
+
+def text_result(text: str) -> Result:
+    """A page's own text as its answer: nothing generated, nothing encoded."""
+    return Result(answer=text, thinking="", finish_reason=FinishReason.STOP, tokens=Tokens(), timings=Timings(),
+                  image_tokens=[])
+
+
+def _page(slot: Slot) -> Page | None:
+    return slot.page if isinstance(slot, Job) else None
+
+
 class JobSink:
     """Writes a batch's inputs through the renderer and keeps their outcomes (see ``ordered``)."""
 
@@ -123,12 +170,16 @@ class JobSink:
         self.gate = gate or AnswerGate(None)  # --schema: the answer is held back until it validates
         self.outcomes: list[JobOutcome] = []
         self.begun = 0
+        # a document's pages after its first are one input with it (one header, page breaks between)
+        self.inputs = sum(1 for slot in slots if (page := _page(slot)) is None or page.first)
 
     def begin(self, pos: int) -> None:
         # the index counts answers begun, so the first header has no blank line before it even
         # when failed inputs came first (as `head a b` prints after "cannot open")
-        self.begun += 1
-        self.renderer.begin(self.slots[pos].label, self.begun, len(self.slots))
+        page = _page(self.slots[pos])
+        if page is None or page.first or not self.begun:
+            self.begun += 1
+        self.renderer.begin(self.slots[pos].label, self.begun, self.inputs, page=page)
 
     def event(self, pos: int, ev: Event) -> None:
         if self.gate.passes(ev):
@@ -144,7 +195,7 @@ class JobSink:
         if isinstance(outcome, Result):
             outcome, meta = self._checked(outcome, meta)
         if isinstance(outcome, KvlError):
-            self.renderer.error(slot.label, outcome)
+            self.renderer.error(slot.label, outcome, page=_page(slot))
             self.outcomes.append(JobOutcome(slot.label, error=outcome))
             return
         self.renderer.end(slot.label, outcome, {**self.meta, **meta})
@@ -176,12 +227,15 @@ class JobRequests:
         assert isinstance(job, Job)
         return job
 
+    def _images(self, job: Job) -> list[ImageInput]:
+        return [load_image(ref, max_tokens=job.image_tokens or self.image_max_tokens) for ref in job.refs]
+
     def request(self, pos: int, marker: str) -> Request:
         job = self._job(pos)
         try:
             images = self._ahead.pop(pos, None)
             if images is None:
-                images = [load_image(ref, max_tokens=self.image_max_tokens) for ref in job.refs]
+                images = self._images(job)
         finally:
             for ref in job.refs:
                 ref.release()
@@ -190,15 +244,17 @@ class JobRequests:
     def first(self) -> Request | None:
         """The first job's request, decoded now so the engine can encode it while loading (its images
         are kept for the job); None if they are bad (reported when the job runs)."""
-        pos = next(i for i, slot in enumerate(self.slots) if isinstance(slot, Job))
+        pos = next((i for i, slot in enumerate(self.slots) if isinstance(slot, Job) and not slot.text_only), None)
+        if pos is None:
+            return None
         try:
-            self._ahead[pos] = [load_image(ref, max_tokens=self.image_max_tokens) for ref in self._job(pos).refs]
+            self._ahead[pos] = self._images(self._job(pos))
         except InputError:
             return None
         return self._build(self._job(pos), self._ahead[pos], default_marker())
 
     def _build(self, job: Job, images: list[ImageInput], marker: str) -> Request:
-        return Request(user_text=user_text(marker, len(images), job.instruction), images=images,
+        return Request(user_text=user_text(marker, len(images), job.instruction, job.image_labels), images=images,
                        system=job.system, settings=self.settings)
 
     def stream(self, marker: str, emitter: OrderedEmitter) -> Iterator[tuple[int, Request]]:
@@ -206,9 +262,23 @@ class JobRequests:
             if not isinstance(slot, Job):
                 continue  # settled before the load
             try:
+                if slot.text_only:
+                    self._answer_with_text(pos, slot, emitter)
+                    continue
                 yield pos, self.request(pos, marker)
             except InputError as exc:
                 emitter.settle(pos, exc)
+
+    def _answer_with_text(self, pos: int, job: Job, emitter: OrderedEmitter) -> None:
+        """A page whose own text is the answer (``--text-layer``): streamed and settled, no model."""
+        ref = job.refs[0]
+        assert ref.page is not None
+        try:
+            text = load_text(ref.label, ref.source(), ref.page)
+        finally:
+            ref.release()
+        emitter.event(pos, TextEvent(Section.ANSWER, text))
+        emitter.settle(pos, text_result(text))
 
 
 def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[Slot], *, settings: GenerationSettings,
@@ -229,6 +299,8 @@ def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[S
     if not runnable(slots):
         return sink.outcomes
     requests = JobRequests(slots, settings, image_max_tokens)
+    if not needs_model(slots):  # every page answered by its own text: no model loads
+        engine_factory = TextOnly.make
     try:
         engine = engine_factory(requests.first())
     except BaseException:
@@ -240,6 +312,27 @@ def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[S
     finally:
         renderer.close()
     return sink.outcomes
+
+
+class TextOnly:
+    """The engine of a run that needs none (every page has its own text): it runs the requests'
+    source, which answers each page itself, and is asked for nothing."""
+
+    warnings: list[str] = []
+    load_seconds = 0.0
+    marker = ""
+
+    @classmethod
+    def make(cls, first: Request | None) -> Answerer:
+        return cls()
+
+    def generate_many(self, requests: Any, parallel: int | None = None) -> Iterator[Any]:
+        for request in requests:
+            raise AssertionError(f"a page without its own text reached the text-only run: {request}")
+        yield from ()
+
+    def close(self) -> None:
+        pass
 
 
 def exit_code(outcomes: list[JobOutcome]) -> int:

@@ -15,13 +15,15 @@ import binascii
 import threading
 
 from ..engine.types import ImageInput, Request
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..limits import human, max_input_bytes
+from ..media.documents import DocPage, DocumentOptions, load_page, probe
 from ..media.images import InputRef, load_image
+from ..pages import Page, select_pages
 from .errors import ApiError, bad_request, from_kvl, too_large
 from .fetch import Fetcher, failed
 from .files import AllowedFolders
-from .protocol import ChatCall, ImagePart, Part
+from .protocol import ChatCall, FilePart, ImagePart, Part
 
 DECODES = 2  # images decoded at once (kvl's decoder process takes one at a time)
 
@@ -42,12 +44,35 @@ class Media:
             return await asyncio.to_thread(decode, data, where, max_tokens)
 
     async def build_request(self, call: ChatCall, marker: str) -> Request:
-        """The engine request for ``call``, every image read and decoded. Raises ApiError."""
-        images = [await self.load(part, call.image_max_tokens) for part in call.images]
-        texts = [_text(turn.parts, marker) for turn in call.turns]
+        """The engine request for ``call``, every image read and decoded, every PDF's pages rendered
+        (each after its ``[page N]`` label). Raises ApiError."""
+        images: list[ImageInput] = []
+        labels: dict[int, list[str]] = {}  # a file part -> its pages' labels
+        files = [p for p in call.media if isinstance(p, FilePart)]
+        for part in call.media:
+            if isinstance(part, FilePart):
+                pages = await self.load_document(part, call, several=len(files) > 1)
+                labels[id(part)] = [label for label, _ in pages]
+                images += [image for _, image in pages]
+            else:
+                images.append(await self.load(part, call.image_max_tokens))
+        texts = [_text(turn.parts, marker, labels) for turn in call.turns]
         return Request(user_text=texts[-1], images=images, system=call.system, settings=call.settings,
                        messages=[(turn.role, text) for turn, text in zip(call.turns[:-1], texts, strict=False)],
                        cancel=threading.Event(), keep_answer=True)  # a follow-up (a chat) reuses the answer's cells
+
+    async def load_document(self, part: FilePart, call: ChatCall, *, several: bool) -> list[tuple[str, ImageInput]]:
+        """A PDF file part's selected pages (``kvl.pages``), each rendered to the request's image budget,
+        with its label; the body cap bounds the file, the pixel cap each page."""
+        head = part.data[:64].lower()
+        if not head.startswith("data:application/pdf"):
+            raise bad_request(f"{part.where}: file_data must be a PDF (data:application/pdf;base64,...)",
+                              param=f"{part.where}.file", code="invalid_file")
+        data = await asyncio.to_thread(decode_data_uri, part.data, part.where)
+        name = part.filename or part.where
+        self._decoding = self._decoding or asyncio.Semaphore(DECODES)
+        async with self._decoding:
+            return await asyncio.to_thread(_pages, data, name, call.pages, call.image_max_tokens, several)
 
     async def load(self, part: ImagePart, max_tokens: int) -> ImageInput:
         url, where = part.url, part.where
@@ -78,16 +103,38 @@ def decode(data: bytes, label: str, max_tokens: int) -> ImageInput:
         raise from_kvl(exc) from None
 
 
-def _text(parts: list[Part], marker: str) -> str:
+def _pages(data: bytes, name: str, spec: str | None, max_tokens: int, several: bool) -> list[tuple[str, ImageInput]]:
+    """A PDF's selected pages, rendered in kvl's decoder process, each with its label."""
+    try:
+        info, _ = probe(name, data, "pdf", DocumentOptions(pages=spec))
+        numbers = select_pages(spec, info.pages, name)
+        out = []
+        for n in numbers:
+            page = DocPage(Page(n, info.pages), "pdf")
+            out.append((f"[{name} page {n}]" if several else f"[page {n}]", load_page(name, data, page, max_tokens)))
+        return out
+    except UsageError as exc:
+        raise bad_request(str(exc), param="kvl.pages") from None
+    except InputError as exc:
+        raise from_kvl(exc) from None
+
+
+def _text(parts: list[Part], marker: str, labels: dict[int, list[str]] | None = None) -> str:
     """A message's parts in order: each image as the marker, text parts next to each other on separate
-    lines, an image and the text after it with nothing between (Kimi-VL's trained layout)."""
+    lines, an image and the text after it with nothing between (Kimi-VL's trained layout); a
+    document's pages each as their label and the marker."""
     out = ""
     prev_text = False
     for part in parts:
         is_text = isinstance(part, str)
         if is_text and prev_text:
             out += "\n"
-        out += part if isinstance(part, str) else marker
+        if isinstance(part, str):
+            out += part
+        elif isinstance(part, FilePart):
+            out += "".join(label + marker for label in (labels or {}).get(id(part), []))
+        else:
+            out += marker
         prev_text = is_text
     return out
 

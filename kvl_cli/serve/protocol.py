@@ -14,6 +14,7 @@ from typing import Any
 
 from ..engine.types import GenerationSettings
 from ..errors import UsageError
+from ..pages import parse_pages
 from ..schema import AnswerSchema, checked
 from .errors import bad_request
 
@@ -25,6 +26,7 @@ EXTENSIONS = {
     "min_p": "min-p sampling (0: off)",
     "grammar": "GBNF the answer (after the thinking) must follow; not with response_format",
     "progress": "stream: also send chunks with {'kvl': {'phase': ...}} (encode, prefill, generate)",
+    "pages": "the pages of each PDF file part to read, like --pages (1-3,7); default: all",
 }
 REASONING_EFFORT = {"none": 0, "minimal": 0, "low": 256, "medium": 1024, "high": None}
 REFUSED = {"tools": "tools are not supported", "functions": "functions are not supported",
@@ -37,7 +39,16 @@ class ImagePart:
     where: str  # the field, for error messages: messages[1].content[0]
 
 
-Part = str | ImagePart
+@dataclass
+class FilePart:
+    """OpenAI's file content part: a document (a PDF) as a data URI; it becomes its pages."""
+
+    data: str  # data:application/pdf;base64,...
+    filename: str | None
+    where: str
+
+
+Part = str | ImagePart | FilePart
 
 
 @dataclass
@@ -67,10 +78,16 @@ class ChatCall:
     stop: list[str] = field(default_factory=list)
     schema: AnswerSchema | None = None
     progress: bool = False
+    pages: str | None = None  # kvl.pages: which pages of each PDF
 
     @property
     def images(self) -> list[ImagePart]:
         return [p for t in self.turns for p in t.parts if isinstance(p, ImagePart)]
+
+    @property
+    def media(self) -> list[ImagePart | FilePart]:
+        """Every image and document part, in order."""
+        return [p for t in self.turns for p in t.parts if isinstance(p, (ImagePart, FilePart))]
 
 
 def parse_chat(body: Any, defaults: Defaults) -> ChatCall:
@@ -96,7 +113,18 @@ def parse_chat(body: Any, defaults: Defaults) -> ChatCall:
                      "kvl.image_max_tokens")
     return ChatCall(model=_opt(body, "model", str, "model"), system=system, turns=turns, settings=settings,
                     image_max_tokens=image_max, stream=bool(body.get("stream")), include_usage=_include_usage(body),
-                    stop=_stop(body.get("stop")), schema=schema, progress=bool(ext.get("progress")))
+                    stop=_stop(body.get("stop")), schema=schema, progress=bool(ext.get("progress")),
+                    pages=_pages(ext))
+
+
+def _pages(ext: dict[str, Any]) -> str | None:
+    spec = _opt(ext, "pages", str, "kvl.pages")
+    if spec is not None:
+        try:
+            parse_pages(spec)
+        except UsageError as exc:
+            raise bad_request(f"kvl.pages: {exc}", param="kvl.pages") from None
+    return spec  # type: ignore[no-any-return]
 
 
 def _settings(body: dict[str, Any], ext: dict[str, Any], d: Defaults) -> GenerationSettings:
@@ -164,9 +192,22 @@ def _content(raw: Any, where: str, *, images: bool) -> list[Part]:
             if not isinstance(url, str):
                 raise bad_request(f"{at}.image_url.url: a string", param=f"{at}.image_url")
             parts.append(ImagePart(url, at))
+        elif kind == "file" and images:
+            parts.append(_file_part(part.get("file"), at))
         else:
-            raise bad_request(f"{at}: a text part{' or an image_url part' if images else ''}", param=at)
+            raise bad_request(f"{at}: a text part{' or an image_url or file part' if images else ''}", param=at)
     return parts
+
+
+def _file_part(raw: Any, at: str) -> FilePart:
+    """``{"type": "file", "file": {"file_data": "data:application/pdf;base64,...", "filename": "..."}}``."""
+    data = raw.get("file_data") if isinstance(raw, dict) else None
+    if not isinstance(data, str):
+        why = "an uploaded file_id is not supported: send file_data" if isinstance(raw, dict) and raw.get("file_id") \
+            else "file.file_data: a data: URI (data:application/pdf;base64,...)"
+        raise bad_request(f"{at}: {why}", param=f"{at}.file", code="invalid_file")
+    name = raw.get("filename")
+    return FilePart(data, name if isinstance(name, str) else None, at)
 
 
 def _text_only(raw: Any, where: str) -> str:

@@ -15,20 +15,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..engine.types import Result
-from ..errors import DiskError, InputError, UsageError
+from ..errors import DiskError, InputError, KvlError, UsageError
 from ..options import SidecarOptions
 from ..render import Renderer
 from ..render.stream import result_record
 from ..render.tee import RecordTee
 from ..safetext import json_safe
 from . import xmp
-from .paths import KINDS, sidecar_path
+from .paths import KINDS, is_url, sidecar_path
 
 __all__ = ["KINDS", "SidecarWriter", "pending", "sidecar_path", "with_sidecars"]
 
@@ -53,33 +54,80 @@ class SidecarWriter:
         if not result.answer.strip():
             return  # no answer (cut by --max-tokens while thinking): no mark, a rerun tries again
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for kind in self.options.kinds:
-            path = sidecar_path(label, kind, self.options.folder)
-            data = self._content(kind, path, label, result, {**meta, "task": meta.get("task", self.task)}, date)
+        meta = {**meta, "task": meta.get("task", self.task)}
+        page = meta.get("page") if isinstance(meta.get("page"), int) else None
+        paths = {kind: sidecar_path(label, kind, self.options.folder, page)
+                 for kind in _marks_first(self.options.kinds)}
+        try:
+            existing = {kind: _read_existing(path) for kind, path in paths.items()}
+        except KvlError as exc:
+            raise type(exc)(f"{label}: {exc.message}", hint=exc.hint) from None
+        if not self.options.overwrite:  # every one checked before any is written: never a mixed set
+            for kind, path in paths.items():
+                self._check_replaceable(label, kind, path, existing[kind], page)
+        for kind, path in paths.items():
+            data = self._content(kind, path, existing[kind], label, result, meta, date)
             try:
                 write_atomic(path, data)
             except OSError as exc:
                 raise DiskError(f"{label}: cannot write {path}: {exc.strerror or exc}",
                                 hint="use --sidecar-dir DIR for read-only media, or free some space") from None
 
-    def _content(self, kind: str, path: Path, label: str, result: Result, meta: dict[str, Any], date: str) -> bytes:
+    def _check_replaceable(self, label: str, kind: str, path: Path, data: bytes | None,
+                           page: int | None = None) -> None:
+        """InputError where an existing sidecar is not kvl's of this task (a tool's ``photo.json``, a
+        caption kvl wrote where OCR is asked for, a hand-written ``photo.txt``): kvl replaces none of
+        them without ``--overwrite``."""
+        if data is None:
+            return
         if kind == "txt":
-            return (result.answer.strip() + "\n").encode("utf-8", "replace")
+            tasks = self._marked_tasks(label, page)
+            why = None if self.task in tasks else (
+                f"kvl's {'/'.join(sorted(tasks))} sidecars are beside it" if tasks else "kvl cannot tell who wrote it")
+        elif kind == "json":
+            task = _json_task(data)
+            why = None if task == self.task else (f"it holds kvl's {task} record" if task else "it is not kvl's record")
+        else:
+            task = xmp.kvl_task(data)  # an XMP kvl has not written into is merged (a photographer's fields kept)
+            why = None if task in (None, self.task) else f"it holds kvl's {str(task)[:40]}"
+        if why is not None:
+            raise InputError(f"{label}: {path} is already there and {why}",
+                             hint="--overwrite replaces it, or --sidecar-dir DIR writes kvl's sidecars elsewhere")
+
+    def _marked_tasks(self, label: str, page: int | None = None) -> set[str]:
+        """The tasks of kvl's marked sidecars (``.json``, ``.xmp``) of this input that are there."""
+        tasks = set()
+        for kind in ("json", "xmp"):
+            try:
+                data = _read_existing(sidecar_path(label, kind, self.options.folder, page))
+            except KvlError:
+                continue
+            task = None if data is None else (_json_task(data) if kind == "json" else xmp.kvl_task(data))
+            if task:
+                tasks.add(task)
+        return tasks
+
+    def _content(self, kind: str, path: Path, existing: bytes | None, label: str, result: Result,
+                 meta: dict[str, Any], date: str) -> bytes:
+        if kind == "txt":
+            return (xmp.xml_text(result.answer.strip()) + "\n").encode("utf-8", "replace")
         if kind == "json":
             record = {**result_record(label, result, meta), "date": date}
             return (json_safe(json.dumps(record, ensure_ascii=False)) + "\n").encode("utf-8")
         fields = {"task": str(meta["task"]), "model": str(meta.get("model", "")), "date": date, "version": _version()}
         try:
-            return xmp.merge(_read_existing(path), result.answer.strip(), fields)
+            return xmp.merge(existing, result.answer.strip(), fields)
         except xmp.XmpError as exc:
             raise InputError(f"{label}: {path} is not XMP kvl can merge into: {exc}",
                              hint="kvl leaves it as it is: repair it or move it aside") from None
 
-    def done(self, label: str) -> bool:
-        """Whether kvl already wrote every sidecar asked for, for this task (the resume mark)."""
+    def done(self, label: str, page: int | None = None) -> bool:
+        """Whether kvl already wrote every sidecar asked for, for this task (the resume mark), of the
+        input or of its page ``page``."""
         if self.options.overwrite:
             return False
-        return all(self._written(sidecar_path(label, kind, self.options.folder), kind) for kind in self.options.kinds)
+        return all(self._written(sidecar_path(label, kind, self.options.folder, page), kind)
+                   for kind in self.options.kinds)
 
     def _written(self, path: Path, kind: str) -> bool:
         if kind == "txt":
@@ -92,11 +140,25 @@ class SidecarWriter:
             return False
         if kind == "xmp":
             return xmp.kvl_task(data) == self.task
-        try:
-            rec = json.loads(data)
-        except (ValueError, RecursionError):
-            return False
-        return isinstance(rec, dict) and rec.get("task") == self.task and rec.get("error") is None
+        return _json_task(data) == self.task
+
+
+def _marks_first(kinds: tuple[str, ...]) -> list[str]:
+    """``.txt`` (which carries no mark) written last: a run stopped between two writes leaves a marked
+    sidecar, which a rerun knows as kvl's, never a lone ``.txt`` it cannot tell from someone else's."""
+    return sorted(kinds, key=lambda kind: kind == "txt")
+
+
+def _json_task(data: bytes) -> str | None:
+    """The task of the successful kvl record a ``.json`` sidecar holds (None: not one)."""
+    try:
+        rec = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or rec.get("error") is not None or not isinstance(rec.get("input"), str):
+        return None
+    task = rec.get("task")
+    return task[:40] if isinstance(task, str) and task and "answer" in rec else None  # said in a message: short
 
 
 def _version() -> str:
@@ -110,6 +172,19 @@ def _version() -> str:
 
 
 def _read_existing(path: Path) -> bytes | None:
+    """The sidecar at ``path`` (None: there is none). What is not a plain file is never opened: a FIFO
+    would wait for a writer forever, a device never end."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DiskError(f"cannot read {path}: {exc.strerror or exc}", hint="check its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DiskError(f"cannot write {path}: a folder is there", hint="move it aside, or use --sidecar-dir DIR")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is there and is not a plain file (a FIFO, a device)",
+                         hint="move it aside, or use --sidecar-dir DIR")
     try:
         with path.open("rb") as f:
             data = f.read(MAX_SIDECAR_BYTES + 1)
@@ -126,7 +201,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     """``data`` into ``path`` whole or not at all: a temporary file beside it, synced, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a short name: the sidecar's own may be near the longest a folder allows
+    fd, tmp = tempfile.mkstemp(prefix=".kvl-", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
@@ -141,20 +217,25 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def _mode(path: Path) -> int:
-    """An existing sidecar's permissions, else what a new file gets under the umask (not mkstemp's 0600)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+    """An existing sidecar's read and write permissions (its own, not a link's target's; never set-id or
+    execute bits), else what a new file gets under the umask (not mkstemp's 0600)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return st.st_mode & 0o666
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]:
     """For each input, whether it still has to run (False: its sidecars are there). Checked before
-    any work: an input with no place for a sidecar (stdin, a URL without ``--sidecar-dir``) and two
-    inputs that would write the same sidecar (``a.jpg`` and ``a.png``) are usage errors."""
-    writer = SidecarWriter(options, task)
+    any work, as usage errors: an input with no place for a sidecar (stdin, a URL without
+    ``--sidecar-dir``), two inputs that would write the same sidecar (``a.jpg`` and ``a.png``), a
+    sidecar that would replace an input (``scan.txt`` with ``--sidecar txt``; ``a.jpg``'s ``a.json``
+    given as an input too), a ``--sidecar-dir`` that is not a folder."""
+    _check_folder(options.folder)
+    inputs = _Inputs(labels)
     seen: dict[Path, str] = {}
     for label in labels:
         for kind in options.kinds:
@@ -163,4 +244,40 @@ def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]
             if other != label:
                 raise UsageError(f"--sidecar: {other} and {label} would both write {path}",
                                  hint="caption them in two runs with different --sidecar-dir")
+            if (hit := inputs.at(path)) is not None:
+                raise UsageError(f"--sidecar {kind}: {label}'s sidecar {path} would replace the input {hit}",
+                                 hint="rename the input, or write the sidecars elsewhere with --sidecar-dir DIR")
+    writer = SidecarWriter(options, task)
     return [not writer.done(label) for label in labels]
+
+
+def _check_folder(folder: str | None) -> None:
+    if folder is not None and not folder.strip():  # --sidecar-dir "$UNSET"
+        raise UsageError("--sidecar-dir is empty", hint="give a folder, e.g. --sidecar-dir captions")
+    if folder is not None and os.path.lexists(os.path.expanduser(folder)) and not os.path.isdir(
+            os.path.expanduser(folder)):
+        raise UsageError(f"--sidecar-dir {folder} is not a folder", hint="give a folder (made if it is missing)")
+
+
+class _Inputs:
+    """The inputs as files (their paths and what they are on disk), to find a sidecar that is one."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.names: dict[str, str] = {}
+        self.files: dict[tuple[int, int], str] = {}
+        for label in labels:
+            if is_url(label) or label == "-":
+                continue
+            self.names[os.path.normpath(os.path.abspath(os.path.expanduser(label)))] = label
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.expanduser(label))
+                self.files[(st.st_dev, st.st_ino)] = label
+
+    def at(self, path: Path) -> str | None:
+        """The input that ``path`` names (the same name, or a link to the same file), else None."""
+        found = self.names.get(os.path.normpath(os.path.abspath(path)))
+        if found is None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                found = self.files.get((st.st_dev, st.st_ino))
+        return found

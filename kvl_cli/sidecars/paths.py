@@ -27,8 +27,9 @@ def is_url(label: str) -> bool:
     return bool(URI.match(label))
 
 
-def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
-    """The ``kind`` sidecar of the input named ``label``; UsageError where it has none."""
+def sidecar_path(label: str, kind: str, folder: str | None, page: int | None = None) -> Path:
+    """The ``kind`` sidecar of the input named ``label`` (of its page ``page``, for a document:
+    ``doc.p3.txt``, one per page, each the page's resume mark); UsageError where it has none."""
     if label == "-":
         raise UsageError("--sidecar: an image read from stdin has no name to write a sidecar for",
                          hint="give the file's path instead of piping it in")
@@ -38,10 +39,11 @@ def sidecar_path(label: str, kind: str, folder: str | None) -> Path:
                              hint="add --sidecar-dir DIR")
         base = Path(folder).expanduser() / _url_part(label)
     elif folder is None:
-        base = Path(os.path.normpath(label))
+        base = Path(os.path.normpath(os.path.expanduser(label)))  # "~/a.png" (quoted, --from): where it is read
     else:
         base = Path(folder).expanduser() / _mirrored(label)
-    return base.with_name(f"{base.stem}.{kind}" if base.suffix else f"{base.name}.{kind}")
+    stem = (base.stem if base.suffix else base.name) + (f".p{page}" if page is not None else "")
+    return base.with_name(f"{stem}.{kind}")
 
 
 def _mirrored(label: str) -> Path:
@@ -55,5 +57,6 @@ def _mirrored(label: str) -> Path:
 
 def _url_part(label: str) -> Path:
     url = urlsplit(label)
+    host = url.hostname if url.hostname not in (None, "", ".", "..") else "_"  # http://../a.png stays under DIR
     parts = [p for p in PurePosixPath(unquote(url.path)).parts if p not in ("/", ".", "..")]
-    return Path(url.hostname or "_", *parts) if parts else Path(url.hostname or "_", "index")
+    return Path(host, *parts) if parts else Path(host, "index")

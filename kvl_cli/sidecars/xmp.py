@@ -11,6 +11,7 @@ left alone (``XmpError``): kvl does not replace what it cannot read.
 from __future__ import annotations
 
 import io
+import re
 import xml.etree.ElementTree as ET
 
 X = "adobe:ns:meta/"
@@ -22,12 +23,22 @@ KVL = "http://ns.kvl.invalid/xmp/1.0/"
 PREFIXES = {"x": X, "rdf": RDF, "dc": DC, "kvl": KVL, "xmp": "http://ns.adobe.com/xap/1.0/"}
 KVL_FIELDS = ("task", "model", "date", "version")
 
+# what XML 1.0 cannot hold (C0 controls but tab, newline and return; lone surrogates; U+FFFE, U+FFFF):
+# a model's answer may carry them, a parser refuses a file that does
+XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+MAX_DEPTH = 100  # XMP is a few levels deep; deeper is hostile (and ElementTree writes it recursively)
+
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 PACKET_END = '\n<?xpacket end="w"?>\n'
 
 
 class XmpError(ValueError):
     """An existing sidecar that is not XMP kvl can merge into."""
+
+
+def xml_text(text: str) -> str:
+    """``text`` without the characters XML cannot hold (see ``XML_ILLEGAL``)."""
+    return XML_ILLEGAL.sub("", text)
 
 
 def _q(ns: str, name: str) -> str:
@@ -38,10 +49,16 @@ def parse(data: bytes) -> ET.Element:
     """The sidecar's root element; the namespace prefixes it uses are kept for writing it back."""
     try:
         root: ET.Element | None = None
-        for event, item in ET.iterparse(io.BytesIO(data), events=("start-ns", "end")):
+        depth = 0
+        for event, item in ET.iterparse(io.BytesIO(data), events=("start-ns", "start", "end")):
             if event == "start-ns":
                 _keep_prefix(*item)
+            elif event == "start":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise XmpError(f"elements nested deeper than {MAX_DEPTH} levels")
             else:
+                depth -= 1
                 root = item
     except (ET.ParseError, RecursionError) as exc:
         raise XmpError(f"not well-formed XML ({exc})") from None
@@ -95,9 +112,9 @@ def merge(existing: bytes | None, description: str, fields: dict[str, str]) -> b
         descs = [ET.SubElement(rdf, _q(RDF, "Description"), {_q(RDF, "about"): ""})]
     for desc in descs:
         _drop_kvl(desc)
-    _set_description(descs, description)
+    _set_description(descs, xml_text(description))
     for name, value in fields.items():
-        ET.SubElement(descs[0], _q(KVL, name)).text = value
+        ET.SubElement(descs[0], _q(KVL, name)).text = xml_text(value)
     ET.indent(root, space=" ")
     text = ET.tostring(root, encoding="unicode")
     return (PACKET_BEGIN + text + PACKET_END).encode("utf-8")
