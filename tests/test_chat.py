@@ -145,6 +145,28 @@ def test_a_video_is_its_frames_after_their_times(kvl, scripted, tmp_path):
     assert len(rec["image_tokens"]) == 16 and rec["media"] == [f"{clip} (16 frames)"]
 
 
+def test_a_pdf_is_its_pages_after_their_labels(kvl, scripted, images, tmp_path):
+    from .pdfs import mixed_pages, write_pdf
+
+    doc = write_pdf(tmp_path / "doc.pdf", mixed_pages())
+    r = chat(kvl, scripted, ["What is it?", f"/add {doc}", "And the document?"], str(images["jpg"]), "--json")
+    assert r.code == 0, r.err
+    first, second = records(r.out)
+    assert second["media"] == [f"{doc} (3 pages)"] and len(second["image_tokens"]) == 1 + 3
+    assert second["cached"]["prefix_tokens"] == first["tokens"]["prompt"] + first["tokens"]["answer"]
+    assert f"added {doc} (3 pages) as item 2" in r.err
+
+
+def test_a_damaged_pdf_is_an_error_line(kvl, scripted, images, tmp_path):
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.4\nnot really a document")
+    r = chat(kvl, scripted, [f"/add {bad}", "Still there?"], str(images["jpg"]), "--json")
+    assert r.code == 0
+    assert f"kvl: error: {bad}" in r.err
+    (rec,) = records(r.out)
+    assert rec["image_tokens"] == [12]
+
+
 def test_a_full_context_drops_the_oldest_turns_and_keeps_the_image(kvl, scripted, images):
     lines = ["What is it, tell me more about it please?"] * 8
     r = chat(kvl, scripted, lines, str(images["jpg"]), "--json", "--ctx", "512", "--max-tokens", "20")
