@@ -12,6 +12,7 @@ from ..index import Hit, index_path, open_index, where_line
 from ..index import search as run_search
 from ..index.db import sqlite_error
 from ..index.search import MARK_OFF, MARK_ON, shown
+from ..index.sources import current_folder
 from ..safetext import json_safe, one_line
 
 pass_env = click.make_pass_decorator(Environment, ensure=True)  # not _common's: it imports the engine
@@ -74,5 +75,5 @@ def _text(hit: Hit, *, bold: bool) -> str:
     flat = re.sub(r"\s+", " ", hit.snippet)  # OCR text's lines: one line of snippet
     pieces = [one_line(p) for p in flat.replace(MARK_OFF, MARK_ON).split(MARK_ON)]
     snippet = "".join(p if i % 2 == 0 else f"{on}{p}{off}" for i, p in enumerate(pieces))
-    head = one_line(where_line(hit, os.getcwd())) + (f"  ({hit.task})" if hit.task else "")
+    head = one_line(where_line(hit, current_folder())) + (f"  ({hit.task})" if hit.task else "")
     return f"{on}{head}{off}\n  {snippet}\n" if bold else f"{head}\n  {snippet}\n"

@@ -65,6 +65,14 @@ def is_uri(arg: str) -> bool:
     return bool(URI.match(arg)) and not arg.startswith(("http://", "https://"))
 
 
+def current_folder() -> str:
+    """The current folder; "" where it is gone (deleted under the shell): names stay as they are."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
 class Resolver:
     """A record's relative ``input`` or ``file`` made whole against where its records are: the folder of
     the JSON Lines file (``kvl caption --json photos/ > caps.jsonl`` names ``photos/a.jpg`` from
@@ -73,13 +81,13 @@ class Resolver:
 
     def __init__(self, source: Source) -> None:
         if source.name == "-":
-            self.scheme, self.base = "", os.getcwd()
+            self.scheme, self.base = "", current_folder()
         elif source.bucket is not None:
             self.scheme, path = source.name.split("://", 1)
             self.base = posixpath.dirname(path)
         else:
             self.scheme, self.base = "", os.path.dirname(source.name)
-        self.prefix = self.base.rstrip("/") + "/"
+        self.prefix = self.base.rstrip("/") + "/" if self.base else ""
 
     def sidecar(self, name: str) -> str:
         """The input's name a ``.json`` sidecar (the source, beside its input) holds, made whole."""
