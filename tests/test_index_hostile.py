@@ -412,3 +412,15 @@ def test_record_files_whose_names_are_not_utf8_are_indexed(tmp_path):
     conn = open_index(index)
     assert [h.file for h in search(conn, "kayak")] == [f"{tmp_path}/d\\xfe/a.jpg"]
     conn.close()
+
+
+def test_stdin_records_when_the_current_folder_is_gone(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    index = tmp_path / "i.sqlite"
+    line = json.dumps(image("a.jpg", "a red kayak"))
+    script = (f"cd {gone} && rmdir {gone} && printf '%s\\n' '{line}' | {' '.join(KVL)} index --index {index} - "
+              f"&& {' '.join(KVL)} search --index {index} kayak")
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=kvl_env(), timeout=120)
+    assert r.returncode == 0 and "1 new record" in r.stderr and "damaged" not in r.stderr, r.stderr
+    assert r.stdout.startswith("a.jpg  (caption)\n")
