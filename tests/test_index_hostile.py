@@ -424,3 +424,17 @@ def test_stdin_records_when_the_current_folder_is_gone(tmp_path):
     r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=kvl_env(), timeout=120)
     assert r.returncode == 0 and "1 new record" in r.stderr and "damaged" not in r.stderr, r.stderr
     assert r.stdout.startswith("a.jpg  (caption)\n")
+
+
+def test_a_tree_of_sidecars_goes_in_one_transaction_and_is_remembered(tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(300):
+        side = folder / f"d{i % 7}" / f"p{i}.json"
+        side.parent.mkdir(parents=True, exist_ok=True)
+        side.write_text(json.dumps(image(f"p{i}.jpg", f"a lighthouse number {i}")))
+    index = tmp_path / "i.sqlite"
+    commits: list[int] = []
+    tally = build([str(folder)], index, sys.stderr, progress=lambda t: commits.append(t.added))
+    assert tally.added == 300 and commits == [300]  # one transaction, not one per file
+    again = build([str(folder)], index, sys.stderr)
+    assert again.unchanged_files == 300 and again.added == 0  # each file remembered with its records

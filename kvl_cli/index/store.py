@@ -112,6 +112,10 @@ class Indexer:
         self.progress = progress  # called after each transaction
         self.tally = Tally()
         self.next_id = (conn.execute("SELECT max(id) FROM docs").fetchone()[0] or 0) + 1
+        # records of many files go into one transaction (a tree of .json sidecars: one record each), and a
+        # file read whole is remembered in the transaction that holds its last records
+        self.batch: dict[str, Doc] = {}
+        self.read_files: list[tuple[str, int | None, int]] = []
 
     def index(self, sources: Iterable[Source]) -> Tally:
         for source in sources:
@@ -131,8 +135,8 @@ class Indexer:
             except OSError as exc:  # unreadable, or a bucket gone mid-read: what was committed stays
                 self.tally.damage.add(f"{source.name}: {exc.strerror or exc}")
             if self.tally.damage.count == before and source.mtime_ns is not None:
-                self.conn.execute("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)",
-                                  (valid_text(source.name), source.size, source.mtime_ns))
+                self.read_files.append((valid_text(source.name), source.size, source.mtime_ns))
+        self._flush()
         return self.tally
 
     def _unchanged(self, source: Source) -> bool:
@@ -146,21 +150,23 @@ class Indexer:
         date = _mtime_date(source.mtime_ns)
         resolve = Resolver(source)
         name = valid_text(source.name)  # a file name's bytes that are not UTF-8: as SQLite can keep them
-        batch: dict[str, Doc] = {}
         for rec, raw, whole in records(source, self.tally.damage, self.stdin):
             doc = to_doc(rec, raw, name, date, resolve.sidecar if whole else resolve)
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue
-            batch[doc.key] = doc  # the same key twice in a batch: the later record wins
-            if len(batch) >= BATCH:
-                self.write(list(batch.values()))
-                batch = {}
-        if batch:
-            self.write(list(batch.values()))
+            self.batch[doc.key] = doc  # the same key twice in a batch: the later record wins
+            if len(self.batch) >= BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.batch or self.read_files:
+            docs, self.batch = list(self.batch.values()), {}
+            self.write(docs)
 
     def write(self, docs: list[Doc]) -> None:
-        """One transaction: new docs added, changed ones replaced, the same ones left."""
+        """One transaction: new docs added, changed ones replaced, the same ones left; the files read
+        whole since the last one remembered."""
         old = dict(self._existing([d.key for d in docs]))
         new, changed = [], []
         for doc in docs:
@@ -182,12 +188,14 @@ class Indexer:
                 c.execute("DELETE FROM docs WHERE id = ?", (doc_id,))
                 c.execute("INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (doc_id, *doc))
                 c.execute("INSERT INTO fts(rowid, text) VALUES (?, ?)", (doc_id, doc.text))
+            c.executemany("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)", self.read_files)
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:  # SQLite rolled back already after some errors (a full disk)
                 with contextlib.suppress(sqlite3.Error):
                     c.execute("ROLLBACK")
             raise
+        self.read_files = []
         self.tally.added += len(new)
         self.tally.replaced += len(changed)
         if self.progress is not None:
