@@ -343,6 +343,9 @@ def test_a_sidecar_dir_that_is_a_file_is_refused_and_long_names_are_written(kvl,
     assert r.code == 2 and "is not a folder" in r.err
     r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir", "")
     assert r.code == 2 and "--sidecar-dir is empty" in r.err
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir",
+            "/proc/kvl-sidecars")  # a folder no one can make: said before the model loads
+    assert r.code == 7 and "cannot make --sidecar-dir /proc/kvl-sidecars" in r.err
     r = kvl("caption", photo, *scripted.args(), "--sidecar", "txt", "--sidecar", "xmp")
     assert r.code == 0, r.err
     assert photo.with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n" and photo.with_suffix(".xmp").is_file()

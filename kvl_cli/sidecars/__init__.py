@@ -249,9 +249,16 @@ def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]
 def _check_folder(folder: str | None) -> None:
     if folder is not None and not folder.strip():  # --sidecar-dir "$UNSET"
         raise UsageError("--sidecar-dir is empty", hint="give a folder, e.g. --sidecar-dir captions")
-    if folder is not None and os.path.lexists(os.path.expanduser(folder)) and not os.path.isdir(
-            os.path.expanduser(folder)):
+    if folder is None:
+        return
+    where = os.path.expanduser(folder)
+    if os.path.lexists(where) and not os.path.isdir(where):
         raise UsageError(f"--sidecar-dir {folder} is not a folder", hint="give a folder (made if it is missing)")
+    try:  # made now: a folder that cannot be made fails before the model loads, not once per input
+        os.makedirs(where, exist_ok=True)
+    except OSError as exc:
+        raise DiskError(f"cannot make --sidecar-dir {folder}: {exc.strerror or exc}",
+                        hint="give a folder you can write") from None
 
 
 class _Inputs:
