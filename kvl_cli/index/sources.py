@@ -303,12 +303,21 @@ def _record(text: str) -> dict[str, Any] | None:
         return None
     if not isinstance(rec, dict):
         return None
-    name = rec.get("file") if isinstance(rec.get("file"), str) else rec.get("input")
-    if not isinstance(name, str) or not name or not _numbers_sane(rec):
+    name = record_name(rec)
+    if name is None or not _numbers_sane(rec):
         return None
     if LONE_SURROGATE_ESCAPE.search(text):  # an escaped lone surrogate: a str SQLite cannot encode
         rec = {k: valid_text(v) if isinstance(v, str) else v for k, v in rec.items()}
     return rec
+
+
+def record_name(rec: dict[str, Any]) -> str | None:
+    """What a record is of: a scene's ``file``, else an image's ``input`` (None: neither is a name)."""
+    for key in ("file", "input"):
+        name = rec.get(key)
+        if isinstance(name, str) and name:
+            return name
+    return None
 
 
 NUMBERS = (int, float)  # by type: a bool is no number here

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, NamedTuple
 
-from .sources import SPECIAL, Damage, Resolver, Source, records, valid_text
+from .sources import SPECIAL, Damage, Resolver, Source, record_name, records, valid_text
 from .words import segment
 
 BATCH = 20_000
@@ -75,8 +75,7 @@ def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None,
     text = _str(rec.get("answer")) or _str(rec.get("caption")) or _str(rec.get("text"))
     if text is None:
         return None
-    file = rec.get("file")
-    file = valid_text(resolve(file if isinstance(file, str) else str(rec["input"])))
+    file = valid_text(resolve(record_name(rec) or ""))  # ``records`` passes only records with a name
     scene, page = _int(rec.get("scene")), _int(rec.get("page"))
     task = _str(rec.get("task")) or ("video" if scene is not None else None)
     key = f"{task or ''}\x1f{file}\x1f{'' if scene is None else scene}\x1f{'' if page is None else page}"
