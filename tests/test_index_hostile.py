@@ -442,11 +442,14 @@ def test_a_tree_of_sidecars_goes_in_one_transaction_and_is_remembered(tmp_path):
 
 def test_a_record_names_its_file_or_its_input(tmp_path):
     src = tmp_path / "r.jsonl"
-    src.write_text('{"input": "a.jpg", "file": 5, "answer": "a kite"}\n{"input": "b.jpg", "file": "", "answer": "a kite"}\n'
-                   '{"input": "c.jpg", "file": null, "answer": "a kite"}\n{"file": "v.mp4", "scene": 1, "caption": "a kite"}\n'
+    src.write_text('{"input": "a.jpg", "file": 5, "answer": "a kite"}\n'
+                   '{"input": "b.jpg", "file": "", "answer": "a kite"}\n'
+                   '{"input": "c.jpg", "file": null, "answer": "a kite"}\n'
+                   '{"file": "v.mp4", "scene": 1, "caption": "a kite"}\n'
                    '{"input": "", "answer": "a kite"}\n')
     tally = build([str(src)], tmp_path / "i.sqlite", sys.stderr)
     assert tally.added == 4 and tally.damage.count == 1  # the last one names nothing
     conn = open_index(tmp_path / "i.sqlite")
-    assert sorted(h.file for h in search(conn, "kite")) == [str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg", "v.mp4")]
+    names = [str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg", "v.mp4")]
+    assert sorted(h.file for h in search(conn, "kite")) == names
     conn.close()
