@@ -453,3 +453,11 @@ def test_a_record_names_its_file_or_its_input(tmp_path):
     names = [str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg", "v.mp4")]
     assert sorted(h.file for h in search(conn, "kite")) == names
     conn.close()
+
+
+def test_a_records_task_cannot_drive_the_terminal(kvl, tmp_path):
+    index = tmp_path / "i.sqlite"
+    src = write_jsonl(tmp_path / "r.jsonl", [image("a.jpg", "a red kayak", task="\x1b]0;owned\x07\x1b[2J")])
+    assert kvl("index", "--index", index, src).code == 0
+    code, shown = in_terminal([*KVL, "search", "--index", str(index), "kayak"], kvl_env(), timeout=60)
+    assert code == 0 and b"\x1b]0;" not in shown and b"\x1b[2J" not in shown and b"\\x1b]0;owned" in shown

@@ -75,5 +75,5 @@ def _text(hit: Hit, *, bold: bool) -> str:
     flat = re.sub(r"\s+", " ", hit.snippet)  # OCR text's lines: one line of snippet
     pieces = [one_line(p) for p in flat.replace(MARK_OFF, MARK_ON).split(MARK_ON)]
     snippet = "".join(p if i % 2 == 0 else f"{on}{p}{off}" for i, p in enumerate(pieces))
-    head = one_line(where_line(hit, current_folder())) + (f"  ({hit.task})" if hit.task else "")
+    head = one_line(where_line(hit, current_folder()) + (f"  ({hit.task})" if hit.task else ""))  # a record's task too
     return f"{on}{head}{off}\n  {snippet}\n" if bold else f"{head}\n  {snippet}\n"
