@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import DiskError, InputError, UsageError
+from ..safetext import one_line
 from .db import IndexUnavailable, connect, not_a_folder, sqlite_error
 from .search import Hit, search, where_line
 from .sources import find_sources, is_uri
@@ -49,7 +50,7 @@ def _locked(path: Path, err: IO[str]) -> Iterator[None]:
         try:
             lock.acquire(timeout=WAIT_NOTICE_S)
         except Timeout:
-            err.write(f"kvl: waiting for another kvl index writing {path}\n")
+            err.write(one_line(f"kvl: waiting for another kvl index writing {path}") + "\n")
             err.flush()
             lock.acquire()
     except OSError as exc:  # a read-only folder: the lock file beside the index cannot be made
