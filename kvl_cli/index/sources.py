@@ -3,8 +3,12 @@ jsonl``), folders of them (Ray's ``--output`` parts, trees of ``.json`` sidecars
 (``s3://…``, anything pyarrow's filesystems open, as for ``--output``), or ``-`` for stdin.
 
 A line that is not a kvl record (cut short, not JSON, not an object, no file and no text) is
-damaged: it is counted and passed over, never the end of the run. A ``.json`` file that is JSON but
-not a kvl record (Google Takeout's, a tool's settings) is not kvl's: passed over, counted apart.
+damaged: it is counted and passed over, never the end of the run; so is one whose times or numbers
+are not (NaN, Infinity, 1e400). A ``.json`` file that is JSON but not a kvl record (Google Takeout's,
+a tool's settings) is not kvl's: passed over, counted apart; one holding JSON Lines is read by lines.
+A relative name is made whole against where its records are (``Resolver``). In a folder only plain
+files are read (a FIFO or /dev/zero never ends); a PATH that is missing is a ``Source`` with a
+``problem``, said while the others are indexed.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ its scene or page; its digest is of the record as written. Indexing the same rec
 nothing; a record with the key of one indexed before but another digest (the image captioned again)
 replaces it, in ``docs`` and in the FTS table. A file read whole and
 without damage is remembered by size and mtime, so an unchanged file is not even read again.
-Records are written in transactions of ``BATCH`` records: Ctrl-C keeps what was committed.
+Records are written in transactions of ``BATCH`` records, across files (a tree of one-record
+sidecars is not a transaction each): Ctrl-C keeps what was committed.
 """
 
 from __future__ import annotations

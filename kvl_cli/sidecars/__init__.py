@@ -6,6 +6,10 @@ managers (``photo.xmp``) read it.
   opened for writing.
 * The sidecar is the resume mark: an input whose sidecars kvl already wrote (for the same task) is
   skipped on a rerun, before the model loads; ``--overwrite`` runs it again.
+* kvl replaces only its own sidecars of the same task: a sidecar that is someone else's (a tool's
+  ``photo.json``, a hand-written ``photo.txt``) or another task's fails its input, and none of the
+  input's sidecars is written (never a mixed set), unless ``--overwrite``. What a sidecar holds is
+  always readable XML and text (``xmp.xml_text``).
 * ``SidecarWriter`` is a ``RecordSink`` (``render.tee``): any command that renders records plugs it
   in with ``with_sidecars(renderer, options, task)``.
 """
