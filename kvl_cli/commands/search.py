@@ -27,7 +27,8 @@ BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
               help="Most hits shown (1 to 10,000).")
 @click.option("--task", metavar="TASK", default=None, help="Only records of this task (caption, ocr, video, …).")
 @click.option("--path", "path_glob", metavar="GLOB", default=None,
-              help="Only records whose file matches GLOB ('talks/*.mp4'; * matches / too).")
+              help="Only records whose file matches GLOB ('talks/*.mp4' matches the end of a path; * matches / "
+              "too).")
 @click.option("--json", "as_json", is_flag=True,
               help="One hit per line: file, scene, page, start, end, score, snippet, text (and task, model, date).")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error [env KVL_DEBUG=1].")
