@@ -450,3 +450,14 @@ def test_an_input_whose_name_is_not_utf8_gets_its_sidecars(scripted, tmp_path):
         assert os.path.isfile(folder + b"/caf\xff." + kind.encode())
     with open(folder + b"/caf\xff.json", "rb") as f:
         assert json.loads(f.read())["answer"] == SCRIPTED_ANSWER
+
+
+def test_a_conflict_is_found_before_the_model_loads(kvl, photos, tmp_path):
+    [photo] = photos(1)
+    Path(photo).with_suffix(".json").write_text('{"title": "mine"}')
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "json")  # no model is loaded
+    assert r.code == 3 and "is already there and it is not kvl's record" in r.err and "missing.gguf" not in r.err
+    Path(photo).with_suffix(".json").unlink()
+    Path(photo).with_suffix(".xmp").write_text("<x:xmpmeta><rdf:RDF>cut sh")
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "xmp", "--overwrite")
+    assert r.code == 3 and "is not XMP kvl can merge into" in r.err  # --overwrite merges still: refused at once

@@ -35,7 +35,7 @@ from ..safetext import json_safe
 from . import xmp
 from .paths import KINDS, is_url, sidecar_path
 
-__all__ = ["KINDS", "SidecarWriter", "pending", "sidecar_path", "with_sidecars"]
+__all__ = ["KINDS", "SidecarWriter", "conflicts", "pending", "sidecar_path", "with_sidecars"]
 
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024  # an XMP or JSON sidecar kvl reads back; larger is not one of them
 
@@ -59,14 +59,7 @@ class SidecarWriter:
             return  # no answer (cut by --max-tokens while thinking): no mark, a rerun tries again
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = {**meta, "task": meta.get("task", self.task)}
-        paths = {kind: sidecar_path(label, kind, self.options.folder) for kind in _marks_first(self.options.kinds)}
-        try:
-            existing = {kind: _read_existing(path) for kind, path in paths.items()}
-        except KvlError as exc:
-            raise type(exc)(f"{label}: {exc.message}", hint=exc.hint) from None
-        if not self.options.overwrite:  # every one checked before any is written: never a mixed set
-            for kind, path in paths.items():
-                self._check_replaceable(label, kind, path, existing[kind])
+        paths, existing = self.check(label)  # again: another program may have written one meanwhile
         for kind, path in paths.items():
             data = self._content(kind, path, existing[kind], label, result, meta, date)
             try:
@@ -74,6 +67,28 @@ class SidecarWriter:
             except OSError as exc:
                 raise DiskError(f"{label}: cannot write {path}: {exc.strerror or exc}",
                                 hint="use --sidecar-dir DIR for read-only media, or free some space") from None
+
+    def check(self, label: str) -> tuple[dict[str, Path], dict[str, bytes | None]]:
+        """The input's sidecar paths (``.txt`` last) and what is there now; KvlError where they cannot be
+        written as asked: one is someone else's or another task's (without ``--overwrite``), an XMP
+        that does not parse, a FIFO, a folder. Every one is checked before any is written: never a
+        mixed set. Checked before the run (``conflicts``) and again when the answer is written."""
+        paths = {kind: sidecar_path(label, kind, self.options.folder) for kind in _marks_first(self.options.kinds)}
+        try:
+            existing = {kind: _read_existing(path) for kind, path in paths.items()}
+        except KvlError as exc:
+            raise type(exc)(f"{label}: {exc.message}", hint=exc.hint) from None
+        for kind, path in paths.items():
+            if not self.options.overwrite:
+                self._check_replaceable(label, kind, path, existing[kind])
+            data = existing[kind]
+            if kind == "xmp" and data is not None:
+                try:
+                    xmp.parse(data)
+                except xmp.XmpError as exc:
+                    raise InputError(f"{label}: {path} is not XMP kvl can merge into: {exc}",
+                                     hint="kvl leaves it as it is: repair it or move it aside") from None
+        return paths, existing
 
     def _check_replaceable(self, label: str, kind: str, path: Path, data: bytes | None) -> None:
         """InputError where an existing sidecar is not kvl's of this task (a tool's ``photo.json``, a
@@ -248,6 +263,22 @@ def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]
                                  hint="rename the input, or write the sidecars elsewhere with --sidecar-dir DIR")
     writer = SidecarWriter(options, task)
     return [not writer.done(label) for label in labels]
+
+
+def conflicts(labels: list[str], options: SidecarOptions, task: str) -> dict[str, InputError]:
+    """The inputs whose sidecars cannot be written as asked (see ``SidecarWriter.check``), each with why:
+    found before the model loads, so that such an input fails in its place at once instead of after
+    its answer. A folder or an unreadable file where a sidecar goes is said when it is written."""
+    writer = SidecarWriter(options, task)
+    found: dict[str, InputError] = {}
+    for label in labels:
+        try:
+            writer.check(label)
+        except InputError as exc:
+            found[label] = exc
+        except KvlError:
+            pass
+    return found
 
 
 def _check_folder(folder: str | None) -> None:
