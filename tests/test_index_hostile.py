@@ -461,3 +461,32 @@ def test_a_records_task_cannot_drive_the_terminal(kvl, tmp_path):
     assert kvl("index", "--index", index, src).code == 0
     code, shown = in_terminal([*KVL, "search", "--index", str(index), "kayak"], kvl_env(), timeout=60)
     assert code == 0 and b"\x1b]0;" not in shown and b"\x1b[2J" not in shown and b"\\x1b]0;owned" in shown
+
+
+def test_two_writers_of_one_index_never_collide(tmp_path):
+    from kvl_cli.index.db import connect
+    from kvl_cli.index.store import Indexer, to_doc
+
+    index = tmp_path / "i.sqlite"
+    build([str(write_jsonl(tmp_path / "seed.jsonl", [image("0.jpg", "a lighthouse")]))], index, sys.stderr)
+    first, second = Indexer(connect(index, create=True)), Indexer(connect(index, create=True))
+    docs = [[to_doc(image(f"{w}-{i}.jpg", f"a lighthouse {w} {i}"), f"{w}{i}", "s", None) for i in range(50)]
+            for w in ("a", "b")]
+    first.write([d for d in docs[0] if d is not None])  # both opened before either wrote (a second name
+    second.write([d for d in docs[1] if d is not None])  # for the index: another lock file, once)
+    first.conn.close()
+    second.conn.close()
+    conn = open_index(index)
+    assert conn.execute("SELECT count(*) FROM docs").fetchone()[0] == 101
+    assert len(search(conn, "lighthouse", limit=1000)) == 101
+    conn.close()
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(index)
+    from filelock import FileLock
+
+    with FileLock(f"{index}.lock"):  # the same lock, whichever name the index is given by
+        waiting = subprocess.Popen([*KVL, "index", "--index", str(link), str(tmp_path / "seed.jsonl")],
+                                   stderr=subprocess.PIPE, text=True, env=kvl_env())
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(3)  # it waits for the lock held under the index's own name
+    assert waiting.wait(60) == 0

@@ -45,7 +45,7 @@ def _locked(path: Path, err: IO[str]) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DiskError(f"cannot make {path.parent}: {exc.strerror or exc}", hint="give another --index FILE") from None
-    lock = FileLock(f"{path}.lock")
+    lock = FileLock(f"{path.resolve()}.lock")  # one lock for every name of the index (a link to it too)
     try:
         try:
             lock.acquire(timeout=WAIT_NOTICE_S)

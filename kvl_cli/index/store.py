@@ -111,7 +111,6 @@ class Indexer:
         self.stdin = stdin  # what "-" reads
         self.progress = progress  # called after each transaction
         self.tally = Tally()
-        self.next_id = (conn.execute("SELECT max(id) FROM docs").fetchone()[0] or 0) + 1
         # records of many files go into one transaction (a tree of .json sidecars: one record each), and a
         # file read whole is remembered in the transaction that holds its last records
         self.batch: dict[str, Doc] = {}
@@ -166,21 +165,13 @@ class Indexer:
 
     def write(self, docs: list[Doc]) -> None:
         """One transaction: new docs added, changed ones replaced, the same ones left; the files read
-        whole since the last one remembered."""
-        old = dict(self._existing([d.key for d in docs]))
-        new, changed = [], []
-        for doc in docs:
-            was = old.get(doc.key)
-            if was is None:
-                new.append((self.next_id, *doc))
-                self.next_id += 1
-            elif was[1] != doc.digest:
-                changed.append((was, doc))
-            else:
-                self.tally.unchanged += 1
+        whole since the last one remembered. What is there is looked up inside the transaction (under
+        SQLite's write lock), so that a writer kvl's lock file did not keep out (another name for the
+        same index) never collides with this one."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
+            new, changed, same = self._sorted(docs)
             c.executemany("INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", new)
             c.executemany("INSERT INTO fts(rowid, text) VALUES (?, ?)", ((row[0], row[-1]) for row in new))
             for (doc_id, _, old_text), doc in changed:
@@ -198,8 +189,25 @@ class Indexer:
         self.read_files = []
         self.tally.added += len(new)
         self.tally.replaced += len(changed)
+        self.tally.unchanged += same
         if self.progress is not None:
             self.progress(self.tally)
+
+    def _sorted(self, docs: list[Doc]) -> tuple[list[tuple[Any, ...]], list[tuple[tuple[int, bytes, str], Doc]], int]:
+        """The docs that are new (as rows, with their ids), changed (with what they replace), the same."""
+        old = dict(self._existing([d.key for d in docs]))
+        next_id = (self.conn.execute("SELECT max(id) FROM docs").fetchone()[0] or 0) + 1
+        new, changed, same = [], [], 0
+        for doc in docs:
+            was = old.get(doc.key)
+            if was is None:
+                new.append((next_id, *doc))
+                next_id += 1
+            elif was[1] != doc.digest:
+                changed.append((was, doc))
+            else:
+                same += 1
+        return new, changed, same
 
     def _existing(self, keys: list[str]) -> Iterator[tuple[str, tuple[int, bytes, str]]]:
         for i in range(0, len(keys), LOOKUP):
