@@ -62,6 +62,7 @@ def test_one_relative_name_in_two_folders_is_two_files(kvl, tmp_path):
 def test_json_lines_under_a_json_name_are_read_by_lines_and_a_bom_is_no_damage(kvl, tmp_path):
     recs = [image(f"photos/p{i}.jpg", f"a lantern number {i}") for i in range(3)]
     write_jsonl(tmp_path / "caps.json", recs)
+    (tmp_path / "caps.json").write_text("\n\n" + (tmp_path / "caps.json").read_text())  # blank lines first
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(image("q.jpg", "a lantern with a bom")).encode()
                                          + b"\n")
     (tmp_path / "pretty.json").write_text(json.dumps({"not": "kvl's"}, indent=2))  # JSON, not kvl's: passed over

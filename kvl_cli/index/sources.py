@@ -230,7 +230,7 @@ def records(source: Source, damage: Damage,
                 if _is_json(text):
                     damage.others += 1
                     return
-            if _record(text.split("\n", 1)[0]) is None:
+            if _record(text.lstrip().split("\n", 1)[0]) is None:  # its first line (after blank ones)
                 damage.add(source.name)
                 return
             lines = _Prefixed(text, f)  # JSON Lines: what was read, then the rest
