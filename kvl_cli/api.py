@@ -29,11 +29,13 @@ from .environment import Environment
 from .errors import KvlError
 from .media.documents import DocumentOptions
 from .media.images import VIDEO_EXTENSIONS, InputProblem, expand_inputs, load_image
-from .options import CommonOptions, GenerationOptions, ModelOptions, OutputFlags
+from .options import BatchOptions, CommonOptions, GenerationOptions, ModelOptions, OutputFlags
 from .pages import Page
 from .render import OutputOptions, Renderer
+from .render.tee import RecordTee
 from .run.documents import expand_documents, question_job
 from .run.images import per_image_jobs
+from .run.locate import LocateRun
 from .run.plan import make_plan
 from .run.runner import Job, user_text
 from .run.videos import VideoArgs
@@ -125,6 +127,21 @@ class Library(Session):
         ``pages="1-3"``, ``dpi=``, ``password=``, ``text_layer=True`` as the flags); a page's ``Answer``
         has ``meta["page"]`` and ``meta["pages"]``."""
         return self._per_image("ocr", images, ocr_prompt(format), {"format": format}, gen)
+
+    def locate(self, images: Sequence[Media], query: str, *, point: bool = False, draw: str | Path | None = None,
+               **gen: Any) -> list[Answer]:
+        """Where ``query`` is in each image: an ``Answer`` per image whose ``meta["objects"]`` holds each
+        match's ``box`` (``[x0, y0, x1, y1]`` in pixels of the original; None with ``point=True``),
+        ``point``, the same as fractions (``box_norm``, ``point_norm``) and its ``label``; ``draw``: a
+        file (one image) or folder to draw the boxes into."""
+        parallel = gen.pop("parallel", None)
+        plan = make_plan("locate", self._common(dict(gen)), parallel=parallel)
+        run = LocateRun(plan, query, point=point, draw=str(draw) if draw is not None else None)
+        collector = Collector(self.env)
+        renderer = RecordTee(collector, [run.sink]) if draw is not None else collector
+        batch = BatchOptions(from_file=None, skip_done=None, shard=None, parallel=parallel)
+        self.run_locate(run, tuple(str(i) for i in images), batch, renderer, {"query": run.query})
+        return collector.answers
 
     def ask(self, media: Sequence[Media], question: str, *, stream: bool = False,
             **gen: Any) -> Answer | Iterator[Event]:

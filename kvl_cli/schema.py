@@ -1,24 +1,24 @@
 """``--schema`` and ``--choices``: a JSON answer after a free thinking.
 
-The schema (a file or inline JSON Schema) is checked when the command starts; llama.cpp's
-JSON-schema-to-grammar turns it into GBNF, which the engine applies to the answer only, from the
-moment the thinking closes. The finished answer is parsed and validated (``jsonschema``) before
-anything is printed: an answer cut short (``--max-tokens``, the context) or one that does not
-validate is an error for that input, never half a document on stdout.
+The schema (a file or inline JSON Schema) is checked when the command starts, and compiled by
+llguidance (``engine.constraint``: every keyword it implements is honoured), which the engine applies
+to the answer only, from the moment the thinking closes. The finished answer is parsed and validated
+(``jsonschema``) before anything is printed: an answer cut short (``--max-tokens``, the context) or
+one that does not validate is an error for that input, never half a document on stdout.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .engine.constraint import ConstraintError, compile_constraint
 from .engine.reasoning import Section
-from .engine.types import Event, FinishReason, Result, TextEvent
+from .engine.types import Constraint, ConstraintKind, Event, FinishReason, Result, TextEvent
 from .errors import ContextError, ExitCode, InputError, KvlError, UsageError
 from .limits import read_file
 
@@ -34,12 +34,9 @@ class AnswerSchema:
     schema: dict[str, Any]
     choices: tuple[str, ...] = ()  # --choices: the bare choice is printed, not a JSON string
 
-    def grammar(self) -> str:
-        try:
-            return schema_gbnf(self.schema)
-        except Exception as exc:  # the converter raises plain exceptions for what it does not support
-            raise UsageError(f"--schema: cannot turn this schema into a grammar ({exc})",
-                             hint="use the JSON Schema subset llama.cpp supports (no remote $ref)") from None
+    def constraint(self) -> Constraint:
+        """What the engine constrains the answer with (checked by ``checked``)."""
+        return Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(self.schema, ensure_ascii=False, allow_nan=False))
 
     def parse(self, result: Result) -> Any:
         """The answer as data, or AnswerError saying why there is none."""
@@ -70,23 +67,6 @@ class AnswerSchema:
         if self.choices and isinstance(data, str):
             return data
         return json.dumps(data, ensure_ascii=False, allow_nan=False)
-
-
-def schema_gbnf(schema: dict[str, Any]) -> str:
-    """llama-cpp-python's JSON-schema-to-grammar, with three of llama.cpp's own rules put back."""
-    from llama_cpp import llama_grammar
-
-    # its port formats a literal without escaping a backslash (llama.cpp's converter escapes it):
-    # an enum value or a property name holding one broke the grammar ('say "hi"' as JSON is
-    # "say \"hi\"") or changed its meaning (C:\tmp matched a tab)
-    llama_grammar.GRAMMAR_LITERAL_ESCAPE_RE = re.compile(r'[\r\n"\\]')
-    llama_grammar.GRAMMAR_LITERAL_ESCAPES = {**llama_grammar.GRAMMAR_LITERAL_ESCAPES, "\\": "\\\\"}
-    gbnf = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema, allow_nan=False)))
-    # it lets raw control characters into strings, which JSON forbids (llama.cpp excludes them)
-    gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
-    # an exponent of up to 16 digits reads as Infinity (1e999); two digits keep every number finite
-    # (at most 16 digits before the point: below 1e115)
-    return gbnf.replace("([eE] [-+]? integral-part)?", "([eE] [-+]? [0-9] [0-9]?)?")
 
 
 def finite(value: Any) -> bool:
@@ -148,9 +128,11 @@ def checked(schema: Any) -> AnswerSchema:
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
         answer = AnswerSchema(schema)
-        answer.grammar()  # a schema the converter cannot handle is a usage error now, not after the model loads
+        compile_constraint(answer.constraint())  # a keyword llguidance cannot honour: exit 2 now, before any load
     except jsonschema.SchemaError as exc:
         raise UsageError(f"--schema: not a valid JSON Schema: {exc.message}", hint="fix the schema") from None
+    except ConstraintError as exc:
+        raise UsageError(f"--schema: {exc.message}", hint=exc.hint) from None
     except RecursionError:
         raise UsageError("--schema: nested too deep", hint="simplify the schema") from None
     return answer
@@ -166,21 +148,22 @@ class AnswerGate:
     def passes(self, ev: Event) -> bool:
         return self.schema is None or not (isinstance(ev, TextEvent) and ev.section is Section.ANSWER)
 
-    def check(self, result: Result) -> tuple[Result, TextEvent | None, dict[str, Any]]:
-        """(the result to write, the answer text to stream now, extra record fields); raises
-        AnswerError. Without a schema, everything passes as it is."""
+    def check(self, result: Result, label: str = "") -> tuple[Result, TextEvent | None, dict[str, Any]]:
+        """(the result to write, the answer text to stream now, extra record fields) of input ``label``;
+        raises AnswerError. Without a schema, everything passes as it is."""
         if self.schema is None:
             return result, None, {}
         data = self.schema.parse(result)
         text = self.schema.text(data)
         return replace(result, answer=text), TextEvent(Section.ANSWER, text), {"data": data}
 
-    def release(self, result: Result, show: Callable[[Event], None]) -> tuple[Result, dict[str, Any]]:
+    def release(self, result: Result, show: Callable[[Event], None],
+                label: str = "") -> tuple[Result, dict[str, Any]]:
         """A finished answer checked, then its text shown through ``show`` (at once, whole): the result
         to write and its extra record fields. An interrupted answer passes as it is. Raises AnswerError."""
         if result.interrupted:
             return result, {}
-        result, answer, extra = self.check(result)
+        result, answer, extra = self.check(result, label)
         if answer is not None:
             show(answer)
         return result, extra

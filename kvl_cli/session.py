@@ -20,11 +20,14 @@ from .media.documents import DocumentOptions
 from .media.images import InputProblem
 from .options import BatchOptions, ModelOptions
 from .render import Renderer
+from .run.batch import batch_inputs
 from .run.images import run_batch, run_image_jobs
+from .run.locate import LocateRun
 from .run.plan import RunPlan
 from .run.runner import Job, JobOutcome, load_engine
 from .run.video import VideoRun
 from .run.videos import VideoArgs
+from .schema import AnswerGate
 from .store.catalog import Pair
 from .store.pull import ensure_model
 
@@ -85,12 +88,13 @@ class Session:
 
     # -- runs: each input's outcome written through a renderer, in input order -----------------
     def run_images(self, plan: RunPlan, jobs: list[Job], problems: list[InputProblem], renderer: Renderer,
-                   meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
-        """caption, ocr and ask over jobs made already: every input checked, then the pair found, then
-        each job run (or, with ``dry_run``, its prompt shown); one outcome per input, failures in place."""
+                   meta: dict[str, Any], *, dry_run: bool = False, gate: AnswerGate | None = None) -> list[JobOutcome]:
+        """caption, ocr, ask and locate over jobs made already: every input checked, then the pair found,
+        then each job run (or, with ``dry_run``, its prompt shown); one outcome per input, failures in
+        place. ``gate``: the check each answer passes (locate's places its boxes)."""
         return run_image_jobs(plan, jobs, problems, renderer, meta, find_pair=lambda: self.pair(renderer),
                               engine_for=lambda config, fields: self._answerer(config, renderer, fields), env=self.env,
-                              dry_run=dry_run)
+                              dry_run=dry_run, gate=gate)
 
     def run_batch(self, plan: RunPlan, inputs: tuple[str, ...], batch: BatchOptions, instruction: str,
                   renderer: Renderer, meta: dict[str, Any], *, dry_run: bool = False,
@@ -100,6 +104,15 @@ class Session:
         return run_batch(plan, inputs, batch, instruction, renderer, meta, find_pair=lambda: self.pair(renderer),
                          engine_for=lambda config, fields: self._answerer(config, renderer, fields), env=self.env,
                          dry_run=dry_run, documents=documents)
+
+    def run_locate(self, run: LocateRun, inputs: tuple[str, ...], batch: BatchOptions, renderer: Renderer,
+                   meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
+        """kvl locate: the arguments, ``--from``, ``--skip-done`` and ``--shard`` give one job per image
+        (``--draw`` checked now); as ``run_images`` from there, each answer placed by ``run``'s gate."""
+        refs, problems = batch_inputs(inputs, batch, self.env, "locate")
+        if not refs and not problems and (batch.skip_done or batch.shard or batch.sidecars):
+            return []  # everything is done or belongs to other shards
+        return self.run_images(run.plan, run.jobs(refs), problems, renderer, meta, dry_run=dry_run, gate=run.gate)
 
     def run_videos(self, plan: RunPlan, inputs: list[str], args: VideoArgs, renderer: Renderer, *, instruction: str,
                    scenes: bool = False, fmt: str = "text", task_meta: dict[str, object] | None = None,

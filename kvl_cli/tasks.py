@@ -37,6 +37,22 @@ SCENE_PROMPT = (
     "Describe the scene in one or two sentences."
 )
 
+# kvl locate: Kimi-VL's grounding is not documented; users see boxes as {"bbox_2d": [x0, y0, x1, y1]}
+# and clicks as fractions of the image (MoonshotAI/Kimi-VL issues #52, #56). The answer is constrained
+# to exactly this shape; the prompt says so in words the model has seen.
+LOCATE_PROMPT = (
+    "Locate in this image: {query}. Answer with JSON: {{\"objects\": [{{\"label\": \"...\", "
+    "\"bbox_2d\": [x0, y0, x1, y1]}}]}}, one object per match, each with a short label and its bounding box "
+    "as fractions of the image width and height (0 to 1, from the top-left corner). If nothing matches, "
+    "answer {{\"objects\": []}}."
+)
+LOCATE_POINT_PROMPT = (
+    "Locate in this image: {query}. Answer with JSON: {{\"objects\": [{{\"label\": \"...\", "
+    "\"point_2d\": [x, y]}}]}}, one object per match, each with a short label and the point to click on it "
+    "as fractions of the image width and height (0 to 1, from the top-left corner). If nothing matches, "
+    "answer {{\"objects\": []}}."
+)
+
 
 @dataclass(frozen=True)
 class TaskDefaults:
@@ -50,6 +66,8 @@ DEFAULTS = {
     "ocr": TaskDefaults(think_budget=256, max_tokens=4096, image_max_tokens=2048),
     "ask": TaskDefaults(think_budget=None, max_tokens=8192, image_max_tokens=1024),
     "video": TaskDefaults(think_budget=1024, max_tokens=4096, image_max_tokens=256),
+    # grounding wants detail (small buttons on a screenshot): ocr's image budget
+    "locate": TaskDefaults(think_budget=512, max_tokens=4096, image_max_tokens=2048),
 }
 
 
@@ -59,3 +77,7 @@ def caption_prompt(detail: str) -> str:
 
 def ocr_prompt(fmt: str) -> str:
     return OCR_PROMPTS[fmt]
+
+
+def locate_prompt(query: str, *, point: bool = False) -> str:
+    return (LOCATE_POINT_PROMPT if point else LOCATE_PROMPT).format(query=query)

@@ -119,7 +119,7 @@ def image_message(text: str, *uris: str) -> dict[str, Any]:
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 
-ENDLESS = {"think_budget": 0, "grammar": 'root ::= "a" root'}  # an answer that never ends by itself
+ENDLESS = {"think_budget": 0, "grammar": 'root ::= [ab] root'}  # an answer that never ends by itself
 
 
 def open_stream(port: int, body: dict[str, Any]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

@@ -233,13 +233,14 @@ def test_a_multi_page_tiff_is_read_as_pages(kvl, scripted, tmp_path, images):
 def test_the_cache_keeps_each_rendered_page(kvl, scripted, docs):
     first = jsonl(kvl("ocr", docs["mixed"], "--json", *SHORT, *scripted.args()).out)
     again = jsonl(kvl("ocr", docs["mixed"], "--json", *SHORT, *scripted.args()).out)
-    # the first time every page is encoded (only the prompt's text before it may be reused)
-    assert all(x["timings"]["encode_s"] > 0 and x["cached"]["prefix_tokens"] < x["tokens"]["image"] for x in first)
+    # the first time each page is encoded (only the text before its image may come from another page)
+    assert all(x["timings"]["encode_s"] > 0 for x in first)
     # each page again: its prompt, image included, comes back from the disk cache; nothing is encoded
     assert all(x["cached"]["prefix_tokens"] >= x["tokens"]["image"] > 0 for x in again)
     assert [x["timings"]["encode_s"] for x in again] == [0, 0, 0]
     other = jsonl(kvl("ocr", docs["mixed"], "--json", "--dpi", "40", *SHORT, *scripted.args()).out)
-    assert all(x["timings"]["encode_s"] > 0 for x in other)  # another render: another key, encoded again
+    # another render, another key: each page encoded again (the text before it may still be reused)
+    assert all(x["timings"]["encode_s"] > 0 for x in other)
 
 
 # ---- bad documents ---------------------------------------------------------------------------------

@@ -11,10 +11,19 @@ import pytest
 from kvl_cli.engine.engine import Engine
 from kvl_cli.engine.prompt import format_prompt, kimi_format
 from kvl_cli.engine.reasoning import Section
-from kvl_cli.engine.types import DoneEvent, EngineConfig, FinishReason, GenerationSettings, Request, TextEvent
+from kvl_cli.engine.types import (
+    Constraint,
+    ConstraintKind,
+    DoneEvent,
+    EngineConfig,
+    FinishReason,
+    GenerationSettings,
+    Request,
+    TextEvent,
+)
 from kvl_cli.synthetic import SCRIPTED_ANSWER, SCRIPTED_THINKING
 
-ENDLESS = 'root ::= "a" root'  # a grammar that never lets the answer end
+ENDLESS = Constraint(ConstraintKind.GRAMMAR, 'root ::= [ab] root')  # a grammar that never lets the answer end
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def engine(scripted):  # type: ignore[no-untyped-def]
 
 def endless(cancel: threading.Event) -> Request:
     return Request(user_text="Go", settings=GenerationSettings(temperature=0, max_tokens=100_000, think_budget=0,
-                                                               grammar=ENDLESS), cancel=cancel)
+                                                               constraint=ENDLESS), cancel=cancel)
 
 
 def test_cancel_ends_the_answer_and_frees_its_sequence(engine):
@@ -113,7 +122,8 @@ def test_a_request_whose_grammar_breaks_fails_alone(engine):
     from kvl_cli.engine.types import FailedEvent
     from kvl_cli.errors import UsageError
 
-    bad = Request(user_text="Hi", settings=GenerationSettings(temperature=0, grammar="root ::= ("))
+    bad = Request(user_text="Hi", settings=GenerationSettings(temperature=0, constraint=Constraint(
+        ConstraintKind.GRAMMAR, "root ::= (")))
     good = Request(user_text="Hi", settings=GenerationSettings(temperature=0))
     outcomes = {i: ev for i, ev in engine.generate_many([bad, good, good], parallel=2)
                 if isinstance(ev, (DoneEvent, FailedEvent))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -59,7 +60,8 @@ def test_messages_roles_and_parts():
 def test_response_format():
     assert parse(response_format={"type": "text"}).schema is None
     call = parse(response_format={"type": "json_object"})
-    assert call.schema is not None and call.settings.grammar
+    assert call.schema is not None and call.settings.constraint is not None
+    assert json.loads(call.settings.constraint.text) == {"type": "object"}
     with pytest.raises(ApiError) as exc:
         parse(response_format={"type": "json_object"}, kvl={"grammar": "root ::= \"x\""})
     assert exc.value.status == 400

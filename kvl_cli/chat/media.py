@@ -1,6 +1,6 @@
 """``/add PATH|URL``: a file or URL becomes a media item of the conversation, through kvl's own
 media loading (``media.images`` for pictures, ``media.video_sandbox`` for video frames,
-``media.documents`` for a PDF's or a multi-page TIFF's pages).
+``run.documents`` for a PDF's or a multi-page TIFF's pages).
 
 Each kind of media is one entry of ``LOADERS`` (its extensions and the function that loads it):
 a document type (PDF pages) is added there, in one place.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..engine.types import ImageInput
 from ..errors import ContextError, InputError
+from ..media.documents import PDF_EXTENSIONS, TIFF_EXTENSIONS
 from ..media.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputRef, expand_inputs, load_image
 from ..media.video import stamp
 
@@ -27,21 +28,21 @@ class MediaItem:
     """One thing added to the conversation: an image, or a video's frames (each after its time)."""
 
     source: str  # as the user gave it: a path or a URL (what a saved conversation reloads)
-    kind: str  # "image", "video", "document" (a ``LOADERS`` key)
+    kind: str  # "image", "video" (a ``LOADERS`` key)
     images: list[ImageInput] = field(default_factory=list)
-    stamps: list[str] = field(default_factory=list)  # per image: text before it (a frame's time, [page 3])
+    stamps: list[str] = field(default_factory=list)  # per image: text before it (a frame's time)
 
     def text(self, marker: str) -> str:
-        """Its place in the user's message: one marker per image, after its stamp."""
+        """Its place in the user's message: one marker per image, after its stamp (a frame's time, a
+        page's label)."""
         stamps = self.stamps or [""] * len(self.images)
         return "".join(f"{s}{marker}" for s in stamps)
 
     @property
     def label(self) -> str:
         n = len(self.images)
-        if self.kind == "document":
-            return f"{self.source} ({n} page{'s' if n != 1 else ''})"
-        return f"{self.source} ({n} frames)" if self.kind == "video" else self.source
+        unit = {"video": "frames", "document": "pages"}.get(self.kind)
+        return f"{self.source} ({n} {unit})" if unit else self.source
 
 
 @dataclass
@@ -83,58 +84,44 @@ def _load_video(ref: InputRef, budget: Budget) -> MediaItem:
 
 
 def _load_document(ref: InputRef, budget: Budget) -> MediaItem:
-    """A PDF's (or a multi-page TIFF's) pages, each after its ``[page N]``, their budget lowered to fit
-    the context as ``kvl ask doc.pdf`` does (``KVL_PDF_PASSWORD`` opens an encrypted one)."""
-    import os
-
+    """Every page, each after its label (``[page 3]``), each page's budget lowered so that they fit
+    the context (ContextError saying how many would); a one-page TIFF is an image."""
     from ..media.documents import DocumentOptions
-    from ..run.documents import expand_documents, page_budget, page_label
+    from ..run.documents import expand_documents, fit_pages
 
-    pages, problems, _ = expand_documents([ref], [], DocumentOptions(password=os.environ.get("KVL_PDF_PASSWORD")))
+    pages, problems, _ = expand_documents([ref], [], DocumentOptions())
     if problems:
         raise problems[0].error
-    if pages[0].page is None:  # a TIFF of one page: an image
-        return _load_image(pages[0], budget)
-    per_page = page_budget(len(pages), budget.image_tokens, budget.n_ctx, budget.max_tokens)
+    labels, per_page = fit_pages(pages, budget.image_tokens, budget.n_ctx, budget.max_tokens)
+    if labels is None:
+        return _load_image(ref, budget)
     try:
         images = [load_image(page, max_tokens=per_page) for page in pages]
     finally:
-        for page in pages:
-            page.release()
-    return MediaItem(ref.label, "document", images, [page_label(page, False) for page in pages])
+        ref.release()
+    return MediaItem(ref.label, "document", images, labels)
 
 
 Loader = Callable[[InputRef, Budget], MediaItem]
-# kind -> (extensions, loader); a new kind of media (documents) is one more entry
+# kind -> (extensions, loader); a new kind of media is one more entry
 LOADERS: dict[str, tuple[set[str], Loader]] = {
+    "document": (PDF_EXTENSIONS | TIFF_EXTENSIONS, _load_document),  # before images: a TIFF may have pages
     "image": (IMAGE_EXTENSIONS, _load_image),
     "video": (VIDEO_EXTENSIONS, _load_video),
-    "document": ({".pdf", ".tif", ".tiff"}, _load_document),
 }
 
 
 def kind_of(ref: InputRef) -> str:
     """The kind by the name's extension; an unknown one is tried as an image (the decoder sniffs it)."""
-    for kind, (exts, _) in reversed(LOADERS.items()):  # a .tif is tried as a document first (its pages)
+    for kind, (exts, _) in LOADERS.items():
         if ref.suffix in exts:
             return kind
-    return "document" if ref.suffix == "" and ref.url is None and _sniffs_pdf(ref) else "image"
-
-
-def _sniffs_pdf(ref: InputRef) -> bool:
-    """A file without an extension that begins like a PDF."""
-    from ..media.pdf import is_pdf_bytes
-
-    try:
-        with open(ref.path or "", "rb") as f:
-            return is_pdf_bytes(f.read(1024))
-    except OSError:
-        return False
+    return "image"
 
 
 def attach(source: str, budget: Budget) -> MediaItem:
     """Load ``source`` (a path or an http(s) URL); InputError (missing, unreadable, not media) or
-    ContextError (a video too long for the context) say why not."""
+    ContextError (a video or a document too long for the context) say why not."""
     source = source.strip()
     if not source:
         raise InputError("/add needs a file or a URL", hint="/add photo.jpg")

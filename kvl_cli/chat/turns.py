@@ -53,7 +53,7 @@ class TurnRunner:
         s = self.settings if conv.think_budget is None else replace(self.settings, think_budget=conv.think_budget)
         if conv.think_budget == -1:  # "/think on": no budget at all
             s = replace(s, think_budget=None)
-        return replace(s, grammar=answer.grammar() if answer is not None else None)
+        return replace(s, constraint=answer.constraint() if answer is not None else None)
 
     def run(self, conv: Conversation, question: str, renderer: Renderer, answer: AnswerSchema | None) -> TurnOutcome:
         """The next turn. When the prompt does not fit, the older half of the turns is dropped (their

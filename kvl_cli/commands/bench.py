@@ -98,7 +98,7 @@ def bench(model: str | None, mmproj: str | None, threads: int | None, gpu_layers
     try:
         rows += measure_encode(engine, budgets, renderer, out)
         rows += measure_decode(engine, parallels, prompt_tokens, gen_tokens, renderer, out)
-        rows += measure_grammar(engine, renderer, out)
+        rows += measure_constraint(engine, renderer, out)
     finally:
         renderer.stop_status()
         engine.close()
@@ -153,23 +153,27 @@ def measure_decode(engine: Engine, parallels: list[int], prompt_tokens: int, gen
     return rows
 
 
-def measure_grammar(engine: Engine, renderer: Renderer, out: dict[str, Any]) -> list[Row]:
-    """--schema's cost per answer token against a generated token's time (tg, one sequence)."""
-    from ..engine.bench import bench_grammar
+def measure_constraint(engine: Engine, renderer: Renderer, out: dict[str, Any]) -> list[Row]:
+    """--schema's cost per answer token (llguidance's mask) against a generated token's time (tg, one sequence)."""
+    from ..engine.bench import bench_constraint
 
-    renderer.status("sampling under a grammar")
-    g = bench_grammar(engine)
+    renderer.status("sampling under a constraint")
+    c = bench_constraint(engine)
     tg = next((d["gen_tokens_per_s"] for d in out["decode"] if d["parallel"] == 1), 0.0)
     token_ms = 1000 / tg if tg else 0.0
-    g["token_ms"] = round(token_ms, 3)
-    out["grammar"] = g
+    c["token_ms"] = round(token_ms, 3)
+    out["constrained"] = c
 
     def share(ms: float) -> str:
         return f"{100 * ms / token_ms:.1f}% of a generated token" if token_ms else ""
 
-    extra_ok, extra_no = g["accepted_ms"] - g["plain_ms"], g["refused_ms"] - g["plain_ms"]
-    return [("grammar: token allowed", f"+{extra_ok:.2f} ms", share(extra_ok)),
-            ("grammar: token refused, resampled", f"+{extra_no:.2f} ms", share(extra_no))]
+    extra_ok, extra_no = c["allowed_ms"] - c["plain_ms"], c["refused_ms"] - c["plain_ms"]
+    return [("sampling a free token", f"{c['plain_ms']:.2f} ms", share(c["plain_ms"])),
+            ("constrained, allowed", f"+{extra_ok:.2f} ms", share(extra_ok)),
+            ("constrained, refused", f"+{extra_no:.2f} ms", share(extra_no)),
+            ("refused, most allowed", f"+{c['refused_wide_ms'] - c['plain_ms']:.2f} ms",
+             share(c["refused_wide_ms"] - c["plain_ms"])),
+            ("token mask", f"{c['mask_ms']:.3f} ms", f"median; slowest {c['mask_max_ms']:.3f} ms")]
 
 
 def print_table(rows: list[Row], title: str) -> None:

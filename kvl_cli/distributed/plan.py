@@ -12,6 +12,7 @@ from ..errors import InputError, UsageError
 from ..media.documents import DocumentOptions
 from ..options import BatchOptions, CommonOptions
 from ..run.batch import input_names
+from ..run.locate import plan_for_locate
 from ..run.plan import make_plan
 from ..run.videos import VideoArgs
 from .inputs import Row, list_inputs, page_rows
@@ -37,14 +38,16 @@ def refuse_unsupported(ray_opts: RayOptions, common: CommonOptions, batch: Batch
 
 def make_spec(task: str, common: CommonOptions, ray_opts: RayOptions, *, meta: dict[str, Any], instruction: str,
               video: VideoArgs | None, parallel: int | None, gpu: bool,
-              documents: DocumentOptions | None = None) -> WorkSpec:
+              documents: DocumentOptions | None = None, point: bool = False) -> WorkSpec:
     frames = video.frames_per_scene if video is not None else 1
     plan = make_plan(task, common, parallel=parallel, images_per_input=frames, scenes=video is not None)
+    if task == "locate":
+        plan = plan_for_locate(plan, point)
     plan = plan.for_ray_worker(ray_opts.cpus or common.model.threads or 1, gpu)
     if video is not None:
         video = replace(video, per_frame=plan.image_tokens)
     return WorkSpec(task=task, plan=plan, meta=meta, instruction=instruction, output=ray_opts.output, video=video,
-                    documents=documents or DocumentOptions())
+                    documents=documents or DocumentOptions(), point=point)
 
 
 def gather_args(inputs: tuple[str, ...], batch: BatchOptions | None, env: Environment) -> list[str]:

@@ -42,13 +42,13 @@ MAX_BATCH = 16
 def run_on_ray(task: str, inputs: tuple[str, ...], ray_opts: RayOptions, common: CommonOptions, env: Environment, *,
                batch: BatchOptions | None = None, meta: dict[str, Any] | None = None, instruction: str = "",
                video: VideoArgs | None = None, scenes: bool = False, fmt: str = "text",
-               parallel: int | None = None, documents: DocumentOptions | None = None) -> int:
-    """caption / ocr / video --scenes on a Ray cluster; the exit code as for a batch."""
+               parallel: int | None = None, documents: DocumentOptions | None = None, point: bool = False) -> int:
+    """caption / ocr / locate / video --scenes on a Ray cluster; the exit code as for a batch."""
     refuse_unsupported(ray_opts, common, batch, video, scenes, fmt)
     gpu = uses_gpu(common.model)
     spec = make_spec(task, common, ray_opts, meta=meta or {}, instruction=instruction, video=video,
                      parallel=parallel if parallel is not None else (batch.parallel if batch else None), gpu=gpu,
-                     documents=documents)
+                     documents=documents, point=point)
     rows = plan_rows(inputs, batch, ray_opts, env, video=video is not None, documents=documents)
     if not rows:
         return 0

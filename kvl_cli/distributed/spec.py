@@ -18,12 +18,13 @@ from ..schema import AnswerSchema
 
 @dataclass(frozen=True)
 class WorkSpec:
-    task: str  # caption | ocr | video
+    task: str  # caption | ocr | locate | video
     plan: RunPlan  # one worker's: its threads, its sequences, the settings and the answer schema
     meta: dict[str, Any]  # the task's own record fields (detail, format)
     instruction: str  # images: the prompt; scenes use SCENE_PROMPT
     output: str | None  # --output DIR, or None: records go back to the driver
     video: VideoArgs | None = None
+    point: bool = False  # locate --point: points, not boxes
     documents: DocumentOptions = field(default_factory=DocumentOptions)  # --dpi, --password, --text-layer
 
     @property

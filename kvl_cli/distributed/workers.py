@@ -118,19 +118,19 @@ class ImageWorker(EngineWorker):
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         records = {row["key"]: {"input": row["key"], **error_fields_of(row)} for row in rows if "error" in row}
+        gate, on_images = self._gate()
         text_layer = self.spec.documents.text_layer
         refs = [image_ref(row, self.spec.documents) for row in rows if "error" not in row]
-        jobs = [Job(label=ref.label, refs=[ref], instruction=self.spec.instruction, meta=page_meta(ref, text_layer))
-                for ref in refs]
+        jobs = [Job(label=ref.label, refs=[ref], instruction=self.spec.instruction, meta=page_meta(ref, text_layer),
+                    on_images=on_images) for ref in refs]
         if jobs:
             meta = {"task": self.spec.task, "model": self.model_name, **self.spec.meta,
                     "image_max_tokens": self.config.image_max_tokens, "temperature": self.spec.settings.temperature,
                     "seed": self.spec.settings.seed}
-            gate: dict[str, Any] = {"answer": self.spec.answer} if self.spec.answer is not None else {}
             try:
                 run_jobs(lambda first: self.engine, prepare(jobs, []), settings=self.spec.settings,
                          renderer=self.renderer, image_max_tokens=self.config.image_max_tokens, meta=meta,
-                         parallel=self.spec.parallel, **gate)
+                         parallel=self.spec.parallel, gate=gate)
             except KvlError as exc:  # the batch stopped: what finished is kept, the rest fails with it
                 self.renderer.error("", exc)
             for rec in self.renderer.take():
@@ -142,6 +142,15 @@ class ImageWorker(EngineWorker):
                     "input": job.label, **{k: where[k] for k in ("page", "pages") if k in where}, **error_fields(
                         InputError(f"{job.label}: the worker stopped before it", hint="run the command again"))})
         return [records[row["key"]] for row in rows]
+
+    def _gate(self) -> tuple[AnswerGate, Any]:
+        """The check each answer passes, and (locate) the hook that keeps each image's geometry."""
+        if self.spec.task != "locate":
+            return AnswerGate(self.spec.answer), None
+        from ..run.locate import GeometryKeeper, LocateGate
+
+        gate = LocateGate(self.spec.point)
+        return gate, GeometryKeeper(gate, self.spec.plan, draw=False)
 
     def failed(self, rows: list[Row], exc: KvlError) -> list[dict[str, Any]]:
         return [{"input": row["key"], **(error_fields_of(row) if "error" in row else error_fields(exc))}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import EngineError
 from . import native
@@ -54,14 +56,19 @@ def bench_decode(engine: Engine, n_prompt: int, n_gen: int, parallel: int = 1, s
     return n_prompt * parallel / t_pp, n_gen * parallel / t_tg
 
 
-def bench_grammar(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, float]:
-    """What a grammar costs per answer token (milliseconds), on the logits of one real decode:
-    ``plain``: the sampler chain alone; ``accepted``: a token the grammar allows (the usual case for a
-    model answering in JSON: one grammar check); ``refused``: a token the grammar refuses (all logits
-    masked by the grammar and sampled again); ``utf8_table_s``: the one-time table per model."""
-    from .grammar import ConstrainedSampler, Grammar
+def bench_constraint(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, float]:
+    """What a constrained answer token costs (milliseconds), on the logits of one real decode:
+    ``plain``: the sampler chain alone (a free token); ``allowed``: the token mask computed, the
+    sampled token allowed and consumed (the usual case for a model answering in JSON); ``refused``:
+    the mask refuses the sampled token and it is drawn again from the few allowed ones (a star rating);
+    ``refused_wide``: the same inside a string, where most of the vocabulary is allowed (the refused
+    logits go to -inf and the whole vocabulary is sampled again);
+    ``mask``: llguidance's mask alone (median and slowest); ``tokenizer_s``: built once per model."""
+    import statistics
+
+    from .constraint import ConstrainedSampler, tokenizer_for
     from .llama_handles import Sampler
-    from .types import GenerationSettings
+    from .types import Constraint, ConstraintKind, GenerationSettings
 
     worker = engine.workers[0]
     ctx, model = worker.ctx, worker.model
@@ -69,25 +76,80 @@ def bench_grammar(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, float
     settings = GenerationSettings(temperature=0.8, seed=seed)
     with Batch(1) as batch:
         _decode(ctx, batch, [(random.Random(seed).randrange(model.n_vocab), 0, 0)])
+    end = model.special_token("<|im_end|>") or model.eos
     t0 = time.perf_counter()
-    refusing = ConstrainedSampler(settings, model, 'root ::= "\\u0001"*')  # nothing a model picks: always refused
-    table_s = time.perf_counter() - t0
-    plain, open_grammar = Sampler(settings), Grammar(model, "root ::= [^\\u0001]*")
+    tokenizer_for(model, end)
+    tokenizer_s = time.perf_counter() - t0
+    # anything at all (every token allowed) / a star rating (a sampled token is refused but for a few digits)
+    anything = ConstrainedSampler(settings, model, Constraint(ConstraintKind.GRAMMAR, "start: /(.|\\n)*/"), end)
+    stars = Constraint(ConstraintKind.JSON_SCHEMA, '{"type": "integer", "minimum": 1, "maximum": 5}')
+    refusing = ConstrainedSampler(settings, model, stars, end)
+    # inside a string without an "e": most of the vocabulary allowed, so a refusal masks it all
+    no_e = Constraint(ConstraintKind.JSON_SCHEMA, '{"type": "string", "pattern": "^[^e]*$"}')
+    wide = ConstrainedSampler(settings, model, no_e, end)
+    wide.consume(model.tokenize('"')[0])
+    plain = Sampler(settings)
+    logits = _logits(ctx, model.n_vocab)
+    kept = logits.copy()
     try:
-        t_plain = _per_call(lambda: plain.sample(ctx, -1), n)
-        t_checked = _per_call(lambda: open_grammar.allows(plain.sample(ctx, -1)), n)
-        t_refused = _per_call(lambda: refusing._resample(ctx, -1, refusing.utf8.mask(b"")), max(4, n // 8))
+        t_plain = _timed(lambda: plain.sample(ctx, -1), n)
+        t_allowed = _timed(lambda: _allowed(anything, ctx), n)
+        t_mask = _timed(refusing.fill_mask, n)
+
+        def restore() -> None:
+            logits[:] = kept  # the logits as decoded (a refusal masks them in place), untimed
+
+        def refused() -> None:
+            refusing.fill_mask()
+            refusing.chain.sample(ctx, -1)  # refused: drawn again from the allowed tokens
+            refusing.resample(ctx, -1)
+
+        def refused_wide() -> None:
+            wide.fill_mask()
+            wide.chain.sample(ctx, -1)
+            wide.resample(ctx, -1)
+
+        t_refused = _timed(refused, max(8, n // 2), restore)
+        t_wide = _timed(refused_wide, max(8, n // 2), restore)
     finally:
+        logits[:] = kept
+        anything.close()
         refusing.close()
+        wide.close()
         plain.close()
-        open_grammar.close()
         worker.resident.forget(0)
-    return {"plain_ms": round(t_plain * 1e3, 3), "accepted_ms": round(t_checked * 1e3, 3),
-            "refused_ms": round((t_refused + t_plain) * 1e3, 3), "utf8_table_s": round(table_s, 3)}
+    ms = 1e3
+    return {"plain_ms": round(statistics.median(t_plain) * ms, 3),
+            "allowed_ms": round(statistics.median(t_allowed) * ms, 3),
+            "refused_ms": round(statistics.median(t_refused) * ms, 3),
+            "refused_wide_ms": round(statistics.median(t_wide) * ms, 3),
+            "mask_ms": round(statistics.median(t_mask) * ms, 4), "mask_max_ms": round(max(t_mask) * ms, 4),
+            "tokenizer_s": round(tokenizer_s, 3)}
 
 
-def _per_call(fn: object, n: int) -> float:
-    t0 = time.perf_counter()
+def _allowed(sampler: object, ctx: Context) -> None:
+    from .constraint import ConstrainedSampler
+
+    assert isinstance(sampler, ConstrainedSampler)
+    sampler.fill_mask()
+    token = sampler.chain.sample(ctx, -1)
+    if sampler.allows(token):
+        sampler.consume(token)
+
+
+def _logits(ctx: Context, n_vocab: int) -> Any:
+    """The last decode's logits, as a numpy view of llama.cpp's buffer."""
+    import numpy as np
+
+    return np.ctypeslib.as_array(native.llama().llama_get_logits_ith(ctx.ptr, -1), shape=(n_vocab,))
+
+
+def _timed(fn: Callable[[], object], n: int, before: Callable[[], object] | None = None) -> list[float]:
+    times = []
     for _ in range(n):
-        fn()  # type: ignore[operator]
-    return (time.perf_counter() - t0) / n
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times

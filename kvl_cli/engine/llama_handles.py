@@ -101,6 +101,10 @@ class Model(Owned):
         toks = self.tokenize(text, special=True)
         return toks[0] if len(toks) == 1 else None
 
+    @property
+    def eos(self) -> int:
+        return int(native.llama().llama_vocab_eos(self.vocab))
+
     def is_eog(self, token: int) -> bool:
         return bool(native.llama().llama_vocab_is_eog(self.vocab, token))
 

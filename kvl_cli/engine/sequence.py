@@ -7,7 +7,7 @@ import enum
 import time
 from collections.abc import Iterator
 
-from .grammar import ConstrainedSampler
+from .constraint import ConstrainedSampler
 from .llama_handles import Context, Model, Sampler
 from .prompt import PreparedPrompt
 from .reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, Section
@@ -66,7 +66,11 @@ class Sequence:
             return
         token = self._sample(ctx, logits_index)
         if self.model.is_eog(token) or token == self.im_end:
-            self.end(FinishReason.STOP)
+            if self._answer_owed():  # the model ended while thinking: the constrained answer still comes
+                self.feed = []
+                yield from self._close_thinking(ctx, budget=False)
+            else:
+                self.end(FinishReason.STOP)
             return
         self.tokens.generated += 1
         before = self.splitter.section
@@ -76,7 +80,7 @@ class Sequence:
         self.feed = [token]
         self.out.append(token)
         if before is not Section.ANSWER and self.splitter.section is Section.ANSWER:
-            self._constrain()  # the thinking closed: the answer follows the grammar from the next token
+            self._constrain()  # the thinking closed: the answer follows the constraint from the next token
             if before is Section.THINKING:
                 self.answer_at = len(self.out)
         if self.tokens.generated >= self.settings.max_tokens:
@@ -84,24 +88,33 @@ class Sequence:
             return
         budget = self.settings.think_budget
         if budget is not None and self.splitter.section is Section.THINKING and self.thought >= budget:
-            yield from self._close_thinking(ctx)
+            yield from self._close_thinking(ctx, budget=True)
 
     def _sample(self, ctx: Context, logits_index: int) -> int:
         assert self.sampler is not None
         token = self.sampler.sample(ctx, logits_index)
-        grammar_pending = self.settings.grammar and not isinstance(self.sampler, ConstrainedSampler)
+        if not self._answer_owed() or self.splitter.section is Section.THINKING:
+            return token
         held = self.decoder.getstate()[0]  # bytes of a character not complete yet
-        if grammar_pending and self.splitter.would_start_answer(held + self.model.piece(token)):
-            self._constrain()  # the model answers without thinking: that answer follows the grammar too
+        ends = self.model.is_eog(token) or token == self.im_end
+        if ends or self.splitter.would_start_answer(held + self.model.piece(token)):
+            self._constrain()  # the model answers (or ends) without thinking: that answer is constrained too
             token = self.sampler.sample(ctx, logits_index)
         return token
 
+    def _answer_owed(self) -> bool:
+        """The request constrains its answer and that answer has not started yet."""
+        return self.settings.constraint is not None and not isinstance(self.sampler, ConstrainedSampler)
+
     def _constrain(self) -> None:
-        """From now on the answer is sampled under the request's grammar (if it has one)."""
-        if self.settings.grammar and not isinstance(self.sampler, ConstrainedSampler):
+        """From now on the answer is sampled under the request's constraint (if it has one)."""
+        if self._answer_owed():
+            assert self.settings.constraint is not None
             if self.sampler is not None:
                 self.sampler.close()
-            self.sampler = ConstrainedSampler(self.settings, self.model, self.settings.grammar)
+            self.sampler = None
+            end = self.im_end if self.im_end is not None else self.model.eos
+            self.sampler = ConstrainedSampler(self.settings, self.model, self.settings.constraint, end)
 
     def _at_limit(self, ctx: Context) -> bool:
         if self.tokens.generated >= self.settings.max_tokens:
@@ -123,9 +136,10 @@ class Sequence:
         if before is Section.THINKING:
             self.thought += 1
 
-    def _close_thinking(self, ctx: Context) -> Iterator[Event]:
-        """Budget spent: close the thinking ourselves and let the answer follow."""
-        self.budget_hit = True
+    def _close_thinking(self, ctx: Context, *, budget: bool) -> Iterator[Event]:
+        """Budget spent (or the model ended while a constrained answer is owed): close the thinking
+        ourselves and let the answer follow."""
+        self.budget_hit = self.budget_hit or budget
         for section, delta in self.splitter.close_thinking():
             yield TextEvent(section, delta)
         self.timings.think_s = time.perf_counter() - self.t_gen

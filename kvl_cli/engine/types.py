@@ -45,6 +45,22 @@ class ImageInput:
     height: int
     id: str
     label: str = ""
+    # the image as a person sees it (EXIF orientation applied) before kvl scaled it to the token budget;
+    # None: these pixels are the source (a video frame). ``kvl locate`` maps its boxes back to it.
+    source_size: tuple[int, int] | None = None
+
+
+class ConstraintKind(str, enum.Enum):
+    JSON_SCHEMA = "json_schema"  # a JSON Schema (as JSON text): the answer is a JSON document that follows it
+    GRAMMAR = "grammar"  # a GBNF or Lark grammar (``kvl serve``'s ``kvl.grammar``)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the answer after the thinking must follow; compiled by llguidance (``engine.constraint``)."""
+
+    kind: ConstraintKind
+    text: str
 
 
 @dataclass
@@ -56,7 +72,7 @@ class GenerationSettings:
     seed: int | None = None
     max_tokens: int = 4096
     think_budget: int | None = None  # None: unlimited; 0 = no thinking at all
-    grammar: str | None = None  # GBNF the answer must follow (the thinking before it is free)
+    constraint: Constraint | None = None  # what the answer must follow (the thinking before it is free)
 
 
 @dataclass

@@ -133,18 +133,39 @@ def check_header(label: str, source: Source, *, pixels: int | None = None,
         return check_header(label, read_file(source, label, byte_limit), pixels=pixels)  # says what went wrong
 
 
-@_quiet
 def decode_rgb(label: str, source: Source, *, max_tokens: int | None = None, pixels: int | None = None,
                byte_limit: int | None = None) -> Any:
     """Decoded RGB PIL image: first frame, orientation fixed, alpha on white, at most ``max_tokens`` worth."""
+    return decode_rgb_sized(label, source, max_tokens=max_tokens, pixels=pixels, byte_limit=byte_limit)[0]
+
+
+@_quiet
+def decode_rgb_sized(label: str, source: Source, *, max_tokens: int | None = None, pixels: int | None = None,
+                     byte_limit: int | None = None) -> tuple[Any, tuple[int, int]]:
+    """``decode_rgb``'s image and the size of the image as a person sees it: its full size, EXIF
+    orientation applied (a phone's portrait photo stored sideways is tall), before any scaling."""
     data = read_file(source, label, byte_limit) if isinstance(source, Path) else source
     img = open_image(label, io.BytesIO(data), pixels=pixels)
     try:
-        return fit(_flatten(_first_frame(img, max_tokens)), max_tokens)
+        seen = oriented_size(img)
+        return fit(_flatten(_first_frame(img, max_tokens)), max_tokens), seen
     except InputError:
         raise
     except Exception as exc:  # see open_image
         raise damaged(label, exc) from None
+
+
+_TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def oriented_size(img: Any) -> tuple[int, int]:
+    """(width, height) of ``img`` once its EXIF orientation is applied."""
+    w, h = img.size
+    try:
+        turned = img.getexif().get(0x0112) in _TURNED
+    except Exception:  # damaged EXIF: exif_transpose ignores it too
+        turned = False
+    return (h, w) if turned else (w, h)
 
 
 def _first_frame(img: Any, max_tokens: int | None) -> Any:

@@ -32,11 +32,12 @@ def image_header(req: Header, payload: bytes) -> Iterator[Reply]:
 
 
 def image_decode(req: Header, payload: bytes) -> Iterator[Reply]:
-    from .decode import decode_rgb
+    from .decode import decode_rgb_sized
 
-    img = decode_rgb(req["label"], _source(req, payload), max_tokens=req.get("max_tokens"), pixels=req["pixels"],
-                     byte_limit=req["bytes"])
-    yield {"done": True, "width": img.width, "height": img.height}, img.tobytes()
+    img, (sw, sh) = decode_rgb_sized(req["label"], _source(req, payload), max_tokens=req.get("max_tokens"),
+                                     pixels=req["pixels"], byte_limit=req["bytes"])
+    yield {"done": True, "width": img.width, "height": img.height, "source_width": sw, "source_height": sh}, \
+        img.tobytes()
 
 
 def _info(req: Header) -> Any:

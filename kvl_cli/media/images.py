@@ -24,7 +24,7 @@ from ..engine.types import ImageInput
 from ..errors import InputError, KvlError
 from ..limits import is_regular, max_input_bytes, oversized, read_file, read_limited
 from . import sandbox
-from .decode import DEFAULT_MAX_IMAGE_PIXELS, PIXELS_PER_TOKEN, check_header, decode_rgb, fit, pixel_limit
+from .decode import DEFAULT_MAX_IMAGE_PIXELS, PIXELS_PER_TOKEN, check_header, decode_rgb_sized, fit, pixel_limit
 from .documents import PDF_EXTENSIONS, DocPage, load_page
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -169,19 +169,22 @@ def load_image(ref: InputRef, *, max_tokens: int | None = None) -> ImageInput:
     (a document's page: rendered to fill them)."""
     if ref.page is not None:
         return load_page(ref.label, ref.source(), ref.page, max_tokens)
-    width, height, rgb = _decode("image.decode", ref.label, ref.source(), max_tokens)
+    width, height, rgb, seen = _decode("image.decode", ref.label, ref.source(), max_tokens)
     digest = hashlib.sha256(rgb).hexdigest()[:32] + f"-{width}x{height}"
-    return ImageInput(rgb=rgb, width=width, height=height, id=digest, label=ref.label)
+    return ImageInput(rgb=rgb, width=width, height=height, id=digest, label=ref.label, source_size=seen)
 
 
-def _decode(op: str, label: str, source: Path | bytes, max_tokens: int | None = None) -> tuple[int, int, bytes]:
-    """(width, height, RGB bytes) from the decoder process, or in this one with ``KVL_SANDBOX=0``."""
+def _decode(op: str, label: str, source: Path | bytes,
+            max_tokens: int | None = None) -> tuple[int, int, bytes, tuple[int, int]]:
+    """(width, height, RGB bytes, the size as a person sees it) from the decoder process, or in this
+    one with ``KVL_SANDBOX=0``."""
     pixels, byte_limit = pixel_limit(), max_input_bytes()
     if not sandbox.enabled():
         if op == "image.header":
-            return (*check_header(label, source, pixels=pixels, byte_limit=byte_limit), b"")
-        img = decode_rgb(label, source, max_tokens=max_tokens, pixels=pixels, byte_limit=byte_limit)
-        return img.width, img.height, img.tobytes()
+            w, h = check_header(label, source, pixels=pixels, byte_limit=byte_limit)
+            return w, h, b"", (w, h)
+        img, seen = decode_rgb_sized(label, source, max_tokens=max_tokens, pixels=pixels, byte_limit=byte_limit)
+        return img.width, img.height, img.tobytes(), seen
     header = {"label": label, "pixels": pixels, "bytes": byte_limit, "max_tokens": max_tokens,
               **(sandbox.where(source) if isinstance(source, Path) else {})}
     replies = sandbox.decoder().request(label, op, header, source if isinstance(source, bytes) else b"",
@@ -192,7 +195,9 @@ def _decode(op: str, label: str, source: Path | bytes, max_tokens: int | None = 
     if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0
             and (op == "image.header" or len(rgb) == width * height * 3)):
         raise InputError(f"{label}: the image decoder gave a malformed answer", hint="report it")
-    return width, height, rgb
+    sw, sh = done.get("source_width", width), done.get("source_height", height)
+    seen = (sw, sh) if isinstance(sw, int) and isinstance(sh, int) and sw > 0 and sh > 0 else (width, height)
+    return width, height, rgb, seen
 
 
 def _to_input(img, label: str) -> ImageInput:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..media.documents import DocumentOptions
 from ..media.images import InputProblem, InputRef
 from ..render import Renderer
+from ..schema import AnswerGate
 from ..store.catalog import Pair
 from .batch import batch_inputs, done_pages
 from .documents import expand_documents, page_meta
@@ -35,8 +36,9 @@ def per_image_jobs(refs: list[InputRef], instruction: str, *, text_layer: bool =
 
 def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem], renderer: Renderer,
                    meta: dict[str, Any], *, find_pair: Callable[[], Pair], engine_for: EngineFor, env: Environment,
-                   dry_run: bool = False) -> list[JobOutcome]:
-    """One outcome per input, failures in their place (see the module's docstring)."""
+                   dry_run: bool = False, gate: AnswerGate | None = None) -> list[JobOutcome]:
+    """One outcome per input, failures in their place (see the module's docstring). ``gate``: the check
+    each answer passes (default: the plan's schema's)."""
     if not jobs and not problems:
         raise InputError("no input given", hint=f"try: kvl {plan.task} photo.jpg")
     slots = prepare(jobs, problems)  # every input checked, in order, before a model is looked for
@@ -56,7 +58,7 @@ def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem],
     try:
         return run_jobs(factory, slots, settings=plan.settings, renderer=renderer,
                         image_max_tokens=config.image_max_tokens, meta=meta, parallel=plan.parallel or 1,
-                        answer=plan.answer)
+                        gate=gate or plan.gate())
     finally:
         renderer.close()
 

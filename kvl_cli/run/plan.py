@@ -2,7 +2,7 @@
 
 The commands, ``kvl serve``, the Ray workers and the library face all turn (task, options, model
 pair, inputs) into the same things here: the generation settings (the task's defaults, the thinking
-budget, the answer's grammar), the answer schema, how many inputs run at once and how (workers,
+budget, the answer's constraint), the answer schema, how many inputs run at once and how (workers,
 sequences per worker), the engine's configuration with the context each sequence needs, and the
 render options. Everything a user can get wrong here is refused before a model loads.
 """
@@ -142,12 +142,12 @@ def answer_schema(gen: GenerationOptions) -> AnswerSchema | None:
 
 def generation_settings(gen: GenerationOptions, task: str, answer: AnswerSchema | None = None, *,
                         scenes: bool = False) -> GenerationSettings:
-    """The task's defaults under the options: thinking budget, token limit, the answer's grammar."""
+    """The task's defaults under the options: thinking budget, token limit, the answer's constraint."""
     d = DEFAULTS[task]
     budget = 0 if gen.no_think else (gen.think_budget if gen.think_budget is not None else d.think_budget)
     settings = GenerationSettings(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed,
                                   max_tokens=gen.max_tokens or d.max_tokens, think_budget=budget,
-                                  grammar=answer.grammar() if answer is not None else None)
+                                  constraint=answer.constraint() if answer is not None else None)
     if scenes and gen.think_budget is None and not gen.no_think:
         settings = replace(settings, think_budget=SCENE_THINK_BUDGET)
     return settings

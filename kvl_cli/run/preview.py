@@ -26,7 +26,9 @@ class PreviewWriter:
 
     def write(self, label: str, view: PromptView, meta: dict[str, Any]) -> None:
         self.count += 1
-        settings = {**asdict(self.settings), "image_min_tokens": self.config.image_min_tokens,
+        c = self.settings.constraint
+        constraint = None if c is None else {"kind": c.kind.value, "text": c.text}
+        settings = {**asdict(self.settings), "constraint": constraint, "image_min_tokens": self.config.image_min_tokens,
                     "image_max_tokens": self.config.image_max_tokens, "ctx": self.config.n_ctx}
         if self.as_json:
             rec = {"input": label, **meta, "prompt": view.text, "prompt_tokens": view.n_prompt,
@@ -35,8 +37,8 @@ class PreviewWriter:
         else:
             head = (("\n" if self.count > 1 else "") + f"==> {label} <==\n") if self.total > 1 else ""
             images = len(view.image_tokens)
-            if settings["grammar"]:  # the whole GBNF is in --json; here, its size
-                settings["grammar"] = f"<{len(settings['grammar'].splitlines())} rules>"
+            if c is not None:  # the whole schema is in --json; here, its kind and size
+                settings["constraint"] = f"<{c.kind.value}, {len(c.text)} characters>"
             self.env.stdout.write(
                 f"{head}{view.text}\n\nsettings: {' '.join(f'{k}={v}' for k, v in settings.items())}\n"
                 f"prompt: {view.n_prompt} tokens, {sum(view.image_tokens)} for {images} "

@@ -63,6 +63,9 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     image_labels: list[str] | None = None  # a text before each image (a document's pages: ``[page 3]``)
     image_tokens: int | None = None  # most tokens per image, when lower than the run's (pages fitted to --ctx)
+    # called with the job's images once decoded, before what an input kept is let go (kvl locate keeps
+    # their geometry, to map its answer back to the pixels of each original)
+    on_images: Callable[[Job, list[ImageInput]], None] | None = None
 
     @property
     def page(self) -> Page | None:
@@ -193,7 +196,7 @@ class JobSink:
         slot = self.slots[pos]
         meta = slot.meta if isinstance(slot, Job) else {}
         if isinstance(outcome, Result):
-            outcome, meta = self._checked(outcome, meta)
+            outcome, meta = self._checked(outcome, meta, slot.label)
         if isinstance(outcome, KvlError):
             self.renderer.error(slot.label, outcome, page=_page(slot))
             self.outcomes.append(JobOutcome(slot.label, error=outcome))
@@ -202,10 +205,10 @@ class JobSink:
         self.outcomes.append(JobOutcome(slot.label, result=outcome))
 
 
-    def _checked(self, result: Result, meta: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    def _checked(self, result: Result, meta: dict[str, Any], label: str) -> tuple[Outcome, dict[str, Any]]:
         """With --schema: the validated answer, streamed now, and its data; or the reason there is none."""
         try:
-            result, extra = self.gate.release(result, self.renderer.event)
+            result, extra = self.gate.release(result, self.renderer.event, label)
         except KvlError as exc:
             return exc, meta
         return result, {**meta, **extra}
@@ -228,7 +231,10 @@ class JobRequests:
         return job
 
     def _images(self, job: Job) -> list[ImageInput]:
-        return [load_image(ref, max_tokens=job.image_tokens or self.image_max_tokens) for ref in job.refs]
+        images = [load_image(ref, max_tokens=job.image_tokens or self.image_max_tokens) for ref in job.refs]
+        if job.on_images is not None:
+            job.on_images(job, images)
+        return images
 
     def request(self, pos: int, marker: str) -> Request:
         job = self._job(pos)
@@ -283,7 +289,8 @@ class JobRequests:
 
 def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[Slot], *, settings: GenerationSettings,
              renderer: Renderer, image_max_tokens: int | None,
-             meta: dict[str, Any], parallel: int = 1, answer: AnswerSchema | None = None) -> list[JobOutcome]:
+             meta: dict[str, Any], parallel: int = 1, answer: AnswerSchema | None = None,
+             gate: AnswerGate | None = None) -> list[JobOutcome]:
     """Run every job of ``slots`` (from ``prepare``), writing results in input order; one outcome
     per input (failed ones included, in their place; with no job, only those, and no engine).
     Raises ``Interrupted`` on Ctrl-C, after writing what finished.
@@ -291,7 +298,7 @@ def run_jobs(engine_factory: Callable[[Request | None], Answerer], slots: list[S
     With ``parallel`` > 1, up to that many jobs are worked on at once; the first in order streams
     live, the others are written whole when their turn comes.
     """
-    sink = JobSink(slots, renderer, dict(meta), AnswerGate(answer))
+    sink = JobSink(slots, renderer, dict(meta), gate or AnswerGate(answer))
     emitter = OrderedEmitter(sink)
     for pos, slot in enumerate(slots):
         if isinstance(slot, InputProblem):

@@ -109,8 +109,6 @@ class Api:
     async def chat(self, request: Request) -> Response:
         call = parse_chat(await read_json(request, self.settings.max_body), self.settings.defaults)
         self.service.check_room()  # a full queue is refused before the images are read
-        if call.settings.grammar and call.schema is None:
-            await asyncio.to_thread(self.service.check_grammar, call.settings.grammar)
         req = await until_disconnect(request, self.media.build_request(call, self.settings.marker))
         job = Job(req, asyncio.get_running_loop())
         self.service.submit(job)

@@ -25,6 +25,7 @@ from ..engine.types import (
     Answerer,
     AnyEvent,
     CacheStats,
+    ConstraintKind,
     DoneEvent,
     EngineConfig,
     FailedEvent,
@@ -103,11 +104,17 @@ class RemoteEngine:
         images = iter(req.images)
         for (role, _), text in zip([*req.messages, ("user", "")], texts, strict=True):
             messages.append({"role": role, "content": _parts(text, images) if role == "user" else text})
-        ext = {"think_budget": s.think_budget, "top_k": s.top_k, "min_p": s.min_p, "grammar": s.grammar,
+        c = s.constraint
+        ext = {"think_budget": s.think_budget, "top_k": s.top_k, "min_p": s.min_p,
+               "grammar": c.text if c is not None and c.kind is ConstraintKind.GRAMMAR else None,
                "image_max_tokens": self.image_max_tokens, "progress": True}
-        return {"model": self.rec.model_name, "messages": messages, "stream": True, "max_tokens": s.max_tokens,
+        body = {"model": self.rec.model_name, "messages": messages, "stream": True, "max_tokens": s.max_tokens,
                 "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
                 "kvl": {k: v for k, v in ext.items() if v is not None or k == "think_budget"}}
+        if c is not None and c.kind is ConstraintKind.JSON_SCHEMA:  # the schema goes as OpenAI's response_format
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": json.loads(c.text)}}
+        return body
 
 
 def _parts(text: str, images: Iterator[ImageInput]) -> list[dict[str, Any]]:

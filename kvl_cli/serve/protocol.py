@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.types import GenerationSettings
+from ..engine.constraint import ConstraintError, compile_constraint
+from ..engine.types import Constraint, ConstraintKind, GenerationSettings
 from ..errors import UsageError
 from ..pages import parse_pages
 from ..schema import AnswerSchema, checked
@@ -24,7 +25,8 @@ EXTENSIONS = {
     "image_max_tokens": "most tokens per image for this request (at most the server's --image-max-tokens)",
     "top_k": "top-k sampling (0: off)",
     "min_p": "min-p sampling (0: off)",
-    "grammar": "GBNF the answer (after the thinking) must follow; not with response_format",
+    "grammar": "GBNF (or Lark) the answer (after the thinking) must follow, through llguidance; not with "
+               "response_format",
     "progress": "stream: also send chunks with {'kvl': {'phase': ...}} (encode, prefill, generate)",
     "pages": "the pages of each PDF file part to read, like --pages (1-3,7); default: all",
 }
@@ -108,7 +110,7 @@ def parse_chat(body: Any, defaults: Defaults) -> ChatCall:
     if grammar is not None and schema is not None:
         raise bad_request("kvl.grammar and response_format do not go together", param="kvl.grammar")
     settings = _settings(body, ext, defaults)
-    settings.grammar = grammar if schema is None else schema.grammar()
+    settings.constraint = _grammar(grammar) if schema is None else schema.constraint()
     image_max = _int(ext, "image_max_tokens", defaults.image_max_tokens, 8, defaults.image_max_tokens,
                      "kvl.image_max_tokens")
     return ChatCall(model=_opt(body, "model", str, "model"), system=system, turns=turns, settings=settings,
@@ -232,6 +234,18 @@ def _response_format(raw: Any) -> AnswerSchema | None:
     except UsageError as exc:
         message = str(exc).replace("--schema", "response_format.json_schema.schema")
         raise bad_request(message, param="response_format", code="invalid_schema") from None
+
+
+def _grammar(text: str | None) -> Constraint | None:
+    """``kvl.grammar``: GBNF or Lark, compiled by llguidance now (a 400 before the request waits its turn)."""
+    if text is None:
+        return None
+    constraint = Constraint(ConstraintKind.GRAMMAR, text)
+    try:
+        compile_constraint(constraint)
+    except ConstraintError as exc:
+        raise bad_request(f"kvl.grammar: {exc.message}", param="kvl.grammar", code="invalid_grammar") from None
+    return constraint
 
 
 def _stop(raw: Any) -> list[str]:

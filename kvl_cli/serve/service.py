@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ..engine.engine import Engine
 from ..engine.types import AnyEvent, DoneEvent, FailedEvent, Request
 from ..errors import KvlError
-from .errors import ApiError, bad_request, busy, internal
+from .errors import ApiError, busy, internal
 
 log = logging.getLogger("kvl.serve")
 IDLE_WAIT_S = 0.5  # with nothing running, how long the engine thread waits on the queue before looking up
@@ -106,17 +106,6 @@ class Service:
                            code="unavailable")
         if len(self._waiting) >= self.queue_size:
             raise busy(self.retry_after())
-
-    def check_grammar(self, gbnf: str) -> None:
-        """ApiError 400 if llama.cpp cannot parse ``gbnf`` (before the request waits its turn)."""
-        from ..engine.grammar import Grammar
-
-        if self.engine is None or not self.engine.workers:
-            return
-        try:
-            Grammar(self.engine.workers[0].model, gbnf).close()
-        except KvlError as exc:
-            raise bad_request(f"kvl.grammar: {exc.message}", param="kvl.grammar", code="invalid_grammar") from None
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the queue's work spread over the sequences."""

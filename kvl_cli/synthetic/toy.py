@@ -70,16 +70,20 @@ def _text_metadata(d: TextDims, n_vocab: int, name: str, context_length: int | N
     ]
 
 
-def _scripted_embeddings(wts: ToyWeights, tokens: list[str], d: TextDims) -> tuple[np.ndarray, np.ndarray]:
+Chain = list[tuple[str | bytes, str | bytes]]
+
+
+def _scripted_embeddings(wts: ToyWeights, tokens: list[str], d: TextDims,
+                         chain: Chain = SCRIPT_CHAIN) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal embeddings for the chain's tokens (no cross-talk between their logits); each
     token's output row points at its successor."""
     n_vocab = len(tokens)
-    if len(SCRIPT_CHAIN) > d.n_embd:
+    if len(chain) > d.n_embd:
         raise ValueError("n_embd too small for the scripted chain")
     q, _ = np.linalg.qr(wts.rng.standard_normal((d.n_embd, d.n_embd)))
     embd = wts.rand(n_vocab, d.n_embd, scale=1.0)
     output = np.zeros((n_vocab, d.n_embd), np.float32)
-    for i, (src, dst) in enumerate(SCRIPT_CHAIN):
+    for i, (src, dst) in enumerate(chain):
         s, t = token_id(tokens, src), token_id(tokens, dst)
         embd[s] = q[i]
         output[t] += 10.0 * q[i]
@@ -126,8 +130,9 @@ def _add_moe_ffn(w: Any, wts: ToyWeights, d: TextDims, p: str) -> None:
 
 
 def write_text_model(path: str | Path, *, scripted: bool = True, dims: TextDims = TOY_TEXT, seed: int = 0,
-                     context_length: int | None = None) -> Path:
-    """Write a toy deepseek2 text model. ``scripted`` makes greedy output follow SCRIPT_CHAIN."""
+                     context_length: int | None = None, chain: Chain | None = None) -> Path:
+    """Write a toy deepseek2 text model. ``scripted`` makes greedy output follow SCRIPT_CHAIN (or
+    ``chain``: each token's successor, e.g. a model that ends while it thinks)."""
     path = Path(path)
     wts = ToyWeights(seed, scripted)
     tokens, types, merges = toy_vocab()
@@ -136,8 +141,10 @@ def write_text_model(path: str | Path, *, scripted: bool = True, dims: TextDims 
     name = "kvl-toy-kimi-vl" + ("-scripted" if scripted else "-random")
     add_metadata(w, _text_metadata(d, len(tokens), name, context_length))
     add_metadata(w, tokenizer_metadata(tokens, types, merges))
-    embeddings = _scripted_embeddings if scripted else _random_embeddings
-    embd, output = embeddings(wts, tokens, d)
+    if scripted:
+        embd, output = _scripted_embeddings(wts, tokens, d, chain or SCRIPT_CHAIN)
+    else:
+        embd, output = _random_embeddings(wts, tokens, d)
     w.add_tensor("token_embd.weight", embd)
     w.add_tensor("output_norm.weight", wts.ones(d.n_embd))
     w.add_tensor("output.weight", output)

@@ -1,0 +1,266 @@
+"""Constrained answers through llguidance: after the thinking, every answer token is sampled under
+the token mask of the answer's JSON Schema or grammar.
+
+llguidance (the constrained-decoding engine of llama.cpp's LLGUIDANCE build, vLLM and SGLang)
+compiles a JSON Schema (every keyword it implements: ranges, ``pattern``, lengths, item counts,
+``$ref``, ``anyOf``/``oneOf``, ``enum``/``const``, ``format``) or a GBNF/Lark grammar, and computes
+which tokens of the model's vocabulary may come next in tens of microseconds. Its tokenizer is built
+once per model from llama.cpp's vocabulary (under a second for 163,840 tokens) and kept.
+
+A token is sampled as usual first and checked against the mask (one bit); only when the mask refuses
+it are the refused logits set to -inf and the token sampled again. For plain sampling that draws
+from exactly the masked distribution: a refused first draw falls back on the others in proportion.
+
+A schema is compiled when the command starts (without a model: llguidance needs no tokenizer to
+check it), so a keyword it cannot honour is a usage error before anything loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import EngineError, UsageError
+from ..safetext import escape_controls
+from .llama_handles import Context, Model, Sampler
+from .types import Constraint, ConstraintKind, GenerationSettings
+
+# Compact JSON (``{"a":1,"b":[2,3]}``): llguidance lets whitespace run free by default, and a weak
+# model's answer then runs to the token limit in tabs and newlines.
+JSON_OPTIONS: Any = {"whitespace_flexible": False}
+# A number without a bound may be written with any exponent (1e999 reads as Infinity, which JSON
+# lacks) or digits without end; bounded, llguidance writes it in plain digits.
+NUMBER_BOUND = 10**15
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames",
+                  "unevaluatedProperties", "unevaluatedItems", "additionalItems")
+
+
+class ConstraintError(UsageError):
+    """llguidance cannot compile the schema or grammar (exit 2; ``kvl serve``: 400)."""
+
+
+def kvl_schema(schema: Any) -> Any:
+    """The schema as kvl constrains it (the answer is still validated against the schema as given):
+    an object with ``properties`` and no ``additionalProperties`` takes no other property (what
+    llama.cpp's converter did, and what a person writing the properties means), a number without a
+    bound gets ±10^15 (see ``NUMBER_BOUND``), and "any JSON" (``{}``, ``true``, an object or array
+    whose members are not described) is any JSON whose numbers are bounded so."""
+    out = _kvl(schema)
+    if _ANY_NAME in json.dumps(out):
+        out = {**out, "$defs": {**out.get("$defs", {}), _ANY_NAME: _any_json()}}
+    return out
+
+
+_ANY_NAME = "kvl-any-json"
+_ANY_REF = {"$ref": f"#/$defs/{_ANY_NAME}"}
+_ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly",
+                "$schema", "$id"}
+
+
+def _any_json() -> dict[str, Any]:
+    return {"anyOf": [{"type": "null"}, {"type": "boolean"}, _bounded({"type": "number"}), {"type": "string"},
+                      {"type": "array", "items": _ANY_REF}, {"type": "object", "additionalProperties": _ANY_REF}]}
+
+
+def _kvl(schema: Any) -> Any:
+    if schema is True or (isinstance(schema, dict) and not set(schema) - _ANNOTATIONS):
+        return {**(schema if isinstance(schema, dict) else {}), **_ANY_REF}
+    if isinstance(schema, list):
+        return [_kvl(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: _kvl(v) for k, v in out[key].items()}
+    for key in (*_SUBSCHEMA_LISTS, *_SUBSCHEMA_ONE):
+        if key in out:
+            out[key] = _kvl(out[key])
+    return _bounded(_members(out))
+
+
+def _members(out: dict[str, Any]) -> dict[str, Any]:
+    """An object's other properties closed, or any JSON when none is described; an array's items too."""
+    closed = "additionalProperties" in out or "unevaluatedProperties" in out
+    if "properties" in out and not closed:
+        out["additionalProperties"] = False
+    elif out.get("type") == "object" and not closed and "patternProperties" not in out:
+        out["additionalProperties"] = _ANY_REF
+    if out.get("type") == "array" and "items" not in out and "prefixItems" not in out:
+        out["items"] = _ANY_REF
+    return out
+
+
+def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
+    types = schema.get("type")
+    kinds = set(types) if isinstance(types, list) else {types}
+    if not kinds & {"number", "integer"}:
+        return schema
+    bound: float = NUMBER_BOUND if kinds & {"number", "integer"} == {"integer"} else float(NUMBER_BOUND)
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if low is None and not (isinstance(high, (int, float)) and high <= -bound):
+        schema["minimum"] = -bound
+    if high is None and not (isinstance(low, (int, float)) and low >= bound):
+        schema["maximum"] = bound
+    return schema
+
+
+def compile_constraint(constraint: Constraint) -> str:
+    """llguidance's grammar for ``constraint``, checked; ConstraintError saying what it cannot honour."""
+    return _compiled(constraint.kind, constraint.text)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(kind: ConstraintKind, text: str) -> str:
+    from llguidance import LLMatcher
+
+    if kind is ConstraintKind.JSON_SCHEMA:
+        grammar = LLMatcher.grammar_from_json_schema(kvl_schema(json.loads(text)), defaults=JSON_OPTIONS)
+    else:
+        grammar = LLMatcher.grammar_from_lark(_lark(text))
+    problem = LLMatcher.validate_grammar(grammar, None)
+    if problem:
+        raise ConstraintError(f"llguidance cannot honour it: {_one_line(problem)}", hint=_hint(kind))
+    return str(grammar)
+
+
+def _lark(text: str) -> str:
+    """GBNF (llama.cpp's grammar format, root rule ``root``) as llguidance's Lark; Lark as it is."""
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    try:
+        return str(any_to_lark(text))
+    except Exception as exc:  # its converter raises its own error (and plain ones) for a grammar it cannot parse
+        raise ConstraintError(f"not a grammar llguidance can read: {_one_line(str(exc))}",
+                              hint=_hint(ConstraintKind.GRAMMAR)) from None
+
+
+def _one_line(text: str) -> str:
+    return escape_controls(" ".join(text.split()))[:300]
+
+
+def _hint(kind: ConstraintKind) -> str:
+    if kind is ConstraintKind.JSON_SCHEMA:
+        return "remove or rewrite that keyword (kvl honours every keyword llguidance implements; see docs/options.md)"
+    return "fix the grammar (GBNF with a root rule, or Lark with start)"
+
+
+# ---- the tokenizer, once per model ---------------------------------------------------------------
+
+_TOKENIZERS: dict[tuple[Path, int], Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def tokenizer_for(model: Model, end_token: int) -> Any:
+    """llguidance's tokenizer of ``model``'s vocabulary (built once per model file: about a second
+    for the full vocabulary); ``end_token`` ends a finished answer."""
+    key = (Path(model.path), end_token)
+    with _TOKENIZERS_LOCK:
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = _build_tokenizer(model, end_token)
+        return _TOKENIZERS[key]
+
+
+def _build_tokenizer(model: Model, end_token: int) -> Any:
+    """``llguidance.llamacpp.lltokenizer_from_vocab``, without its deprecated per-token call (a warning
+    object per token): every token's bytes, a control token marked with 0xFF so that no answer spells it."""
+    import ctypes
+
+    from llguidance import LLTokenizer
+
+    from . import native
+
+    llama = native.llama()
+    control = llama.LLAMA_TOKEN_ATTR_CONTROL
+    user = llama.LLAMA_TOKEN_ATTR_USER_DEFINED
+    tokens: list[bytes] = []
+    for token in range(model.n_vocab):
+        piece = model.piece(token, special=True)
+        attr = llama.llama_vocab_get_attr(model.vocab, token)
+        if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+            piece = b"\xff" + piece
+        tokens.append(piece)
+    tokenize = ctypes.cast(llama.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=model.vocab, tokenize_fptr=tokenize,  # type: ignore[attr-defined]
+                                     eos_token=[end_token], slices=None)
+
+
+# ---- sampling --------------------------------------------------------------------------------------
+
+
+class ConstrainedSampler:
+    """The answer's sampler chain under ``constraint`` (see the module's note on speed)."""
+
+    def __init__(self, settings: GenerationSettings, model: Model, constraint: Constraint, end_token: int) -> None:
+        import numpy as np
+        from llguidance import LLMatcher
+
+        self.matcher = LLMatcher(tokenizer_for(model, end_token), compile_constraint(constraint), log_level=0)
+        if self.matcher.is_error():
+            raise ConstraintError(f"llguidance cannot use it: {_one_line(self.matcher.get_error())}",
+                                  hint=_hint(constraint.kind))
+        self.end_token = end_token
+        self.n_vocab = model.n_vocab
+        self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
+        self.chain = Sampler(settings)
+        self.refused = 0  # tokens the mask refused, sampled again under it
+
+    def sample(self, ctx: Context, logits_index: int) -> int:
+        if self.matcher.is_stopped():  # the answer is complete: only its end may follow
+            return self.end_token
+        self.fill_mask()
+        token = self.chain.sample(ctx, logits_index)
+        if not self.allows(token):
+            self.refused += 1
+            token = self.resample(ctx, logits_index)
+            if not self.allows(token):
+                raise EngineError("the answer's constraint allows no token here", hint="simplify the schema")
+        self.consume(token)
+        return token
+
+    def fill_mask(self) -> None:
+        self.matcher.unsafe_compute_mask_ptr(self.mask.ctypes.data, self.mask.nbytes)
+        if self.matcher.is_error():
+            raise EngineError(f"llguidance failed: {_one_line(self.matcher.get_error())}", hint="simplify the schema")
+
+    def allows(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab and bool((int(self.mask[token >> 5]) >> (token & 31)) & 1)
+
+    def resample(self, ctx: Context, logits_index: int) -> int:
+        """A token drawn again by the sampler chain from the allowed tokens only. Few allowed (a digit,
+        a closing bracket): the chain runs on just those candidates; many (inside a string): the refused
+        logits in llama.cpp's buffer go to -inf and the chain runs on the whole vocabulary."""
+        import ctypes
+
+        import numpy as np
+
+        from . import native
+
+        llama = native.llama()
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx.ptr, logits_index), shape=(self.n_vocab,))
+        allowed = np.unpackbits(self.mask.view(np.uint8), bitorder="little")[:self.n_vocab].astype(bool)
+        ids = np.flatnonzero(allowed)
+        if len(ids) * 8 > self.n_vocab:
+            logits[~allowed] = -np.inf
+            return self.chain.sample(ctx, logits_index)
+        cands = np.empty(len(ids), dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        cands["id"], cands["logit"], cands["p"] = ids, logits[ids], 0.0
+        data = (llama.llama_token_data * len(ids)).from_buffer(cands)
+        arr = llama.llama_token_data_array(data=data, size=len(ids), selected=-1, sorted=False)
+        llama.llama_sampler_apply(self.chain.ptr, ctypes.byref(arr))
+        token = int(data[arr.selected].id)
+        llama.llama_sampler_accept(self.chain.ptr, token)
+        return token
+
+    def consume(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise EngineError(f"llguidance refused a token it allowed: {_one_line(self.matcher.get_error())}")
+
+    def close(self) -> None:
+        self.chain.close()
