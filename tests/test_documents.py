@@ -527,7 +527,7 @@ def test_a_pdf_by_url(kvl, scripted, docs):
     assert [(x["input"], x["page"], x["pages"]) for x in jsonl(r.out)] == [(url, 2, 3), (url, 3, 3)]
 
 
-def test_chat_takes_a_pdf_as_its_pages(kvl, scripted, docs):
+def test_chat_takes_a_pdf_as_its_pages(kvl, scripted, docs, monkeypatch):
     lines = "What is the total?\n/add " + str(docs["scan"]) + "\nAnd these?\n"
     r = kvl("chat", docs["mixed"], "--json", "--no-think", "--max-tokens", "4", *scripted.args(), stdin=lines.encode())
     assert r.code == 0, r.err
@@ -536,6 +536,9 @@ def test_chat_takes_a_pdf_as_its_pages(kvl, scripted, docs):
     assert f"added {docs['scan']} (4 pages) as item 2" in r.err
     r = kvl("chat", docs["damaged"], *scripted.args(), stdin=b"Hi?\n")
     assert r.code == 3 and "the PDF is damaged" in r.err
+    monkeypatch.setenv("KVL_PDF_PASSWORD", "s3cret-pw")
+    r = kvl("chat", docs["encrypted"], "--json", "--no-think", "--max-tokens", "4", *scripted.args(), stdin=b"Hi?\n")
+    assert r.code == 0 and len(jsonl(r.out)[0]["image_tokens"]) == 3 and "s3cret" not in r.out + r.err
 
 
 def test_an_image_pdf_from_another_writer(kvl, scripted, tmp_path):

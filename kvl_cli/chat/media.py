@@ -85,11 +85,14 @@ def _load_video(ref: InputRef, budget: Budget) -> MediaItem:
 
 def _load_document(ref: InputRef, budget: Budget) -> MediaItem:
     """Every page, each after its label (``[page 3]``), each page's budget lowered so that they fit
-    the context (ContextError saying how many would); a one-page TIFF is an image."""
+    the context (ContextError saying how many would); a one-page TIFF is an image. ``KVL_PDF_PASSWORD``
+    opens an encrypted PDF, as for the other commands."""
+    import os
+
     from ..media.documents import DocumentOptions
     from ..run.documents import expand_documents, fit_pages
 
-    pages, problems, _ = expand_documents([ref], [], DocumentOptions())
+    pages, problems, _ = expand_documents([ref], [], DocumentOptions(password=os.environ.get("KVL_PDF_PASSWORD")))
     if problems:
         raise problems[0].error
     labels, per_page = fit_pages(pages, budget.image_tokens, budget.n_ctx, budget.max_tokens)
