@@ -133,7 +133,7 @@ def full_row(folder: Path, n_pages: int) -> None:
     print(f"\nfull-size pair, `kvl ocr` of {n_pages} page(s) at the ocr budget, --no-think --max-tokens 16: "
           f"exit {code}, {seconds} s, {float(seconds) / n_pages:.0f} s/page (model load included), "
           f"peak RSS {int(peak_kb) / 1024 ** 2:.1f} GB")
-    print("\n".join(line for line in out.stderr.splitlines() if "image tokens" in line))
+    print(" ".join(out.stderr.split()[-40:]))  # the -v stats line (encode, prefill, generate)
 
 
 def main() -> None:

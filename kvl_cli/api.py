@@ -163,15 +163,20 @@ class Library(Session):
         return self._images("ask", jobs, problems, gen, {"question": question}, 1)[0]
 
     def _stream(self, labels: list[str], question: str, gen: dict[str, Any]) -> Iterator[Event]:
-        plan = make_plan("ask", self._common(dict(gen)), parallel=1).fit(1, len(labels))
+        documents = _documents(gen)
+        plan = make_plan("ask", self._common(dict(gen)), parallel=1)
         refs, problems = expand_inputs(labels)
+        refs, problems, _ = expand_documents(refs, problems, documents)
         if problems:
             raise problems[0].error
+        job = question_job(refs, question, plan)  # a document's pages after their labels, fitted to the context
+        plan = replace(plan, image_tokens=min(plan.image_tokens, job.image_tokens or plan.image_tokens))
+        plan = plan.fit(1, len(refs))
         quiet = Collector(self.env)
         images = [load_image(ref, max_tokens=plan.image_tokens) for ref in refs]
         model, mmproj, _ = self.pair(quiet)
         engine = self.engine(plan.engine_config(model, mmproj), quiet)
-        request = Request(user_text=user_text(engine.marker, len(images), question), images=images,
+        request = Request(user_text=user_text(engine.marker, len(images), question, job.image_labels), images=images,
                           settings=plan.settings)
         for _, ev in engine.generate_many([request], 1):
             if isinstance(ev, FailedEvent):

@@ -91,6 +91,13 @@ def test_think_off_and_choices_shape_the_next_answer(kvl, scripted, images):
     assert free["answer"] == SCRIPTED_ANSWER and "data" not in free
 
 
+def test_choices_on_the_command_line_shape_every_answer(kvl, scripted, images):
+    r = chat(kvl, scripted, ["Which?", "And now?"], str(images["jpg"]), "--json", "--choices", "yes,no",
+             "--temperature", "0")
+    assert r.code == 0, r.err
+    assert all(rec["answer"] in ("yes", "no") and rec["data"] == rec["answer"] for rec in records(r.out))
+
+
 def test_save_and_resume(kvl, scripted, images, tmp_path):
     saved, md = tmp_path / "talk.json", tmp_path / "talk.md"
     r = chat(kvl, scripted, ["What is it?", f"/save {saved}", f"/save {md}"], str(images["jpg"]))
@@ -136,6 +143,28 @@ def test_a_video_is_its_frames_after_their_times(kvl, scripted, tmp_path):
     assert r.code == 0, r.err
     (rec,) = records(r.out)
     assert len(rec["image_tokens"]) == 16 and rec["media"] == [f"{clip} (16 frames)"]
+
+
+def test_a_pdf_is_its_pages_after_their_labels(kvl, scripted, images, tmp_path):
+    from .pdfs import mixed_pages, write_pdf
+
+    doc = write_pdf(tmp_path / "doc.pdf", mixed_pages())
+    r = chat(kvl, scripted, ["What is it?", f"/add {doc}", "And the document?"], str(images["jpg"]), "--json")
+    assert r.code == 0, r.err
+    first, second = records(r.out)
+    assert second["media"] == [f"{doc} (3 pages)"] and len(second["image_tokens"]) == 1 + 3
+    assert second["cached"]["prefix_tokens"] == first["tokens"]["prompt"] + first["tokens"]["answer"]
+    assert f"added {doc} (3 pages) as item 2" in r.err
+
+
+def test_a_damaged_pdf_is_an_error_line(kvl, scripted, images, tmp_path):
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.4\nnot really a document")
+    r = chat(kvl, scripted, [f"/add {bad}", "Still there?"], str(images["jpg"]), "--json")
+    assert r.code == 0
+    assert f"kvl: error: {bad}" in r.err
+    (rec,) = records(r.out)
+    assert rec["image_tokens"] == [12]
 
 
 def test_a_full_context_drops_the_oldest_turns_and_keeps_the_image(kvl, scripted, images):
@@ -309,3 +338,17 @@ def test_the_request_repeats_the_turns_with_their_media_in_order():
     assert [m.source for m in conv.turns[0].media] == ["a.png", "v.mp4"]  # the dropped turn's media stays
     assert conv.drop_oldest() and not conv.turns and [m.source for m in conv.pending] == ["a.png", "v.mp4"]
     assert not conv.drop_oldest()
+
+
+def test_resume_without_a_saved_image_says_so_and_goes_on(kvl, scripted, tmp_path):
+    from .conftest import make_image
+
+    photo = make_image(tmp_path / "gone.png")
+    saved = tmp_path / "talk.json"
+    assert chat(kvl, scripted, ["What is it?", f"/save {saved}"], str(photo)).code == 0
+    photo.unlink()
+    r = kvl("chat", "--resume", str(saved), "--json", *scripted.args(), stdin=b"And then?\n")
+    assert r.code == 0
+    assert f"kvl: warning: {saved}: media left out: {photo}: file not found" in r.err
+    (rec,) = records(r.out)
+    assert rec["turn"] == 2 and rec["image_tokens"] == [] and rec["answer"] == SCRIPTED_ANSWER

@@ -87,6 +87,12 @@ def term(tmp_path, isolated):  # type: ignore[no-untyped-def]
         t.close()
 
 
+def at_prompt(screen: str) -> bool:
+    """The last line is an empty prompt."""
+    lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
+    return bool(lines) and lines[-1] == "›"
+
+
 def prompts(screen: str) -> int:
     return sum(1 for line in screen.splitlines() if line.startswith("›"))
 
@@ -96,19 +102,19 @@ def test_typed_questions_add_and_ctrl_d(term, scripted, images, isolated):
     t.wait(lambda s: prompts(s) >= 1)
     t.type("What is it?")
     t.keys("Enter")
-    screen = t.wait(lambda s: SCRIPTED_ANSWER in s and prompts(s) >= 2)
+    screen = t.wait(lambda s: "12 image tokens (12)" in s and at_prompt(s))  # -v: the stats line after the answer
+    assert SCRIPTED_ANSWER in screen
     assert "thought for" in screen  # the thinking collapsed when the answer came
-    assert "12 image tokens (12)" in screen
     t.type(f"/add {images['webp']}")
     t.keys("Enter")
     t.wait(lambda s: "as item 2" in s and prompts(s) >= 3)
     t.type("And this one?")
     t.keys("Enter")
-    screen = t.wait(lambda s: "24 image tokens (12, 12)" in s and prompts(s) >= 4)  # the next answer used it
+    screen = t.wait(lambda s: "24 image tokens (12, 12)" in s and at_prompt(s))  # the next answer used it
     assert screen.count(SCRIPTED_ANSWER) == 2
     t.type("half a line")  # Ctrl-C at the prompt clears it; the chat goes on
     t.keys("C-c")
-    t.wait(lambda s: prompts(s) >= 5)
+    t.wait(lambda s: "› half a line" in s and at_prompt(s))  # a new, empty prompt (bracketed paste on again)
     # two lines pasted (bracketed paste, as a terminal pastes) are one question
     t.tmux("set-buffer", "-b", "two", "What is on the left?\nAnd on the right?")
     t.tmux("paste-buffer", "-p", "-b", "two", "-t", "chat")

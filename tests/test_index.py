@@ -140,7 +140,7 @@ def test_ray_part_folders_and_stdin(kvl, tmp_path):
     assert hits(kvl, "invoice")[0]["page"] == 3
 
 
-def test_search_ranks_filters_and_limits(kvl, tmp_path):
+def test_search_ranks_filters_and_limits(kvl, tmp_path, monkeypatch):
     src = write_jsonl(tmp_path / "r.jsonl", [
         image("talks/a.jpg", "a whiteboard"),
         image("talks/b.jpg", "a whiteboard and a whiteboard diagram on a whiteboard wall"),
@@ -158,6 +158,10 @@ def test_search_ranks_filters_and_limits(kvl, tmp_path):
                                                                                  f"{talks}/d.jpg"}
     assert len(hits(kvl, "whiteboard", "--path", f"{talks}/*")) == 3  # a whole path's GLOB too
     assert hits(kvl, "whiteboard", "--path", "alks/*") == []  # a relative GLOB matches whole folder names
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    assert len(hits(kvl, "whiteboard", "--path", "../talks/*")) == 3  # from the current folder
+    assert len(hits(kvl, "whiteboard", "--path", "./c.jpg")) == 1
     assert [h["file"] for h in hits(kvl, "whiteboard", "--task", "ocr")] == [f"{talks}/d.jpg"]
     assert [h["file"] for h in hits(kvl, '"whiteboard diagram"')] == [f"{talks}/b.jpg"]
     assert [h["file"] for h in hits(kvl, "diag*")] == [f"{talks}/b.jpg"]

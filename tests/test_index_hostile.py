@@ -62,6 +62,7 @@ def test_one_relative_name_in_two_folders_is_two_files(kvl, tmp_path):
 def test_json_lines_under_a_json_name_are_read_by_lines_and_a_bom_is_no_damage(kvl, tmp_path):
     recs = [image(f"photos/p{i}.jpg", f"a lantern number {i}") for i in range(3)]
     write_jsonl(tmp_path / "caps.json", recs)
+    (tmp_path / "caps.json").write_text("\n\n" + (tmp_path / "caps.json").read_text())  # blank lines first
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(image("q.jpg", "a lantern with a bom")).encode()
                                          + b"\n")
     (tmp_path / "pretty.json").write_text(json.dumps({"not": "kvl's"}, indent=2))  # JSON, not kvl's: passed over
@@ -412,3 +413,81 @@ def test_record_files_whose_names_are_not_utf8_are_indexed(tmp_path):
     conn = open_index(index)
     assert [h.file for h in search(conn, "kayak")] == [f"{tmp_path}/d\\xfe/a.jpg"]
     conn.close()
+
+
+def test_stdin_records_when_the_current_folder_is_gone(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    index = tmp_path / "i.sqlite"
+    line = json.dumps(image("a.jpg", "a red kayak"))
+    script = (f"cd {gone} && rmdir {gone} && printf '%s\\n' '{line}' | {' '.join(KVL)} index --index {index} - "
+              f"&& {' '.join(KVL)} search --index {index} kayak")
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=kvl_env(), timeout=120)
+    assert r.returncode == 0 and "1 new record" in r.stderr and "damaged" not in r.stderr, r.stderr
+    assert r.stdout.startswith("a.jpg  (caption)\n")
+
+
+def test_a_tree_of_sidecars_goes_in_one_transaction_and_is_remembered(tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(300):
+        side = folder / f"d{i % 7}" / f"p{i}.json"
+        side.parent.mkdir(parents=True, exist_ok=True)
+        side.write_text(json.dumps(image(f"p{i}.jpg", f"a lighthouse number {i}")))
+    index = tmp_path / "i.sqlite"
+    commits: list[int] = []
+    tally = build([str(folder)], index, sys.stderr, progress=lambda t: commits.append(t.added))
+    assert tally.added == 300 and commits == [300]  # one transaction, not one per file
+    again = build([str(folder)], index, sys.stderr)
+    assert again.unchanged_files == 300 and again.added == 0  # each file remembered with its records
+
+
+def test_a_record_names_its_file_or_its_input(tmp_path):
+    src = tmp_path / "r.jsonl"
+    src.write_text('{"input": "a.jpg", "file": 5, "answer": "a kite"}\n'
+                   '{"input": "b.jpg", "file": "", "answer": "a kite"}\n'
+                   '{"input": "c.jpg", "file": null, "answer": "a kite"}\n'
+                   '{"file": "v.mp4", "scene": 1, "caption": "a kite"}\n'
+                   '{"input": "", "answer": "a kite"}\n')
+    tally = build([str(src)], tmp_path / "i.sqlite", sys.stderr)
+    assert tally.added == 4 and tally.damage.count == 1  # the last one names nothing
+    conn = open_index(tmp_path / "i.sqlite")
+    names = [str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg", "v.mp4")]
+    assert sorted(h.file for h in search(conn, "kite")) == names
+    conn.close()
+
+
+def test_a_records_task_cannot_drive_the_terminal(kvl, tmp_path):
+    index = tmp_path / "i.sqlite"
+    src = write_jsonl(tmp_path / "r.jsonl", [image("a.jpg", "a red kayak", task="\x1b]0;owned\x07\x1b[2J")])
+    assert kvl("index", "--index", index, src).code == 0
+    code, shown = in_terminal([*KVL, "search", "--index", str(index), "kayak"], kvl_env(), timeout=60)
+    assert code == 0 and b"\x1b]0;" not in shown and b"\x1b[2J" not in shown and b"\\x1b]0;owned" in shown
+
+
+def test_two_writers_of_one_index_never_collide(tmp_path):
+    from kvl_cli.index.db import connect
+    from kvl_cli.index.store import Indexer, to_doc
+
+    index = tmp_path / "i.sqlite"
+    build([str(write_jsonl(tmp_path / "seed.jsonl", [image("0.jpg", "a lighthouse")]))], index, sys.stderr)
+    first, second = Indexer(connect(index, create=True)), Indexer(connect(index, create=True))
+    docs = [[to_doc(image(f"{w}-{i}.jpg", f"a lighthouse {w} {i}"), f"{w}{i}", "s", None) for i in range(50)]
+            for w in ("a", "b")]
+    first.write([d for d in docs[0] if d is not None])  # both opened before either wrote (a second name
+    second.write([d for d in docs[1] if d is not None])  # for the index: another lock file, once)
+    first.conn.close()
+    second.conn.close()
+    conn = open_index(index)
+    assert conn.execute("SELECT count(*) FROM docs").fetchone()[0] == 101
+    assert len(search(conn, "lighthouse", limit=1000)) == 101
+    conn.close()
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(index)
+    from filelock import FileLock
+
+    with FileLock(f"{index}.lock"):  # the same lock, whichever name the index is given by
+        waiting = subprocess.Popen([*KVL, "index", "--index", str(link), str(tmp_path / "seed.jsonl")],
+                                   stderr=subprocess.PIPE, text=True, env=kvl_env())
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(3)  # it waits for the lock held under the index's own name
+    assert waiting.wait(60) == 0

@@ -343,6 +343,9 @@ def test_a_sidecar_dir_that_is_a_file_is_refused_and_long_names_are_written(kvl,
     assert r.code == 2 and "is not a folder" in r.err
     r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir", "")
     assert r.code == 2 and "--sidecar-dir is empty" in r.err
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "txt", "--sidecar-dir",
+            "/proc/kvl-sidecars")  # a folder no one can make: said before the model loads
+    assert r.code == 7 and "cannot make --sidecar-dir /proc/kvl-sidecars" in r.err
     r = kvl("caption", photo, *scripted.args(), "--sidecar", "txt", "--sidecar", "xmp")
     assert r.code == 0, r.err
     assert photo.with_suffix(".txt").read_text() == SCRIPTED_ANSWER + "\n" and photo.with_suffix(".xmp").is_file()
@@ -447,3 +450,14 @@ def test_an_input_whose_name_is_not_utf8_gets_its_sidecars(scripted, tmp_path):
         assert os.path.isfile(folder + b"/caf\xff." + kind.encode())
     with open(folder + b"/caf\xff.json", "rb") as f:
         assert json.loads(f.read())["answer"] == SCRIPTED_ANSWER
+
+
+def test_a_conflict_is_found_before_the_model_loads(kvl, photos, tmp_path):
+    [photo] = photos(1)
+    Path(photo).with_suffix(".json").write_text('{"title": "mine"}')
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "json")  # no model is loaded
+    assert r.code == 3 and "is already there and it is not kvl's record" in r.err and "missing.gguf" not in r.err
+    Path(photo).with_suffix(".json").unlink()
+    Path(photo).with_suffix(".xmp").write_text("<x:xmpmeta><rdf:RDF>cut sh")
+    r = kvl("caption", photo, "--model", tmp_path / "missing.gguf", "--sidecar", "xmp", "--overwrite")
+    assert r.code == 3 and "is not XMP kvl can merge into" in r.err  # --overwrite merges still: refused at once

@@ -40,8 +40,7 @@ def open_chat(common: CommonOptions, media: list[str], resume: Path | None, env:
     model, mmproj, name = session.pair(renderer)
     meta: dict[str, object] = {"task": "chat", "model": name}
     factory = session.answerer(plan.engine_config(model, mmproj), renderer, meta)
-    chat = make_chat(conv, factory, plan.settings, budget, renderer, meta)
-    chat.state.default_answer = plan.answer
+    chat = make_chat(conv, factory, plan.settings, budget, renderer, meta, plan.answer)
     if conv.turns:
         say(f"resumed {resume}: {len(conv.turns)} turns, {len(conv.media())} media items")
     return chat

@@ -16,7 +16,7 @@ from .conversation import Conversation
 from .media import Budget, MediaItem, attach
 
 HELP = """\
-/add PATH|URL     attach an image or a video to your next question
+/add PATH|URL     attach an image, a video or a PDF to your next question
 /drop N           remove media item N (numbered in the order they were added)
 /clear            start over: forget every turn and attachment
 /think on|off|N   thinking without limit, none, or at most N tokens

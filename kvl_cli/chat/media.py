@@ -1,5 +1,6 @@
 """``/add PATH|URL``: a file or URL becomes a media item of the conversation, through kvl's own
-media loading (``media.images`` for pictures, ``media.video_sandbox`` for video frames).
+media loading (``media.images`` for pictures, ``media.video_sandbox`` for video frames,
+``run.documents`` for a PDF's or a multi-page TIFF's pages).
 
 Each kind of media is one entry of ``LOADERS`` (its extensions and the function that loads it):
 a document type (PDF pages) is added there, in one place.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ..engine.types import ImageInput
 from ..errors import ContextError, InputError
+from ..media.documents import PDF_EXTENSIONS, TIFF_EXTENSIONS
 from ..media.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputRef, expand_inputs, load_image
 from ..media.video import stamp
 
@@ -31,14 +33,16 @@ class MediaItem:
     stamps: list[str] = field(default_factory=list)  # per image: text before it (a frame's time)
 
     def text(self, marker: str) -> str:
-        """Its place in the user's message: one marker per image, after its stamp."""
+        """Its place in the user's message: one marker per image, after its stamp (a frame's time, a
+        page's label)."""
         stamps = self.stamps or [""] * len(self.images)
         return "".join(f"{s}{marker}" for s in stamps)
 
     @property
     def label(self) -> str:
         n = len(self.images)
-        return f"{self.source} ({n} frames)" if self.kind == "video" else self.source
+        unit = {"video": "frames", "document": "pages"}.get(self.kind)
+        return f"{self.source} ({n} {unit})" if unit else self.source
 
 
 @dataclass
@@ -79,9 +83,32 @@ def _load_video(ref: InputRef, budget: Budget) -> MediaItem:
     return MediaItem(ref.label, "video", images, [stamp(f.time) for f in frames])
 
 
+def _load_document(ref: InputRef, budget: Budget) -> MediaItem:
+    """Every page, each after its label (``[page 3]``), each page's budget lowered so that they fit
+    the context (ContextError saying how many would); a one-page TIFF is an image. ``KVL_PDF_PASSWORD``
+    opens an encrypted PDF, as for the other commands."""
+    import os
+
+    from ..media.documents import DocumentOptions
+    from ..run.documents import expand_documents, fit_pages
+
+    pages, problems, _ = expand_documents([ref], [], DocumentOptions(password=os.environ.get("KVL_PDF_PASSWORD")))
+    if problems:
+        raise problems[0].error
+    labels, per_page = fit_pages(pages, budget.image_tokens, budget.n_ctx, budget.max_tokens)
+    if labels is None:
+        return _load_image(ref, budget)
+    try:
+        images = [load_image(page, max_tokens=per_page) for page in pages]
+    finally:
+        ref.release()
+    return MediaItem(ref.label, "document", images, labels)
+
+
 Loader = Callable[[InputRef, Budget], MediaItem]
-# kind -> (extensions, loader); a new kind of media (documents) is one more entry
+# kind -> (extensions, loader); a new kind of media is one more entry
 LOADERS: dict[str, tuple[set[str], Loader]] = {
+    "document": (PDF_EXTENSIONS | TIFF_EXTENSIONS, _load_document),  # before images: a TIFF may have pages
     "image": (IMAGE_EXTENSIONS, _load_image),
     "video": (VIDEO_EXTENSIONS, _load_video),
 }
@@ -97,7 +124,7 @@ def kind_of(ref: InputRef) -> str:
 
 def attach(source: str, budget: Budget) -> MediaItem:
     """Load ``source`` (a path or an http(s) URL); InputError (missing, unreadable, not media) or
-    ContextError (a video too long for the context) say why not."""
+    ContextError (a video or a document too long for the context) say why not."""
     source = source.strip()
     if not source:
         raise InputError("/add needs a file or a URL", hint="/add photo.jpg")

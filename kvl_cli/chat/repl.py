@@ -22,6 +22,7 @@ from ..environment import Environment
 from ..errors import ExitCode, KvlError, batch_exit_code
 from ..render import Renderer
 from ..safetext import one_line
+from ..schema import AnswerSchema
 from .commands import Action, ChatState, is_command, question_text, run_command
 from .conversation import Conversation
 from .media import Budget
@@ -152,9 +153,11 @@ def stderr_voice(renderer: Renderer) -> tuple[Callable[[str], None], Callable[[K
 
 
 def make_chat(conv: Conversation, factory: Factory, settings: GenerationSettings, budget: Budget,
-              renderer: Renderer, meta: dict[str, Any]) -> Chat:
+              renderer: Renderer, meta: dict[str, Any], answer: AnswerSchema | None = None) -> Chat:
+    """``answer``: the shape of every answer (``--schema``, ``--choices``)."""
     say, fail = stderr_voice(renderer)
-    return Chat(ChatState(conv, budget), TurnRunner(factory, settings, say), renderer, meta, say, fail)
+    state = ChatState(conv, budget, default_answer=answer)
+    return Chat(state, TurnRunner(factory, settings, say), renderer, meta, say, fail)
 
 
 def choose_prompt(env: Environment, history: Any = None) -> Prompt:

@@ -34,10 +34,10 @@ def index(env: Environment, paths: tuple[str, ...], index_file: str | None, debu
     tally = build(list(paths), target, env.stderr, env.stdin, progress=_progress(env))
     if env.stderr_isatty:
         env.stderr.write("\r\x1b[K")
-    unchanged_files = f", {tally.unchanged_files} unchanged (not read)" if tally.unchanged_files else ""
+    unchanged_files = f", {tally.unchanged_files:,} unchanged (not read)" if tally.unchanged_files else ""
     env.stderr.write(one_line(
         f"kvl: indexed {_n(tally.files, 'file')}{unchanged_files} into {target}: {_n(tally.added, 'new record')}, "
-        f"{tally.replaced} replaced, {tally.unchanged} already there{_notes(tally)}") + "\n")
+        f"{tally.replaced:,} replaced, {tally.unchanged:,} already there{_notes(tally)}") + "\n")
     for missing in tally.missing:
         env.stderr.write(one_line(f"kvl: error: {missing}") + "\n")
     if tally.damage.count:

@@ -12,6 +12,7 @@ from ..index import Hit, index_path, open_index, where_line
 from ..index import search as run_search
 from ..index.db import sqlite_error
 from ..index.search import MARK_OFF, MARK_ON, shown
+from ..index.sources import current_folder
 from ..safetext import json_safe, one_line
 
 pass_env = click.make_pass_decorator(Environment, ensure=True)  # not _common's: it imports the engine
@@ -26,7 +27,8 @@ BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
               help="Most hits shown (1 to 10,000).")
 @click.option("--task", metavar="TASK", default=None, help="Only records of this task (caption, ocr, video, …).")
 @click.option("--path", "path_glob", metavar="GLOB", default=None,
-              help="Only records whose file matches GLOB ('talks/*.mp4'; * matches / too).")
+              help="Only records whose file matches GLOB ('talks/*.mp4' matches the end of a path; * matches / "
+              "too).")
 @click.option("--json", "as_json", is_flag=True,
               help="One hit per line: file, scene, page, start, end, score, snippet, text (and task, model, date).")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error [env KVL_DEBUG=1].")
@@ -74,5 +76,5 @@ def _text(hit: Hit, *, bold: bool) -> str:
     flat = re.sub(r"\s+", " ", hit.snippet)  # OCR text's lines: one line of snippet
     pieces = [one_line(p) for p in flat.replace(MARK_OFF, MARK_ON).split(MARK_ON)]
     snippet = "".join(p if i % 2 == 0 else f"{on}{p}{off}" for i, p in enumerate(pieces))
-    head = one_line(where_line(hit, os.getcwd())) + (f"  ({hit.task})" if hit.task else "")
+    head = one_line(where_line(hit, current_folder()) + (f"  ({hit.task})" if hit.task else ""))  # a record's task too
     return f"{on}{head}{off}\n  {snippet}\n" if bold else f"{head}\n  {snippet}\n"

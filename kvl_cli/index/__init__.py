@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import DiskError, InputError, UsageError
+from ..safetext import one_line
 from .db import IndexUnavailable, connect, not_a_folder, sqlite_error
 from .search import Hit, search, where_line
 from .sources import find_sources, is_uri
@@ -44,12 +45,12 @@ def _locked(path: Path, err: IO[str]) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DiskError(f"cannot make {path.parent}: {exc.strerror or exc}", hint="give another --index FILE") from None
-    lock = FileLock(f"{path}.lock")
+    lock = FileLock(f"{path.resolve()}.lock")  # one lock for every name of the index (a link to it too)
     try:
         try:
             lock.acquire(timeout=WAIT_NOTICE_S)
         except Timeout:
-            err.write(f"kvl: waiting for another kvl index writing {path}\n")
+            err.write(one_line(f"kvl: waiting for another kvl index writing {path}") + "\n")
             err.flush()
             lock.acquire()
     except OSError as exc:  # a read-only folder: the lock file beside the index cannot be made

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import re
 import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import UsageError
-from .sources import MAX_SECONDS, valid_text
+from .sources import MAX_SECONDS, current_folder, valid_text
 from .words import segment, unsegment
 
 # snippet markers: control characters no caption holds (kvl's records escape them), replaced when shown
@@ -139,6 +140,8 @@ def _ranked(conn: sqlite3.Connection, match: str, limit: int, task: str | None,
         where.append("d.task = ?")
         args.append(task)
     if path:  # a relative GLOB ("talks/*.mp4") matches the end of a path: files are kept whole
+        if path.startswith(("./", "../")) and (here := current_folder()):
+            path = os.path.normpath(os.path.join(here, path))  # from the current folder: a whole path
         where.append("(d.file GLOB ? OR d.file GLOB ?)")
         args += [path, path if path.startswith(("/", "*")) or URI.match(path) else f"*/{path}"]
     join = "JOIN docs d ON d.id = fts.rowid " if task or path else ""

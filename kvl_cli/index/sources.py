@@ -3,8 +3,12 @@ jsonl``), folders of them (Ray's ``--output`` parts, trees of ``.json`` sidecars
 (``s3://…``, anything pyarrow's filesystems open, as for ``--output``), or ``-`` for stdin.
 
 A line that is not a kvl record (cut short, not JSON, not an object, no file and no text) is
-damaged: it is counted and passed over, never the end of the run. A ``.json`` file that is JSON but
-not a kvl record (Google Takeout's, a tool's settings) is not kvl's: passed over, counted apart.
+damaged: it is counted and passed over, never the end of the run; so is one whose times or numbers
+are not (NaN, Infinity, 1e400). A ``.json`` file that is JSON but not a kvl record (Google Takeout's,
+a tool's settings) is not kvl's: passed over, counted apart; one holding JSON Lines is read by lines.
+A relative name is made whole against where its records are (``Resolver``). In a folder only plain
+files are read (a FIFO or /dev/zero never ends); a PATH that is missing is a ``Source`` with a
+``problem``, said while the others are indexed.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ def is_uri(arg: str) -> bool:
     return bool(URI.match(arg)) and not arg.startswith(("http://", "https://"))
 
 
+def current_folder() -> str:
+    """The current folder; "" where it is gone (deleted under the shell): names stay as they are."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
 class Resolver:
     """A record's relative ``input`` or ``file`` made whole against where its records are: the folder of
     the JSON Lines file (``kvl caption --json photos/ > caps.jsonl`` names ``photos/a.jpg`` from
@@ -73,13 +85,13 @@ class Resolver:
 
     def __init__(self, source: Source) -> None:
         if source.name == "-":
-            self.scheme, self.base = "", os.getcwd()
+            self.scheme, self.base = "", current_folder()
         elif source.bucket is not None:
             self.scheme, path = source.name.split("://", 1)
             self.base = posixpath.dirname(path)
         else:
             self.scheme, self.base = "", os.path.dirname(source.name)
-        self.prefix = self.base.rstrip("/") + "/"
+        self.prefix = self.base.rstrip("/") + "/" if self.base else ""
 
     def sidecar(self, name: str) -> str:
         """The input's name a ``.json`` sidecar (the source, beside its input) holds, made whole."""
@@ -218,7 +230,7 @@ def records(source: Source, damage: Damage,
                 if _is_json(text):
                     damage.others += 1
                     return
-            if _record(text.split("\n", 1)[0]) is None:
+            if _record(text.lstrip().split("\n", 1)[0]) is None:  # its first line (after blank ones)
                 damage.add(source.name)
                 return
             lines = _Prefixed(text, f)  # JSON Lines: what was read, then the rest
@@ -295,12 +307,21 @@ def _record(text: str) -> dict[str, Any] | None:
         return None
     if not isinstance(rec, dict):
         return None
-    name = rec.get("file") if isinstance(rec.get("file"), str) else rec.get("input")
-    if not isinstance(name, str) or not name or not _numbers_sane(rec):
+    name = record_name(rec)
+    if name is None or not _numbers_sane(rec):
         return None
     if LONE_SURROGATE_ESCAPE.search(text):  # an escaped lone surrogate: a str SQLite cannot encode
         rec = {k: valid_text(v) if isinstance(v, str) else v for k, v in rec.items()}
     return rec
+
+
+def record_name(rec: dict[str, Any]) -> str | None:
+    """What a record is of: a scene's ``file``, else an image's ``input`` (None: neither is a name)."""
+    for key in ("file", "input"):
+        name = rec.get(key)
+        if isinstance(name, str) and name:
+            return name
+    return None
 
 
 NUMBERS = (int, float)  # by type: a bool is no number here

@@ -5,7 +5,8 @@ its scene or page; its digest is of the record as written. Indexing the same rec
 nothing; a record with the key of one indexed before but another digest (the image captioned again)
 replaces it, in ``docs`` and in the FTS table. A file read whole and
 without damage is remembered by size and mtime, so an unchanged file is not even read again.
-Records are written in transactions of ``BATCH`` records: Ctrl-C keeps what was committed.
+Records are written in transactions of ``BATCH`` records, across files (a tree of one-record
+sidecars is not a transaction each): Ctrl-C keeps what was committed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, NamedTuple
 
-from .sources import SPECIAL, Damage, Resolver, Source, records, valid_text
+from .sources import SPECIAL, Damage, Resolver, Source, record_name, records, valid_text
 from .words import segment
 
 BATCH = 20_000
@@ -75,8 +76,7 @@ def to_doc(rec: dict[str, Any], raw: str, source: str, default_date: str | None,
     text = _str(rec.get("answer")) or _str(rec.get("caption")) or _str(rec.get("text"))
     if text is None:
         return None
-    file = rec.get("file")
-    file = valid_text(resolve(file if isinstance(file, str) else str(rec["input"])))
+    file = valid_text(resolve(record_name(rec) or ""))  # ``records`` passes only records with a name
     scene, page = _int(rec.get("scene")), _int(rec.get("page"))
     task = _str(rec.get("task")) or ("video" if scene is not None else None)
     key = f"{task or ''}\x1f{file}\x1f{'' if scene is None else scene}\x1f{'' if page is None else page}"
@@ -111,7 +111,10 @@ class Indexer:
         self.stdin = stdin  # what "-" reads
         self.progress = progress  # called after each transaction
         self.tally = Tally()
-        self.next_id = (conn.execute("SELECT max(id) FROM docs").fetchone()[0] or 0) + 1
+        # records of many files go into one transaction (a tree of .json sidecars: one record each), and a
+        # file read whole is remembered in the transaction that holds its last records
+        self.batch: dict[str, Doc] = {}
+        self.read_files: list[tuple[str, int | None, int]] = []
 
     def index(self, sources: Iterable[Source]) -> Tally:
         for source in sources:
@@ -131,8 +134,8 @@ class Indexer:
             except OSError as exc:  # unreadable, or a bucket gone mid-read: what was committed stays
                 self.tally.damage.add(f"{source.name}: {exc.strerror or exc}")
             if self.tally.damage.count == before and source.mtime_ns is not None:
-                self.conn.execute("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)",
-                                  (valid_text(source.name), source.size, source.mtime_ns))
+                self.read_files.append((valid_text(source.name), source.size, source.mtime_ns))
+        self._flush()
         return self.tally
 
     def _unchanged(self, source: Source) -> bool:
@@ -146,35 +149,29 @@ class Indexer:
         date = _mtime_date(source.mtime_ns)
         resolve = Resolver(source)
         name = valid_text(source.name)  # a file name's bytes that are not UTF-8: as SQLite can keep them
-        batch: dict[str, Doc] = {}
         for rec, raw, whole in records(source, self.tally.damage, self.stdin):
             doc = to_doc(rec, raw, name, date, resolve.sidecar if whole else resolve)
             if doc is None:
                 self.tally.failed += rec.get("error") is not None
                 continue
-            batch[doc.key] = doc  # the same key twice in a batch: the later record wins
-            if len(batch) >= BATCH:
-                self.write(list(batch.values()))
-                batch = {}
-        if batch:
-            self.write(list(batch.values()))
+            self.batch[doc.key] = doc  # the same key twice in a batch: the later record wins
+            if len(self.batch) >= BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.batch or self.read_files:
+            docs, self.batch = list(self.batch.values()), {}
+            self.write(docs)
 
     def write(self, docs: list[Doc]) -> None:
-        """One transaction: new docs added, changed ones replaced, the same ones left."""
-        old = dict(self._existing([d.key for d in docs]))
-        new, changed = [], []
-        for doc in docs:
-            was = old.get(doc.key)
-            if was is None:
-                new.append((self.next_id, *doc))
-                self.next_id += 1
-            elif was[1] != doc.digest:
-                changed.append((was, doc))
-            else:
-                self.tally.unchanged += 1
+        """One transaction: new docs added, changed ones replaced, the same ones left; the files read
+        whole since the last one remembered. What is there is looked up inside the transaction (under
+        SQLite's write lock), so that a writer kvl's lock file did not keep out (another name for the
+        same index) never collides with this one."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
+            new, changed, same = self._sorted(docs)
             c.executemany("INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", new)
             c.executemany("INSERT INTO fts(rowid, text) VALUES (?, ?)", ((row[0], row[-1]) for row in new))
             for (doc_id, _, old_text), doc in changed:
@@ -182,16 +179,35 @@ class Indexer:
                 c.execute("DELETE FROM docs WHERE id = ?", (doc_id,))
                 c.execute("INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (doc_id, *doc))
                 c.execute("INSERT INTO fts(rowid, text) VALUES (?, ?)", (doc_id, doc.text))
+            c.executemany("INSERT OR REPLACE INTO sources(path, size, mtime_ns) VALUES (?, ?, ?)", self.read_files)
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:  # SQLite rolled back already after some errors (a full disk)
                 with contextlib.suppress(sqlite3.Error):
                     c.execute("ROLLBACK")
             raise
+        self.read_files = []
         self.tally.added += len(new)
         self.tally.replaced += len(changed)
+        self.tally.unchanged += same
         if self.progress is not None:
             self.progress(self.tally)
+
+    def _sorted(self, docs: list[Doc]) -> tuple[list[tuple[Any, ...]], list[tuple[tuple[int, bytes, str], Doc]], int]:
+        """The docs that are new (as rows, with their ids), changed (with what they replace), the same."""
+        old = dict(self._existing([d.key for d in docs]))
+        next_id = (self.conn.execute("SELECT max(id) FROM docs").fetchone()[0] or 0) + 1
+        new, changed, same = [], [], 0
+        for doc in docs:
+            was = old.get(doc.key)
+            if was is None:
+                new.append((next_id, *doc))
+                next_id += 1
+            elif was[1] != doc.digest:
+                changed.append((was, doc))
+            else:
+                same += 1
+        return new, changed, same
 
     def _existing(self, keys: list[str]) -> Iterator[tuple[str, tuple[int, bytes, str]]]:
         for i in range(0, len(keys), LOOKUP):

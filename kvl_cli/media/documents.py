@@ -9,7 +9,11 @@ between pages: the decoder process renders each page when its turn comes.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +69,34 @@ def document_kind(suffix: str, head: bytes | None) -> str | None:
         if head.startswith(_TIFF_MAGIC):
             return "tiff"
     return None
+
+
+_spooled: list[Path] = []
+
+
+def spool(data: bytes, suffix: str) -> Path:
+    """A document read once (stdin, a URL, a request's file part) kept in a private temporary file
+    (mode 0600) that the decoder process opens page after page: its bytes cross the pipe and are
+    hashed once, not once per page (a 256 MB PDF of 300 pages would be 77 GB). Removed by
+    ``discard`` or when kvl exits."""
+    fd, name = tempfile.mkstemp(prefix="kvl-doc-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    if not _spooled:
+        atexit.register(_discard_all)
+    _spooled.append(Path(name))
+    return Path(name)
+
+
+def _discard_all() -> None:
+    for path in list(_spooled):
+        discard(path)
+
+
+def discard(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        _spooled.remove(path)
+        path.unlink()
 
 
 def probe(label: str, source: Path | bytes, kind: str, options: DocumentOptions) -> tuple[DocInfo, list[int]]:

@@ -255,7 +255,11 @@ def document_info(label: str, source: Source, *, kind: str, password: str | None
     """The document's page count (checked against ``limit``) and, with ``text_layer``, the pages
     that carry text of their own (1-based)."""
     if kind == "tiff":
-        return DocInfo("tiff", getattr(_tiff(label, source, pixels), "n_frames", 1)), []
+        frames = int(getattr(_tiff(label, source, pixels), "n_frames", 1))
+        if frames > limit:
+            raise InputError(f"{label}: the TIFF has {frames:,} pages, over the {limit:,}-page safety limit",
+                             hint="split it, or raise KVL_MAX_PDF_PAGES if you trust the file")
+        return DocInfo("tiff", frames), []
     doc = _docs.get(label, source, password)
     n = _pdf_pages(label, doc, limit)
     with_text = []

@@ -28,18 +28,20 @@ class PlainRenderer(Renderer):
         super().__init__(opts, env)
         self._thinking_open = False
         self._wrote_answer = False
+        self._document: str | None = None  # the document whose pages are being written
         self._answer_text = escape_controls if self.env.stdout_isatty else str
         self._thinking_text = escape_controls if self.env.stderr_isatty else str
 
     def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
         super().begin(label, index, total, page=page)
         self._wrote_answer = False
-        if page is not None and not page.first:  # the document's next page: a page break, as pdftotext's
-            self.out.write("\n" if self.opts.page_marks else "\f")
+        if page is not None and not page.first and self._document == label:  # its next page: a page break,
+            self.out.write("\n" if self.opts.page_marks else "\f")  # as pdftotext writes them
         elif total > 1:
             self.out.write(("\n" if index > 1 else "") + f"==> {one_line(label)} <==\n")
         if page is not None and self.opts.page_marks:
             self.out.write(f"<!-- page {page.number} -->\n\n")
+        self._document = label if page is not None else None  # (its first page may have failed: no break)
         self.out.flush()
 
     def event(self, ev: Event) -> None:

@@ -226,8 +226,9 @@ def batch_inputs(inputs: tuple[str, ...], b: BatchOptions, env: Environment,
 
 def _without_sidecars(refs: list[InputRef], problems: list[InputProblem], options: SidecarOptions, task: str,
                       env: Environment) -> tuple[list[InputRef], list[InputProblem]]:
-    """The inputs whose sidecars are not all there yet (the sidecar is the resume mark)."""
-    from ..sidecars import pending
+    """The inputs whose sidecars are not all there yet (the sidecar is the resume mark); an input whose
+    sidecars cannot be written (someone else's there) is a problem in its place, before the model loads."""
+    from ..sidecars import conflicts, pending
 
     # a document's sidecars are its pages' (doc.p3.txt): which pages are done is known once it is opened
     kept = [ref for ref, todo in zip(refs, pending([r.label for r in refs], options, task), strict=True)
@@ -235,7 +236,18 @@ def _without_sidecars(refs: list[InputRef], problems: list[InputProblem], option
     if len(kept) < len(refs):
         env.stderr.write(f"kvl: skipping {len(refs) - len(kept)} with their sidecars already written "
                          f"(--overwrite to redo them); {len(kept)} to run\n")
-    return kept, _replace_problems(problems, refs, kept, None)
+    problems = _replace_problems(problems, refs, kept, None)
+    found = conflicts([r.label for r in kept if r.suffix != ".pdf"], options, task)  # a page's: when written
+    if not found:
+        return kept, problems
+    clear: list[InputRef] = []
+    new: list[InputProblem] = []
+    for ref in kept:  # each problem in its place: after the inputs that stay before it
+        if ref.label in found:
+            new.append(InputProblem(ref.label, found[ref.label], len(clear)))
+        else:
+            clear.append(ref)
+    return clear, _replace_problems(problems, kept, clear, None) + new
 
 
 def _replace_problems(problems: list[InputProblem], refs: list[InputRef], kept: list[InputRef],

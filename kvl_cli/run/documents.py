@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import ContextError, InputError, KvlError
-from ..media.documents import DocPage, DocumentOptions, document_kind, probe
+from ..media.documents import DocPage, DocumentOptions, document_kind, probe, spool
 from ..media.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputProblem, InputRef
 from ..pages import Page, select_pages
 from .plan import MIN_IMAGE_TOKENS, PROMPT_RESERVE, RunPlan
@@ -66,7 +66,7 @@ def expand_documents(refs: list[InputRef], problems: list[InputProblem], options
             out.append(ref)
             continue
         try:
-            pages = _pages(ref, kind, options)
+            base, pages = _pages(ref, kind, options)
         except KvlError as exc:
             found.append(InputProblem(ref.label, exc, len(out)))
             continue
@@ -75,19 +75,25 @@ def expand_documents(refs: list[InputRef], problems: list[InputProblem], options
             continue
         todo = [p for p in pages if skip is None or not skip(ref.label, p.number)]
         skipped += len(pages) - len(todo)
-        out += [replace(ref, page=replace(p, page=replace(p.page, first=i == 0))) for i, p in enumerate(todo)]
+        out += [replace(base, page=replace(p, page=replace(p.page, first=i == 0))) for i, p in enumerate(todo)]
     before.append(len(out))
     moved = [InputProblem(p.label, p.error, None if p.at is None else before[p.at]) for p in problems]
     return out, sorted(moved + found, key=lambda p: -1 if p.at is None else p.at), skipped
 
 
-def _pages(ref: InputRef, kind: str, options: DocumentOptions) -> list[DocPage] | None:
-    info, with_text = probe(ref.label, ref.source(), kind, options)
+def _pages(ref: InputRef, kind: str, options: DocumentOptions) -> tuple[InputRef, list[DocPage] | None]:
+    """The input its pages are read from (a document read once, from stdin or a URL, spooled to a
+    private file), and its selected pages (None: a TIFF of one page, an image)."""
+    source = ref.source()
+    if isinstance(source, bytes) and source:
+        ref = replace(ref, path=spool(source, f".{kind}"), data=None, url=None, reader=None)
+        source = ref.source()
+    info, with_text = probe(ref.label, source, kind, options)
     if kind == "tiff" and info.pages == 1:
-        return None
+        return ref, None
     numbers = select_pages(options.pages, info.pages, ref.label)
-    return [DocPage(Page(n, info.pages), kind, options.dpi, options.password, options.text_layer and n in with_text)
-            for n in numbers]
+    return ref, [DocPage(Page(n, info.pages), kind, options.dpi, options.password,
+                         options.text_layer and n in with_text) for n in numbers]
 
 
 def page_meta(ref: InputRef, text_layer: bool) -> dict[str, object]:

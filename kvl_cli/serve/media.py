@@ -17,7 +17,7 @@ import threading
 from ..engine.types import ImageInput, Request
 from ..errors import InputError, UsageError
 from ..limits import human, max_input_bytes
-from ..media.documents import DocPage, DocumentOptions, load_page, probe
+from ..media.documents import DocPage, DocumentOptions, discard, load_page, probe, spool
 from ..media.images import InputRef, load_image
 from ..pages import Page, select_pages
 from .errors import ApiError, bad_request, from_kvl, too_large
@@ -105,18 +105,21 @@ def decode(data: bytes, label: str, max_tokens: int) -> ImageInput:
 
 def _pages(data: bytes, name: str, spec: str | None, max_tokens: int, several: bool) -> list[tuple[str, ImageInput]]:
     """A PDF's selected pages, rendered in kvl's decoder process, each with its label."""
+    path = spool(data, ".pdf")  # read page after page by the decoder: sent once, not once per page
     try:
-        info, _ = probe(name, data, "pdf", DocumentOptions(pages=spec))
+        info, _ = probe(name, path, "pdf", DocumentOptions(pages=spec))
         numbers = select_pages(spec, info.pages, name)
         out = []
         for n in numbers:
             page = DocPage(Page(n, info.pages), "pdf")
-            out.append((f"[{name} page {n}]" if several else f"[page {n}]", load_page(name, data, page, max_tokens)))
+            out.append((f"[{name} page {n}]" if several else f"[page {n}]", load_page(name, path, page, max_tokens)))
         return out
     except UsageError as exc:
         raise bad_request(str(exc), param="kvl.pages") from None
     except InputError as exc:
         raise from_kvl(exc) from None
+    finally:
+        discard(path)
 
 
 def _text(parts: list[Part], marker: str, labels: dict[int, list[str]] | None = None) -> str:

@@ -6,6 +6,10 @@ managers (``photo.xmp``) read it.
   opened for writing.
 * The sidecar is the resume mark: an input whose sidecars kvl already wrote (for the same task) is
   skipped on a rerun, before the model loads; ``--overwrite`` runs it again.
+* kvl replaces only its own sidecars of the same task: a sidecar that is someone else's (a tool's
+  ``photo.json``, a hand-written ``photo.txt``) or another task's fails its input, and none of the
+  input's sidecars is written (never a mixed set), unless ``--overwrite``. What a sidecar holds is
+  always readable XML and text (``xmp.xml_text``).
 * ``SidecarWriter`` is a ``RecordSink`` (``render.tee``): any command that renders records plugs it
   in with ``with_sidecars(renderer, options, task)``.
 """
@@ -31,7 +35,7 @@ from ..safetext import json_safe
 from . import xmp
 from .paths import KINDS, is_url, sidecar_path
 
-__all__ = ["KINDS", "SidecarWriter", "pending", "sidecar_path", "with_sidecars"]
+__all__ = ["KINDS", "SidecarWriter", "conflicts", "pending", "sidecar_path", "with_sidecars"]
 
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024  # an XMP or JSON sidecar kvl reads back; larger is not one of them
 
@@ -56,15 +60,7 @@ class SidecarWriter:
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = {**meta, "task": meta.get("task", self.task)}
         page = meta.get("page") if isinstance(meta.get("page"), int) else None
-        paths = {kind: sidecar_path(label, kind, self.options.folder, page)
-                 for kind in _marks_first(self.options.kinds)}
-        try:
-            existing = {kind: _read_existing(path) for kind, path in paths.items()}
-        except KvlError as exc:
-            raise type(exc)(f"{label}: {exc.message}", hint=exc.hint) from None
-        if not self.options.overwrite:  # every one checked before any is written: never a mixed set
-            for kind, path in paths.items():
-                self._check_replaceable(label, kind, path, existing[kind], page)
+        paths, existing = self.check(label, page)  # again: another program may have written one meanwhile
         for kind, path in paths.items():
             data = self._content(kind, path, existing[kind], label, result, meta, date)
             try:
@@ -72,6 +68,29 @@ class SidecarWriter:
             except OSError as exc:
                 raise DiskError(f"{label}: cannot write {path}: {exc.strerror or exc}",
                                 hint="use --sidecar-dir DIR for read-only media, or free some space") from None
+
+    def check(self, label: str, page: int | None = None) -> tuple[dict[str, Path], dict[str, bytes | None]]:
+        """The input's sidecar paths (``.txt`` last) and what is there now; KvlError where they cannot be
+        written as asked: one is someone else's or another task's (without ``--overwrite``), an XMP
+        that does not parse, a FIFO, a folder. Every one is checked before any is written: never a
+        mixed set. Checked before the run (``conflicts``) and again when the answer is written."""
+        paths = {kind: sidecar_path(label, kind, self.options.folder, page)
+                 for kind in _marks_first(self.options.kinds)}
+        try:
+            existing = {kind: _read_existing(path) for kind, path in paths.items()}
+        except KvlError as exc:
+            raise type(exc)(f"{label}: {exc.message}", hint=exc.hint) from None
+        for kind, path in paths.items():
+            if not self.options.overwrite:
+                self._check_replaceable(label, kind, path, existing[kind], page)
+            data = existing[kind]
+            if kind == "xmp" and data is not None:
+                try:
+                    xmp.parse(data)
+                except xmp.XmpError as exc:
+                    raise InputError(f"{label}: {path} is not XMP kvl can merge into: {exc}",
+                                     hint="kvl leaves it as it is: repair it or move it aside") from None
+        return paths, existing
 
     def _check_replaceable(self, label: str, kind: str, path: Path, data: bytes | None,
                            page: int | None = None) -> None:
@@ -251,12 +270,35 @@ def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]
     return [not writer.done(label) for label in labels]
 
 
+def conflicts(labels: list[str], options: SidecarOptions, task: str) -> dict[str, InputError]:
+    """The inputs whose sidecars cannot be written as asked (see ``SidecarWriter.check``), each with why:
+    found before the model loads, so that such an input fails in its place at once instead of after
+    its answer. A folder or an unreadable file where a sidecar goes is said when it is written."""
+    writer = SidecarWriter(options, task)
+    found: dict[str, InputError] = {}
+    for label in labels:
+        try:
+            writer.check(label)
+        except InputError as exc:
+            found[label] = exc
+        except KvlError:
+            pass
+    return found
+
+
 def _check_folder(folder: str | None) -> None:
     if folder is not None and not folder.strip():  # --sidecar-dir "$UNSET"
         raise UsageError("--sidecar-dir is empty", hint="give a folder, e.g. --sidecar-dir captions")
-    if folder is not None and os.path.lexists(os.path.expanduser(folder)) and not os.path.isdir(
-            os.path.expanduser(folder)):
+    if folder is None:
+        return
+    where = os.path.expanduser(folder)
+    if os.path.lexists(where) and not os.path.isdir(where):
         raise UsageError(f"--sidecar-dir {folder} is not a folder", hint="give a folder (made if it is missing)")
+    try:  # made now: a folder that cannot be made fails before the model loads, not once per input
+        os.makedirs(where, exist_ok=True)
+    except OSError as exc:
+        raise DiskError(f"cannot make --sidecar-dir {folder}: {exc.strerror or exc}",
+                        hint="give a folder you can write") from None
 
 
 class _Inputs:
