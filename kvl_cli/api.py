@@ -140,7 +140,7 @@ class Library(Session):
         collector = Collector(self.env)
         renderer = RecordTee(collector, [run.sink]) if draw is not None else collector
         batch = BatchOptions(from_file=None, skip_done=None, shard=None, parallel=parallel)
-        self.run_locate(run, tuple(str(i) for i in images), batch, renderer, {"query": run.query})
+        self.run_locate(run, tuple(str(i) for i in images), batch, renderer, run.meta)
         return collector.answers
 
     def ask(self, media: Sequence[Media], question: str, *, stream: bool = False,

@@ -20,9 +20,8 @@ from .media.documents import DocumentOptions
 from .media.images import InputProblem
 from .options import BatchOptions, ModelOptions
 from .render import Renderer
-from .run.batch import batch_inputs
 from .run.images import run_batch, run_image_jobs
-from .run.locate import LocateRun
+from .run.locate import LocateRun, locate_inputs
 from .run.plan import RunPlan
 from .run.runner import Job, JobOutcome, load_engine
 from .run.video import VideoRun
@@ -106,10 +105,12 @@ class Session:
                          dry_run=dry_run, documents=documents)
 
     def run_locate(self, run: LocateRun, inputs: tuple[str, ...], batch: BatchOptions, renderer: Renderer,
-                   meta: dict[str, Any], *, dry_run: bool = False) -> list[JobOutcome]:
+                   meta: dict[str, Any], *, dry_run: bool = False,
+                   documents: DocumentOptions | None = None) -> list[JobOutcome]:
         """kvl locate: the arguments, ``--from``, ``--skip-done`` and ``--shard`` give one job per image
-        (``--draw`` checked now); as ``run_images`` from there, each answer placed by ``run``'s gate."""
-        refs, problems = batch_inputs(inputs, batch, self.env, "locate")
+        and per page of a document (``--draw`` checked now); as ``run_images`` from there, each answer
+        placed by ``run``'s gate."""
+        refs, problems = locate_inputs(run, inputs, batch, self.env, documents or DocumentOptions())
         if not refs and not problems and (batch.skip_done or batch.shard or batch.sidecars):
             return []  # everything is done or belongs to other shards
         return self.run_images(run.plan, run.jobs(refs), problems, renderer, meta, dry_run=dry_run, gate=run.gate)

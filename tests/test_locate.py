@@ -335,3 +335,121 @@ def test_a_label_stays_one_line_in_every_form(tmp_path):
     assert len(table.splitlines()) == 3 and "\x1b" not in table and table.splitlines()[2].count("|") == 7
     img = draw_objects(make_image(tmp_path / "p.png", size=(50, 40)), [hostile.record()], "p.png")
     assert img.size == (50, 40)
+
+
+# -- a hostile tester's findings (#18, second round) ---------------------------------------------------
+
+NO_MODEL = ["--model", "/nonexistent.gguf"]
+
+
+def test_draw_never_writes_through_a_hard_link_to_an_input(kvl, shots, tmp_path):
+    hard = tmp_path / "hard.png"
+    hard.hardlink_to(shots["wide"])
+    before = shots["wide"].read_bytes()
+    r = kvl("locate", shots["wide"], "the cat", *NO_MODEL, "--draw", hard)
+    assert r.code == 2 and "is an input" in r.err and shots["wide"].read_bytes() == before, r.err
+    link = tmp_path / "soft.png"
+    link.symlink_to(shots["wide"])
+    r = kvl("locate", shots["wide"], "the cat", *NO_MODEL, "--draw", link)
+    assert r.code == 2 and "is an input" in r.err, r.err
+
+
+def test_a_pdf_and_a_multi_page_tiff_are_located_page_by_page(kvl, grounder, tmp_path):
+    from .pdfs import PageSpec, write_pdf
+
+    pdf = write_pdf(tmp_path / "doc.pdf", [PageSpec(300, 200, text="one"), PageSpec(200, 300, text="two")])
+    frames = [Image.new("RGB", (120, 80), (200, 0, 0)), Image.new("RGB", (60, 90), (0, 0, 200))]
+    tiff = tmp_path / "fax.tiff"
+    frames[0].save(tiff, save_all=True, append_images=frames[1:])
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    r = kvl("locate", pdf, tiff, "the cat", *grounder, "--json", "--dpi", "72", "--draw", drawn)
+    assert r.code == 0, r.err
+    recs = _records(r.out)
+    assert [(Path(x["input"]).name, x["page"], x["pages"]) for x in recs] == [
+        ("doc.pdf", 1, 2), ("doc.pdf", 2, 2), ("fax.tiff", 1, 2), ("fax.tiff", 2, 2)]
+    # each box in the pixels of its page as rendered (72 dpi: a point is a pixel; a TIFF's frame: its own)
+    sizes = [(300, 200), (200, 300), (120, 80), (60, 90)]
+    assert [tuple(x["objects"][0]["box"][2:]) for x in recs] == sizes
+    names = ["doc-p1-boxes.png", "doc-p2-boxes.png", "fax-p1-boxes.png", "fax-p2-boxes.png"]
+    assert sorted(p.name for p in drawn.iterdir()) == names
+    for name, size in zip(names, sizes, strict=True):
+        with Image.open(drawn / name) as img:
+            assert img.size == size
+    pipe = kvl("locate", pdf, "the cat", *grounder, "--dpi", "72", "--pages", "2")
+    assert pipe.code == 0 and pipe.out.strip().endswith("200 300 cat"), (pipe.out, pipe.err)
+
+
+def test_skip_done_is_for_the_same_query_and_mode(kvl, grounder, shots, tmp_path):
+    results = tmp_path / "out.jsonl"
+    r = kvl("locate", shots["wide"], "the cat", *grounder, "--json")
+    assert r.code == 0, r.err
+    results.write_text(r.out)
+    again = kvl("locate", shots["wide"], "the cat", *grounder, "--json", "--skip-done", results)
+    assert again.code == 0 and again.out == "" and "already done" in again.err, again.err
+    other = kvl("locate", shots["wide"], "the dog", *grounder, "--json", "--skip-done", results)
+    assert other.code == 0 and _records(other.out)[0]["query"] == "the dog", other.err
+    point = kvl("locate", "--point", shots["wide"], "the cat", *grounder, "--json", "--skip-done", results)
+    assert point.code == 0, point.err
+    (rec,) = _records(point.out)
+    assert rec["point"] is True and rec["objects"][0]["box"] is None
+
+
+@pytest.mark.parametrize("name, words", [
+    ("", "needs a file or folder name"),
+    ("out.xbm", "not an image format"),
+    ("out.msp", "not an image format"),
+    ("out.palm", "not an image format"),
+    ("out.ico", "not an image format"),
+])
+def test_draw_names_that_cannot_hold_the_drawing_exit_2_up_front(kvl, shots, tmp_path, monkeypatch, name, words):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    r = kvl("locate", shots["wide"], "the cat", *NO_MODEL, "--draw", name)
+    assert r.code == 2 and words in r.err and len(r.err.splitlines()) == 1, r.err
+    assert list(here.iterdir()) == []
+
+
+def test_locating_a_folder_again_replaces_kvls_drawings(kvl, grounder, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    make_image(d / "small.png", size=(50, 40))
+    for _ in range(2):
+        r = kvl("locate", d, "the cat", *grounder, "--json", "--draw", d)
+        assert r.code == 0, r.err
+        assert [Path(x["input"]).name for x in _records(r.out)] == ["small.png"]
+    assert sorted(p.name for p in d.iterdir()) == ["small-boxes.png", "small.png"]
+    # someone's own file named like a drawing is still an input, and never written over
+    make_image(d / "mine-boxes.png", size=(30, 30))
+    r = kvl("locate", d, "the cat", *grounder, "--json", "--draw", d)
+    assert r.code == 0 and len(_records(r.out)) == 2, r.err
+    assert (d / "mine-boxes-boxes.png").exists()
+
+
+def test_draw_rereads_within_kvls_pixel_limit(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from kvl_cli.errors import DiskError
+    from kvl_cli.run.draw import draw_objects
+
+    src = make_image(tmp_path / "big.png", size=(300, 200))
+    obj = {"label": "cat", "box": [10, 10, 100, 100], "point": [55, 55]}
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # stands for Pillow's own limit, below kvl's
+    monkeypatch.setenv("KVL_MAX_IMAGE_PIXELS", "100000")
+    assert draw_objects(src, [obj], "big.png").size == (300, 200)
+    monkeypatch.setenv("KVL_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(DiskError) as err:  # the answers stand: a drawing not made is exit 7, not "nothing ran"
+        draw_objects(src, [obj], "big.png")
+    assert err.value.exit_code == 7 and "draw" in str(err.value)
+
+
+def test_a_16_bit_png_is_drawn_in_its_greys(tmp_path):
+    from kvl_cli.run.draw import draw_objects
+
+    src = tmp_path / "deep.png"
+    Image.new("I;16", (60, 40), 30000).save(src)
+    img = draw_objects(src, [{"label": "cat", "box": [40, 30, 50, 35], "point": [45, 32]}], "deep.png")
+    r, g, b = img.getpixel((5, 5))
+    assert r == g == b and abs(r - 30000 * 255 // 65535) <= 1, (r, g, b)
+

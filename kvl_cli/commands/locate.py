@@ -19,6 +19,8 @@ from ._common import pass_env, with_failures
 from .flags import (
     batch_options,
     common_options,
+    document_options,
+    documents_from,
     generation_options,
     model_options,
     output_options,
@@ -36,6 +38,7 @@ from .flags import (
 @click.option("--draw", metavar="FILE|DIR", default=None,
               help="Also write each image with its numbered boxes and labels drawn (the original's size): to FILE "
               "for one image, into DIR (an existing folder) for several. Never over an input.")
+@document_options
 @model_options
 @batch_options
 @sidecar_options
@@ -57,6 +60,7 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
       kvl locate --draw boxes/ --json photos/ "faces" > faces.jsonl
     """
     kwargs["sidecars"] = sidecars_from(kwargs)
+    documents = documents_from(kwargs)
     kwargs["schema"] = kwargs["choices"] = None  # locate shapes its own answer
     b = take(BatchOptions, kwargs)
     ray = ray_from(kwargs)
@@ -69,7 +73,7 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
             raise UsageError("--draw writes its pictures from this machine", hint="drop --ray, or --draw")
         from ..distributed import run_on_ray
 
-        return run_on_ray("locate", inputs, ray, common, env, batch=b, meta={"query": query},
+        return run_on_ray("locate", inputs, ray, common, env, batch=b, meta={"query": query, "point": point},
                           instruction=locate_prompt(query, point=point), point=point)
     plan = make_plan("locate", common, parallel=b.parallel)
     base = make_renderer(plan.render, env)
@@ -79,8 +83,8 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
         renderer = RecordTee(renderer, [run.sink]) if not isinstance(renderer, RecordTee) else renderer
         if run.sink not in renderer.sinks:
             renderer.sinks.append(run.sink)
-    outcomes = Session(common.model, env=env).run_locate(run, inputs, b, renderer, {"query": run.query},
-                                                         dry_run=common.out.dry_run)
+    outcomes = Session(common.model, env=env).run_locate(run, inputs, b, renderer, run.meta,
+                                                         dry_run=common.out.dry_run, documents=documents)
     return exit_code(with_failures(outcomes, renderer))
 
 

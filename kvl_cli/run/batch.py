@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..environment import Environment
 from ..errors import InputError, UsageError
@@ -85,10 +85,13 @@ def in_shard(label: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % n == k - 1
 
 
-def done_inputs(path: str) -> set[str]:
-    """Inputs with a finished, error-free record in a JSONL results file. Lines that are not such a
-    record are skipped: a line cut short when the earlier run was killed, a line longer than any
-    record (read in bounded pieces, never whole), JSON nested too deep to parse."""
+Accept = Callable[[dict[str, Any]], bool]  # a task's own test of a record (locate: the same query and mode)
+
+
+def done_inputs(path: str, accept: Accept | None = None) -> set[str]:
+    """Inputs with a finished, error-free record in a JSONL results file (that ``accept`` accepts, if
+    given). Lines that are not such a record are skipped: a line cut short when the earlier run was
+    killed, a line longer than any record (read in bounded pieces, never whole), JSON nested too deep to parse."""
     p = Path(path).expanduser()
     if not p.exists():
         return set()
@@ -99,7 +102,7 @@ def done_inputs(path: str) -> set[str]:
     budget = None if is_regular(p) else max_input_bytes()
     with p.open(encoding="utf-8", errors="replace") as f:
         for line in _bounded_lines(f, budget, f"--skip-done {path}"):
-            key = _done_key(line)
+            key = _done_key(line, accept)
             if key is not None:
                 done.add(key)
     return done
@@ -127,7 +130,7 @@ def _bounded_lines(f: IO[str], budget: int | None, label: str) -> Iterator[str]:
             pass
 
 
-def _done_key(line: str) -> str | None:
+def _done_key(line: str, accept: Accept | None = None) -> str | None:
     if not line.lstrip().startswith("{"):
         return None  # every record is an object: anything else is not one of them
     try:
@@ -135,18 +138,18 @@ def _done_key(line: str) -> str | None:
     except (ValueError, RecursionError):
         return None  # cut short when the earlier run was killed, or not a record at all
     if (isinstance(rec, dict) and isinstance(rec.get("input"), str) and rec.get("error") is None
-            and rec.get("finish_reason") not in (None, "interrupted")):
+            and rec.get("finish_reason") not in (None, "interrupted") and (accept is None or accept(rec))):
         page = rec.get("page")  # a document's page is done by itself
         return page_key(input_key(rec["input"]), page if isinstance(page, int) and not isinstance(page, bool) else None)
     return None
 
 
-def done_pages(b: BatchOptions, task: str) -> Callable[[str, int], bool] | None:
+def done_pages(b: BatchOptions, task: str, accept: Accept | None = None) -> Callable[[str, int], bool] | None:
     """Whether a document's page is done already: its record in ``--skip-done``'s file, or its
     sidecars written (``doc.p3.txt``); None when neither is asked for."""
     if not b.skip_done and b.sidecars is None:
         return None
-    done = done_inputs(b.skip_done) if b.skip_done else set()
+    done = done_inputs(b.skip_done, accept) if b.skip_done else set()
     writer = None
     if b.sidecars is not None and b.sidecars.kinds:
         from ..sidecars import SidecarWriter
@@ -186,10 +189,10 @@ def _append_flag(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
 
 
-def select(refs: list[InputRef], *, skip_done: str | None,
-           shard: tuple[int, int] | None) -> tuple[list[InputRef], int, int]:
+def select(refs: list[InputRef], *, skip_done: str | None, shard: tuple[int, int] | None,
+           accept: Accept | None = None) -> tuple[list[InputRef], int, int]:
     """Apply --skip-done and --shard; return (kept, skipped as done, left to other shards)."""
-    done = done_inputs(skip_done) if skip_done else set()
+    done = done_inputs(skip_done, accept) if skip_done else set()
     kept, n_done, n_other = [], 0, 0
     for ref in refs:
         if input_key(ref.label) in done:
@@ -201,15 +204,15 @@ def select(refs: list[InputRef], *, skip_done: str | None,
     return kept, n_done, n_other
 
 
-def batch_inputs(inputs: tuple[str, ...], b: BatchOptions, env: Environment,
-                 task: str = "caption") -> tuple[list[InputRef], list[InputProblem]]:
+def batch_inputs(inputs: tuple[str, ...], b: BatchOptions, env: Environment, task: str = "caption",
+                 accept: Accept | None = None) -> tuple[list[InputRef], list[InputProblem]]:
     """Arguments plus --from, then the inputs whose --sidecar files ``task`` wrote already, --skip-done and
     --shard; says on stderr what it skipped. Each problem keeps its place among the inputs that remain."""
     refs, problems = expand_inputs(input_names(inputs, b.from_file, env), stdin=env.read_stdin)
     if b.sidecars is not None:
         refs, problems = _without_sidecars(refs, problems, b.sidecars, task, env)
     if b.skip_done or b.shard:
-        kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard)
+        kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard, accept=accept)
         problems = _replace_problems(problems, refs, kept, b.shard)
         refs = kept
         notes = []

@@ -15,19 +15,24 @@ objects; 4) each record drawn (``--draw``) as it ends.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from ..engine.reasoning import Section
 from ..engine.types import Constraint, ConstraintKind, ImageInput, Result, TextEvent
 from ..errors import UsageError
 from ..limits import is_regular
+from ..media.documents import DocumentOptions
 from ..media.geometry import ImageGeometry
-from ..media.images import InputRef
+from ..media.images import InputProblem, InputRef
 from ..safetext import one_line
 from ..schema import AnswerGate, AnswerSchema, checked
 from ..tasks import locate_prompt
+from .batch import _replace_problems, batch_inputs, done_pages
+from .documents import expand_documents, page_meta
+from .draw import DrawSink, Key, Source, draw_targets, ref_key, without_drawings
 from .plan import RunPlan
 from .runner import Job
 
@@ -119,11 +124,12 @@ class LocateGate(AnswerGate):
     def __init__(self, point: bool, *, table: bool = False, several: bool = False) -> None:
         super().__init__(locate_schema(point))
         self.point, self.table, self.several = point, table, several
-        self.geometry: dict[str, ImageGeometry] = {}
+        # each input's geometries in job order: a document's pages share its label, and are checked in order
+        self.geometry: dict[str, deque[ImageGeometry]] = {}
 
     def check(self, result: Result, label: str = "") -> tuple[Result, TextEvent | None, dict[str, Any]]:
         result, _, extra = super().check(result, label)
-        geo = self.geometry[label]
+        geo = self.geometry[label].popleft()
         objects = [place(o, geo, self.point) for o in extra["data"]["objects"]]
         text = markdown_table(objects) if self.table else pipe_lines(objects)
         shown = TextEvent(Section.ANSWER, text) if text else None
@@ -143,20 +149,27 @@ class GeometryKeeper:
     def __init__(self, gate: LocateGate, plan: RunPlan, draw: bool) -> None:
         self.gate, self.draw = gate, draw
         self.min_tokens, self.max_tokens = plan.model.image_min_tokens, plan.image_tokens
-        self.sources: dict[str, Path | bytes] = {}
+        self.sources: dict[Key, Source] = {}
 
     def __call__(self, job: Job, images: list[ImageInput]) -> None:
-        img = images[0]
-        self.gate.geometry[job.label] = ImageGeometry(img.source_size or (img.width, img.height),
-                                                      (img.width, img.height), self.min_tokens, self.max_tokens)
-        if self.draw:
-            ref = job.refs[0]
-            self.sources[job.label] = ref.path if ref.path is not None and is_regular(ref.path) else ref.read_bytes()
+        img, ref = images[0], job.refs[0]
+        geo = ImageGeometry(img.source_size or (img.width, img.height), (img.width, img.height), self.min_tokens,
+                            self.max_tokens)
+        self.gate.geometry.setdefault(job.label, deque()).append(geo)
+        if self.draw:  # a page is drawn on as rendered for the model: its boxes are in those pixels
+            self.sources[ref_key(ref)] = (img.width, img.height, img.rgb) if ref.page is not None else \
+                ref.path if ref.path is not None and is_regular(ref.path) else ref.read_bytes()
 
 
-def locate_jobs(refs: list[InputRef], instruction: str, keeper: GeometryKeeper, query: str) -> list[Job]:
-    return [Job(label=ref.label, refs=[ref], instruction=instruction, meta={"query": query}, on_images=keeper)
-            for ref in refs]
+def locate_jobs(refs: list[InputRef], instruction: str, keeper: GeometryKeeper, meta: dict[str, Any]) -> list[Job]:
+    """One job per image, and per page of a document (``page``, ``pages`` in its record)."""
+    return [Job(label=ref.label, refs=[ref], instruction=instruction, meta={**meta, **page_meta(ref, False)},
+                on_images=keeper) for ref in refs]
+
+
+def same_search(query: str, point: bool) -> Callable[[dict[str, Any]], bool]:
+    """For ``--skip-done``: a record is done only if it answered this query, in this mode (boxes or points)."""
+    return lambda rec: rec.get("query") == query and bool(rec.get("point", False)) is point
 
 
 def check_query(query: str) -> str:
@@ -171,8 +184,6 @@ class LocateRun:
 
     def __init__(self, plan: RunPlan, query: str, *, point: bool = False, draw: str | None = None,
                  table: bool = False) -> None:
-        from .draw import DrawSink
-
         self.query = check_query(query)
         self.point, self.draw = point, draw
         self.plan = plan_for_locate(plan, point)
@@ -186,9 +197,31 @@ class LocateRun:
 
     def jobs(self, refs: list[InputRef]) -> list[Job]:
         """One job per image; with ``--draw`` where each drawing goes, checked now (UsageError)."""
-        from .draw import draw_targets
-
         if self.draw is not None and refs:
             self.sink.targets.update(draw_targets(refs, self.draw))
         self.gate.several = len(refs) > 1
-        return locate_jobs(refs, self.instruction, self.keeper, self.query)
+        return locate_jobs(refs, self.instruction, self.keeper, self.meta)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The record's fields that say what was looked for: ``query``, ``point`` (``--skip-done`` reads them)."""
+        return {"query": self.query, "point": self.point}
+
+
+def locate_inputs(run: LocateRun, inputs: tuple[str, ...], batch: Any, env: Any,
+                  documents: DocumentOptions) -> tuple[list[InputRef], list[InputProblem]]:
+    """The inputs to run: the arguments and ``--from``, less those ``--skip-done`` holds for this query
+    and mode, kvl's own drawings in the ``--draw`` folder, and the other shards'; each document's
+    selected pages (those not done) in its place."""
+    accept = same_search(run.query, run.point)
+    refs, problems = batch_inputs(inputs, batch, env, "locate", accept)
+    kept, drawings = without_drawings(refs, run.draw)
+    problems, refs = _replace_problems(problems, refs, kept, None), kept
+    if drawings:
+        env.stderr.write(f"kvl: skipping {drawings} drawing{'s' if drawings != 1 else ''} of kvl locate's "
+                         f"in {run.draw}\n")
+    refs, problems, skipped = expand_documents(refs, problems, documents, done_pages(batch, "locate", accept))
+    if skipped:
+        env.stderr.write(f"kvl: skipping {skipped} page{'s' if skipped != 1 else ''} already done; "
+                         f"{len(refs)} to run\n")
+    return refs, problems
