@@ -453,3 +453,21 @@ def test_a_16_bit_png_is_drawn_in_its_greys(tmp_path):
     r, g, b = img.getpixel((5, 5))
     assert r == g == b and abs(r - 30000 * 255 // 65535) <= 1, (r, g, b)
 
+
+
+def test_a_default_server_answers_locate_at_its_budget_only(kvl, grounder, shots, tmp_path, monkeypatch):
+    """docs/locate.md's caveat: locate asks for 2048 image tokens, a default `kvl serve` allows 1024."""
+    from .conftest import Pair
+    from .serve_util import start_server
+
+    srv = start_server(Pair(Path(grounder[1]), Path(grounder[3])), tmp_path / "srv")
+    try:
+        monkeypatch.setenv("KVL_HOME", str(srv.home / "kvl"))
+        own = _records(kvl("locate", shots["wide"], "the cat", *grounder, "--json").out)[0]
+        assert "server" not in own and own["objects"][0]["box"][2:] == [640, 200]
+        r = kvl("locate", shots["wide"], "the cat", *grounder, "--json", "--image-max-tokens", "1024")
+        assert r.code == 0, r.err
+        rec = _records(r.out)[0]
+        assert rec["server"] == srv.url and rec["objects"][0]["box"][2:] == [640, 200]
+    finally:
+        srv.stop()
