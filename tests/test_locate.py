@@ -415,15 +415,18 @@ def test_locating_a_folder_again_replaces_kvls_drawings(kvl, grounder, tmp_path)
     d = tmp_path / "d"
     d.mkdir()
     make_image(d / "small.png", size=(50, 40))
+    make_image(d / "photo.jpg", size=(40, 50))
+    make_image(d / "web.webp", size=(30, 20))
     for _ in range(2):
         r = kvl("locate", d, "the cat", *grounder, "--json", "--draw", d)
         assert r.code == 0, r.err
-        assert [Path(x["input"]).name for x in _records(r.out)] == ["small.png"]
-    assert sorted(p.name for p in d.iterdir()) == ["small-boxes.png", "small.png"]
+        assert sorted(Path(x["input"]).name for x in _records(r.out)) == ["photo.jpg", "small.png", "web.webp"]
+    assert sorted(p.name for p in d.iterdir()) == ["photo-boxes.jpg", "photo.jpg", "small-boxes.png", "small.png",
+                                                  "web-boxes.webp", "web.webp"]
     # someone's own file named like a drawing is still an input, and never written over
     make_image(d / "mine-boxes.png", size=(30, 30))
     r = kvl("locate", d, "the cat", *grounder, "--json", "--draw", d)
-    assert r.code == 0 and len(_records(r.out)) == 2, r.err
+    assert r.code == 0 and len(_records(r.out)) == 4, r.err
     assert (d / "mine-boxes-boxes.png").exists()
 
 

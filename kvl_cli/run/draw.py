@@ -2,8 +2,8 @@
 labels drawn, the size of the original as a person sees it (EXIF orientation applied; a document's
 page as it was rendered for the model), never over an input (a hard link to one included). Where each
 drawing goes is decided, and checked (the format must keep an RGB image's size), before anything
-loads. A drawing is marked as kvl's (``MARK``, a PNG text chunk or a JPEG comment), so that a folder
-drawn into can be located again: kvl's drawings there are not inputs, and may be replaced."""
+loads. A drawing is marked as kvl's (``MARK``: a PNG text chunk, else a comment or EXIF), so that a
+folder drawn into can be located again: kvl's drawings there are not inputs, and may be replaced."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
            (240, 50, 230), (210, 245, 60)]
 
 
-MARK = "kvl-locate"  # the text chunk (PNG) or comment (JPEG) every drawing carries
+MARK = "kvl-locate"  # the text chunk (PNG), comment (JPEG) or EXIF description every drawing carries
+IMAGE_DESCRIPTION = 0x010E
 Source = Path | bytes | tuple[int, int, bytes]  # a file, its bytes, or a rendered page (width, height, RGB)
 
 
@@ -40,11 +41,14 @@ def _writable_suffix(suffix: str) -> bool:
     probe, buf = Image.new("RGB", (300, 17), (1, 2, 3)), io.BytesIO()
     try:
         probe.save(buf, format=fmt)
-        buf.seek(0)
+    except Exception:  # noqa: BLE001 - any failure of Pillow's writer: not a format for a drawing
+        return False
+    buf.seek(0)
+    try:
         with Image.open(buf) as back:
             return bool(back.size == probe.size)
-    except Exception:  # noqa: BLE001 - any failure of Pillow's writer or reader: not a format for a drawing
-        return False
+    except Exception:  # noqa: BLE001 - written, but not a format Pillow reads back (.pdf): as written
+        return True
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -176,15 +180,14 @@ def save_marked(img: Any, path: Path) -> None:
     """``img`` saved to ``path`` (its extension picks the format), marked as kvl's drawing."""
     from PIL import PngImagePlugin
 
-    suffix = path.suffix.lower()
-    if suffix == ".png":
+    if path.suffix.lower() == ".png":
         info = PngImagePlugin.PngInfo()
         info.add_text(MARK, "1")
         img.save(path, pnginfo=info)
-    elif suffix in (".jpg", ".jpeg"):
-        img.save(path, comment=MARK.encode())
-    else:
-        img.save(path)
+        return
+    exif = img.getexif()
+    exif[IMAGE_DESCRIPTION] = MARK  # JPEG, WebP, TIFF keep it; a format without EXIF drops it (unmarked)
+    img.save(path, exif=exif, comment=MARK.encode())
 
 
 def is_drawing(path: Path) -> bool:
@@ -195,7 +198,8 @@ def is_drawing(path: Path) -> bool:
 
     try:
         with Image.open(path) as img:
-            return MARK in getattr(img, "text", {}) or img.info.get("comment") == MARK.encode()
+            return MARK in getattr(img, "text", {}) or img.info.get("comment") == MARK.encode() or \
+                img.getexif().get(IMAGE_DESCRIPTION) == MARK
     except Exception:  # noqa: BLE001 - not an image kvl can read: not one of kvl's drawings
         return False
 

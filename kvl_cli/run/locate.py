@@ -128,8 +128,8 @@ class LocateGate(AnswerGate):
         self.geometry: dict[str, deque[ImageGeometry]] = {}
 
     def check(self, result: Result, label: str = "") -> tuple[Result, TextEvent | None, dict[str, Any]]:
+        geo = self.geometry[label].popleft()  # first: an answer the schema refuses has used its image's too
         result, _, extra = super().check(result, label)
-        geo = self.geometry[label].popleft()
         objects = [place(o, geo, self.point) for o in extra["data"]["objects"]]
         text = markdown_table(objects) if self.table else pipe_lines(objects)
         shown = TextEvent(Section.ANSWER, text) if text else None
