@@ -49,15 +49,17 @@ from .flags import (
 def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | None, **kwargs: Any) -> int:
     """Find things in images: each match's box (or, with --point, a point) in pixels of the original.
 
-    QUERY (the last argument) says what to find; the thinking runs free, the answer is constrained to
-    labelled boxes. In a pipe: one line per object, `x0 y0 x1 y1 label` (`x y label` with --point);
-    --json adds `objects` to the record; nothing found: no line.
+    IMAGE as for caption (a PDF or multi-page TIFF: each page). QUERY (the last argument) says what to
+    find; the thinking runs free, the answer is constrained to labelled boxes. In a pipe: one line per
+    object, `x0 y0 x1 y1 label` (`x y label` with --point); --json adds `objects` to the record;
+    nothing found: no line.
 
     \b
       kvl locate photo.jpg "every cat"
       kvl locate --point shot.png "the Save button"
       xdotool mousemove $(kvl locate --point shot.png "the Save button" | head -1 | cut -d' ' -f1,2)
       kvl locate --draw boxes/ --json photos/ "faces" > faces.jsonl
+      kvl locate --draw pages/ report.pdf "the signature"   # per page, in its rendered pixels
     """
     kwargs["sidecars"] = sidecars_from(kwargs)
     documents = documents_from(kwargs)
@@ -74,7 +76,7 @@ def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | Non
         from ..distributed import run_on_ray
 
         return run_on_ray("locate", inputs, ray, common, env, batch=b, meta={"query": query, "point": point},
-                          instruction=locate_prompt(query, point=point), point=point)
+                          instruction=locate_prompt(query, point=point), point=point, documents=documents)
     plan = make_plan("locate", common, parallel=b.parallel)
     base = make_renderer(plan.render, env)
     run = LocateRun(plan, query, point=point, draw=draw, table=isinstance(base, LiveRenderer))
