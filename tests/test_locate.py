@@ -378,6 +378,12 @@ def test_a_pdf_and_a_multi_page_tiff_are_located_page_by_page(kvl, grounder, tmp
             assert img.size == size
     pipe = kvl("locate", pdf, "the cat", *grounder, "--dpi", "72", "--pages", "2")
     assert pipe.code == 0 and pipe.out.strip().endswith("200 300 cat"), (pipe.out, pipe.err)
+    one = tmp_path / "p2.jpg"  # a PDF on stdin, one page drawn into a file
+    piped = kvl("locate", "-", "the cat", *grounder, "--dpi", "72", "--pages", "2", "--draw", one,
+                stdin=pdf.read_bytes())
+    assert piped.code == 0 and piped.out.strip().endswith("200 300 cat"), (piped.out, piped.err)
+    with Image.open(one) as img:
+        assert img.size == (200, 300)
 
 
 def test_skip_done_is_for_the_same_query_and_mode(kvl, grounder, shots, tmp_path):
