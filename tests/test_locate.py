@@ -354,6 +354,19 @@ def test_draw_never_writes_through_a_hard_link_to_an_input(kvl, shots, tmp_path)
     assert r.code == 2 and "is an input" in r.err, r.err
 
 
+def test_a_drawing_replaces_its_name_not_a_file_linked_to_it(kvl, grounder, shots, tmp_path):
+    keep = make_image(tmp_path / "keep.png", size=(20, 20))  # not an input: someone's file, linked to the name
+    before = keep.read_bytes()
+    out = tmp_path / "out.png"
+    out.hardlink_to(keep)
+    r = kvl("locate", shots["tall"], "the cat", *grounder, "--draw", out)
+    assert r.code == 0, r.err
+    assert keep.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "keep.png", "out.png"]
+    with Image.open(out) as img:
+        assert img.size == SEEN["tall"]
+
+
 def test_a_pdf_and_a_multi_page_tiff_are_located_page_by_page(kvl, grounder, tmp_path):
     from .pdfs import PageSpec, write_pdf
 

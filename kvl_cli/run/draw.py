@@ -177,17 +177,25 @@ def _label(pen: Any, anchor: tuple[int, int], text: str, colour: tuple[int, int,
 
 
 def save_marked(img: Any, path: Path) -> None:
-    """``img`` saved to ``path`` (its extension picks the format), marked as kvl's drawing."""
-    from PIL import PngImagePlugin
+    """``img`` saved to ``path`` (its extension picks the format), marked as kvl's drawing: written
+    beside it, then renamed over it, so that a file replaced is never half written, and a name that
+    is a hard link to another file gets a file of its own rather than writing into that one."""
+    from PIL import Image, PngImagePlugin
 
-    if path.suffix.lower() == ".png":
-        info = PngImagePlugin.PngInfo()
-        info.add_text(MARK, "1")
-        img.save(path, pnginfo=info)
-        return
-    exif = img.getexif()
-    exif[IMAGE_DESCRIPTION] = MARK  # JPEG, WebP, TIFF keep it; a format without EXIF drops it (unmarked)
-    img.save(path, exif=exif, comment=MARK.encode())
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    tmp = path.with_name(f".{path.name}.kvl-{os.getpid()}")
+    try:
+        if fmt == "PNG":
+            info = PngImagePlugin.PngInfo()
+            info.add_text(MARK, "1")
+            img.save(tmp, format=fmt, pnginfo=info)
+        else:
+            exif = img.getexif()
+            exif[IMAGE_DESCRIPTION] = MARK  # JPEG, WebP, TIFF keep it; a format without EXIF drops it (unmarked)
+            img.save(tmp, format=fmt, exif=exif, comment=MARK.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def is_drawing(path: Path) -> bool:
