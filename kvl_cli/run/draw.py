@@ -74,7 +74,9 @@ def draw_targets(refs: list[InputRef], draw: str) -> dict[Key, Path]:
     target = Path(draw).expanduser()
     into_dir = target.is_dir() or draw.endswith(("/", "\\")) or len(refs) > 1
     if into_dir and not target.is_dir():
-        raise UsageError(f"--draw {draw}: no such folder", hint="create it first, or give a file name for one image")
+        several = f" ({len(refs)} images or pages are drawn into a folder)" if len(refs) > 1 else ""
+        raise UsageError(f"--draw {draw}: no such folder{several}",
+                         hint="create it first, or give a file name for one image (one page: --pages)")
     if not into_dir and not target.parent.is_dir():
         raise UsageError(f"--draw {draw}: the folder {target.parent} does not exist", hint="create it first")
     if not into_dir and not _writable_suffix(target.suffix):
