@@ -148,9 +148,11 @@ class AnswerGate:
     def passes(self, ev: Event) -> bool:
         return self.schema is None or not (isinstance(ev, TextEvent) and ev.section is Section.ANSWER)
 
-    def check(self, result: Result, label: str = "") -> tuple[Result, TextEvent | None, dict[str, Any]]:
-        """(the result to write, the answer text to stream now, extra record fields) of input ``label``;
-        raises AnswerError. Without a schema, everything passes as it is."""
+    def check(self, result: Result, label: str = "",
+              page: int | None = None) -> tuple[Result, TextEvent | None, dict[str, Any]]:
+        """(the result to write, the answer text to stream now, extra record fields) of input ``label``
+        (of its page ``page``, for a document); raises AnswerError. Without a schema, everything passes
+        as it is."""
         if self.schema is None:
             return result, None, {}
         data = self.schema.parse(result)
@@ -158,12 +160,12 @@ class AnswerGate:
         return replace(result, answer=text), TextEvent(Section.ANSWER, text), {"data": data}
 
     def release(self, result: Result, show: Callable[[Event], None],
-                label: str = "") -> tuple[Result, dict[str, Any]]:
+                label: str = "", page: int | None = None) -> tuple[Result, dict[str, Any]]:
         """A finished answer checked, then its text shown through ``show`` (at once, whole): the result
         to write and its extra record fields. An interrupted answer passes as it is. Raises AnswerError."""
         if result.interrupted:
             return result, {}
-        result, answer, extra = self.check(result, label)
+        result, answer, extra = self.check(result, label, page)
         if answer is not None:
             show(answer)
         return result, extra

@@ -493,3 +493,20 @@ def test_a_default_server_answers_locate_at_its_budget_only(kvl, grounder, shots
         assert rec["server"] == srv.url and rec["objects"][0]["box"][2:] == [640, 200]
     finally:
         srv.stop()
+
+
+def test_each_page_is_mapped_through_its_own_geometry():
+    """A document's pages share its label: a page whose answer never comes (it failed in the engine)
+    must not lend its geometry to the next page's boxes."""
+    from collections import deque
+
+    from kvl_cli.engine.types import FinishReason, Result, Timings, Tokens
+    from kvl_cli.run.locate import LocateGate
+
+    gate = LocateGate(point=False)
+    gate.geometry[("doc.pdf", 1)] = deque([ImageGeometry(source=(100, 100), decoded=(100, 100))])
+    gate.geometry[("doc.pdf", 2)] = deque([ImageGeometry(source=(400, 200), decoded=(400, 200))])
+    answer = '{"objects": [{"label": "cat", "bbox_2d": [0, 0, 1, 1]}]}'
+    result = Result(answer, "", FinishReason.STOP, Tokens(), Timings(), [])
+    _, _, extra = gate.check(result, "doc.pdf", 2)  # page 1 failed: its answer never reaches the gate
+    assert extra["objects"][0]["box"] == [0, 0, 400, 200]

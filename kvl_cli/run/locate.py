@@ -124,12 +124,13 @@ class LocateGate(AnswerGate):
     def __init__(self, point: bool, *, table: bool = False, several: bool = False) -> None:
         super().__init__(locate_schema(point))
         self.point, self.table, self.several = point, table, several
-        # each input's geometries in job order: a document's pages share its label, and are checked in order
-        self.geometry: dict[str, deque[ImageGeometry]] = {}
+        # each image's geometry by input and page, in job order (an input given twice, a page too)
+        self.geometry: dict[tuple[str, int | None], deque[ImageGeometry]] = {}
 
-    def check(self, result: Result, label: str = "") -> tuple[Result, TextEvent | None, dict[str, Any]]:
-        geo = self.geometry[label].popleft()  # first: an answer the schema refuses has used its image's too
-        result, _, extra = super().check(result, label)
+    def check(self, result: Result, label: str = "",
+              page: int | None = None) -> tuple[Result, TextEvent | None, dict[str, Any]]:
+        geo = self.geometry[(label, page)].popleft()  # first: an answer the schema refuses has used its image's too
+        result, _, extra = super().check(result, label, page)
         objects = [place(o, geo, self.point) for o in extra["data"]["objects"]]
         text = markdown_table(objects) if self.table else pipe_lines(objects)
         shown = TextEvent(Section.ANSWER, text) if text else None
@@ -155,7 +156,8 @@ class GeometryKeeper:
         img, ref = images[0], job.refs[0]
         geo = ImageGeometry(img.source_size or (img.width, img.height), (img.width, img.height), self.min_tokens,
                             self.max_tokens)
-        self.gate.geometry.setdefault(job.label, deque()).append(geo)
+        page = job.page.number if job.page is not None else None
+        self.gate.geometry.setdefault((job.label, page), deque()).append(geo)
         if self.draw:  # a page is drawn on as rendered for the model: its boxes are in those pixels
             self.sources[ref_key(ref)] = (img.width, img.height, img.rgb) if ref.page is not None else \
                 ref.path if ref.path is not None and is_regular(ref.path) else ref.read_bytes()

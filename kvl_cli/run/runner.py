@@ -196,7 +196,8 @@ class JobSink:
         slot = self.slots[pos]
         meta = slot.meta if isinstance(slot, Job) else {}
         if isinstance(outcome, Result):
-            outcome, meta = self._checked(outcome, meta, slot.label)
+            page = _page(slot)
+            outcome, meta = self._checked(outcome, meta, slot.label, page.number if page is not None else None)
         if isinstance(outcome, KvlError):
             self.renderer.error(slot.label, outcome, page=_page(slot))
             self.outcomes.append(JobOutcome(slot.label, error=outcome))
@@ -205,10 +206,11 @@ class JobSink:
         self.outcomes.append(JobOutcome(slot.label, result=outcome))
 
 
-    def _checked(self, result: Result, meta: dict[str, Any], label: str) -> tuple[Outcome, dict[str, Any]]:
+    def _checked(self, result: Result, meta: dict[str, Any], label: str,
+                 page: int | None = None) -> tuple[Outcome, dict[str, Any]]:
         """With --schema: the validated answer, streamed now, and its data; or the reason there is none."""
         try:
-            result, extra = self.gate.release(result, self.renderer.event, label)
+            result, extra = self.gate.release(result, self.renderer.event, label, page)
         except KvlError as exc:
             return exc, meta
         return result, {**meta, **extra}
