@@ -195,3 +195,51 @@ def test_bench_reports_the_constrained_token_cost(kvl, random_pair):
     table = kvl("bench", *random_pair.args(), "--image-tokens", "16", "--prompt-tokens", "8", "--gen-tokens", "2",
                 "--parallel", "1")
     assert "constrained, refused" in table.out and "token mask" in table.out
+
+
+# ---- #18 fixes: near --max-tokens the answer steers to finish ----------------------------------
+
+# nothing bounds these: left alone, the random model's strings and arrays run to --max-tokens (exit 5)
+UNBOUNDED = {
+    "strings": {"type": "object", "required": ["a", "b"], "properties": {
+        "a": {"type": "string"}, "b": {"type": "string", "minLength": 3}}},
+    "arrays": {"type": "object", "required": ["xs", "ys"], "properties": {
+        "xs": {"type": "array", "items": {"type": "string"}},
+        "ys": {"type": "array", "items": {"type": "integer"}, "minItems": 2}}},
+    "nested": {"type": "object", "required": ["o"], "properties": {"o": {
+        "type": "object", "required": ["p", "q"], "properties": {
+            "p": {"type": "array", "items": {"type": "object", "required": ["s"],
+                                             "properties": {"s": {"type": "string"}}}},
+            "q": {"type": "string"}}}}},
+    "issue": {"type": "object", "required": ["title", "tags", "n"], "properties": {
+        "title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "n": {"type": "integer", "minimum": 1, "maximum": 5}}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNBOUNDED))
+def test_unbounded_strings_and_arrays_finish_within_max_tokens(kvl, random_pair, images, name):
+    schema = UNBOUNDED[name]
+    for seed in range(4):
+        r = kvl("ask", images["jpg"], "describe", *random_pair.args(), "--schema", json.dumps(schema),
+                "--seed", str(seed), "--temperature", "1", "--think-budget", "8", "--max-tokens", "100", "--json",
+                "--image-max-tokens", "16")
+        assert r.code == 0, (seed, r.err)
+        rec = json.loads(r.out)
+        jsonschema.validate(rec["data"], schema)
+        assert rec["tokens"]["generated"] <= 100 and rec["finish_reason"] == "stop"
+
+
+def test_steering_leaves_an_answer_that_ends_early_alone(kvl, random_pair, images):
+    """Steering acts only in the last max(24, 10%) tokens of --max-tokens: an answer that ends before
+    them is the same token for token whatever the limit."""
+    schema = json.dumps(UNBOUNDED["arrays"])
+    answers = []
+    for limit in ("300", "3000"):
+        r = kvl("ask", images["jpg"], "describe", *random_pair.args(), "--schema", schema, "--seed", "0",
+                "--temperature", "1", "--think-budget", "8", "--max-tokens", limit, "--json",
+                "--image-max-tokens", "16")
+        assert r.code == 0, r.err
+        answers.append(json.loads(r.out))
+    assert answers[0]["tokens"]["generated"] < 300 - 30
+    assert answers[0]["answer"] == answers[1]["answer"]

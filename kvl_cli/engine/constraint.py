@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ JSON_OPTIONS: Any = {"whitespace_flexible": False}
 # A number without a bound may be written with any exponent (1e999 reads as Infinity, which JSON
 # lacks) or digits without end; bounded, llguidance writes it in plain digits.
 NUMBER_BOUND = 10**15
+# The answer steers to finish in its last max(STEER_MIN, 10%) tokens of --max-tokens (``steer``).
+STEER_MIN = 24
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames",
@@ -113,6 +117,13 @@ def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _limits() -> Any:
+    """llguidance's parser limits: errors without its multi-KB parser-state dump."""
+    from llguidance import LLParserLimits
+
+    return LLParserLimits(verbose_errors=False)
+
+
 def compile_constraint(constraint: Constraint) -> str:
     """llguidance's grammar for ``constraint``, checked; ConstraintError saying what it cannot honour."""
     return _compiled(constraint.kind, constraint.text)
@@ -155,13 +166,34 @@ def _hint(kind: ConstraintKind) -> str:
 
 # ---- the tokenizer, once per model ---------------------------------------------------------------
 
-_TOKENIZERS: dict[tuple[Path, int], Any] = {}
+_TOKENIZERS: dict[tuple[Path, int], tuple[Any, Closers]] = {}
 _TOKENIZERS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Closers:
+    """The tokens that close what an answer has open (see ``ConstrainedSampler.steer``): inside a
+    string, those that are a quote then only ``]``/``}``; outside, those that are only ``]``/``}``."""
+
+    quote: Any  # numpy array of token ids
+    bracket: Any
+
+    @staticmethod
+    def of(pieces: list[bytes]) -> Closers:
+        import numpy as np
+
+        quote = [t for t, p in enumerate(pieces) if re.fullmatch(rb'"[\]}]*', p)]
+        bracket = [t for t, p in enumerate(pieces) if re.fullmatch(rb"[\]}]+", p)]
+        return Closers(np.array(quote, dtype=np.int64), np.array(bracket, dtype=np.int64))
 
 
 def tokenizer_for(model: Model, end_token: int) -> Any:
     """llguidance's tokenizer of ``model``'s vocabulary (built once per model file: about a second
     for the full vocabulary); ``end_token`` ends a finished answer."""
+    return _tokenizer_and_closers(model, end_token)[0]
+
+
+def _tokenizer_and_closers(model: Model, end_token: int) -> tuple[Any, Closers]:
     key = (Path(model.path), end_token)
     with _TOKENIZERS_LOCK:
         if key not in _TOKENIZERS:
@@ -169,7 +201,7 @@ def tokenizer_for(model: Model, end_token: int) -> Any:
         return _TOKENIZERS[key]
 
 
-def _build_tokenizer(model: Model, end_token: int) -> Any:
+def _build_tokenizer(model: Model, end_token: int) -> tuple[Any, Closers]:
     """``llguidance.llamacpp.lltokenizer_from_vocab``, without its deprecated per-token call (a warning
     object per token): every token's bytes, a control token marked with 0xFF so that no answer spells it."""
     import ctypes
@@ -189,8 +221,9 @@ def _build_tokenizer(model: Model, end_token: int) -> Any:
             piece = b"\xff" + piece
         tokens.append(piece)
     tokenize = ctypes.cast(llama.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-    return LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=model.vocab, tokenize_fptr=tokenize,  # type: ignore[attr-defined]
-                                     eos_token=[end_token], slices=None)
+    tokenizer = LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=model.vocab, tokenize_fptr=tokenize,  # type: ignore[attr-defined]
+                                          eos_token=[end_token], slices=None)
+    return tokenizer, Closers.of(tokens)
 
 
 # ---- sampling --------------------------------------------------------------------------------------
@@ -203,7 +236,8 @@ class ConstrainedSampler:
         import numpy as np
         from llguidance import LLMatcher
 
-        self.matcher = LLMatcher(tokenizer_for(model, end_token), compile_constraint(constraint), log_level=0)
+        tokenizer, self.closers = _tokenizer_and_closers(model, end_token)
+        self.matcher = LLMatcher(tokenizer, compile_constraint(constraint), log_level=0, limits=_limits())
         if self.matcher.is_error():
             raise ConstraintError(f"llguidance cannot use it: {_one_line(self.matcher.get_error())}",
                                   hint=_hint(constraint.kind))
@@ -212,17 +246,49 @@ class ConstrainedSampler:
         self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
         self.chain = Sampler(settings)
         self.refused = 0  # tokens the mask refused, sampled again under it
+        self.model = model
+        self.left: int | None = None  # answer tokens left under --max-tokens (the sequence sets it)
+        self.margin: int | None = None  # steer to finish once ``left`` is this low (see ``steer``)
+        self.in_string = False  # the answer so far ends inside a JSON string
+        self.escaped = False
 
     def sample(self, ctx: Context, logits_index: int) -> int:
         if self.matcher.is_stopped():  # the answer is complete: only its end may follow
             return self.end_token
         self.fill_mask()
+        if self.left is not None:
+            self.margin = self.margin if self.margin is not None else max(STEER_MIN, self.left // 10)
+            if self.left <= self.margin:
+                steered = self.steer(ctx, logits_index)
+                if steered is not None:
+                    return steered
         token = self.chain.sample(ctx, logits_index)
         if not self.allows(token):
             self.refused += 1
             token = self.resample(ctx, logits_index)
             if not self.allows(token):
                 raise EngineError("the answer's constraint allows no token here", hint="simplify the schema")
+        self.consume(token)
+        return token
+
+    def steer(self, ctx: Context, logits_index: int) -> int | None:
+        """The last tokens of --max-tokens: finish rather than run on. A complete answer ends now;
+        otherwise the most likely allowed token that closes what is open (a string, then arrays and
+        objects) is taken; None when none is allowed yet (a minLength, a required key: the mask leads)."""
+        import numpy as np
+
+        from . import native
+
+        if self.matcher.is_accepting():
+            return self.end_token
+        ids = self.closers.quote if self.in_string else self.closers.bracket
+        ids = np.array([t for t in ids.tolist() if self.allows(t)], dtype=np.int64)
+        if not len(ids):
+            return None
+        logits = np.ctypeslib.as_array(native.llama().llama_get_logits_ith(ctx.ptr, logits_index),
+                                       shape=(self.n_vocab,))
+        token = int(ids[int(np.argmax(logits[ids]))])
+        native.llama().llama_sampler_accept(self.chain.ptr, token)
         self.consume(token)
         return token
 
@@ -263,6 +329,13 @@ class ConstrainedSampler:
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise EngineError(f"llguidance refused a token it allowed: {_one_line(self.matcher.get_error())}")
+        for byte in self.model.piece(token):  # where the answer stands: inside a JSON string or not
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string and byte == 0x5C:
+                self.escaped = True
+            elif byte == 0x22:
+                self.in_string = not self.in_string
 
     def close(self) -> None:
         self.chain.close()
