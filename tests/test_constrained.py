@@ -243,3 +243,47 @@ def test_steering_leaves_an_answer_that_ends_early_alone(kvl, random_pair, image
         answers.append(json.loads(r.out))
     assert answers[0]["tokens"]["generated"] < 300 - 30
     assert answers[0]["answer"] == answers[1]["answer"]
+
+
+# ---- #18 fixes: what llguidance cannot finish is refused before anything loads -----------------
+
+SELF_REFERENCE = {"type": "object", "required": ["a"], "properties": {"a": {"$ref": "#"}}}
+
+
+@pytest.mark.parametrize("schema, says", [
+    ({"$ref": "#"}, "refers to itself"),
+    ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "refers to itself"),
+    (SELF_REFERENCE, "self-reference"),
+    ({"type": "integer", "minimum": 1e30, "maximum": 1000000000000000000000000000005}, "9223372036854775807"),
+    ({"enum": [123456789012345678901234567890]}, "9223372036854775807"),
+    ({"type": "number", "minimum": 1e20}, "1e19"),
+])
+def test_a_schema_no_answer_can_finish_is_exit_2_in_one_line(kvl, images, schema, says):
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", json.dumps(schema))
+    assert r.code == 2 and r.out == "", r.err
+    assert says in r.err and "--schema" in r.err and len(r.err.splitlines()) == 1 and len(r.err) < 700, r.err
+
+
+def test_a_large_lower_bound_still_gets_an_upper_one():
+    assert kvl_schema({"type": "number", "minimum": 1e16})["maximum"] == 1e18
+    assert kvl_schema({"type": "integer", "minimum": 10**17})["maximum"] == 2**63 - 1
+    assert kvl_schema({"type": "integer", "maximum": -10**16})["minimum"] == -10**18
+
+
+@pytest.mark.parametrize("grammar", ["root ::= root", 'root ::= "a"{100000}', 'start: %json {"$ref":"#"}'])
+def test_serve_a_grammar_no_answer_can_finish_is_400_before_it_runs(random_server, grammar):
+    status, reply = _ask(random_server.port, kvl={"grammar": grammar})
+    assert status == 400 and reply["error"]["code"] == "invalid_grammar", reply
+    assert len(reply["error"]["message"]) < 700 and "\n" not in reply["error"]["message"], reply
+
+
+def test_serve_gbnf_unicode_escapes_and_many_alternatives(random_server):
+    for seed in range(2):
+        grammar = r'root ::= [\u00e0-\u00ff]{2} "\U0001F600"'
+        status, reply = _ask(random_server.port, seed=seed, kvl={"grammar": grammar})
+        assert status == 200, reply
+        content = reply["choices"][0]["message"]["content"]
+        assert len(content) == 3 and all("\u00e0" <= c <= "\u00ff" for c in content[:2]) and content[2] == "\U0001F600"
+    words = [f"w{i}" for i in range(2001)]
+    status, reply = _ask(random_server.port, kvl={"grammar": "root ::= " + " | ".join(f'"{w}"' for w in words)})
+    assert status == 200 and reply["choices"][0]["message"]["content"] in words, reply

@@ -38,8 +38,11 @@ JSON_OPTIONS: Any = {"whitespace_flexible": False}
 # A number without a bound may be written with any exponent (1e999 reads as Infinity, which JSON
 # lacks) or digits without end; bounded, llguidance writes it in plain digits.
 NUMBER_BOUND = 10**15
+INT64 = 2**63 - 1  # llguidance reads no larger number
 # The answer steers to finish in its last max(STEER_MIN, 10%) tokens of --max-tokens (``steer``).
 STEER_MIN = 24
+# A grammar's alternatives in one rule (llguidance's default is 2000: ``root ::= "w0" | ... | "w2000"``).
+MAX_ALTERNATIVES = 50_000
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames",
@@ -110,10 +113,11 @@ def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
     bound: float = NUMBER_BOUND if kinds & {"number", "integer"} == {"integer"} else float(NUMBER_BOUND)
     low = schema.get("minimum", schema.get("exclusiveMinimum"))
     high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    if low is None and not (isinstance(high, (int, float)) and high <= -bound):
-        schema["minimum"] = -bound
-    if high is None and not (isinstance(low, (int, float)) and low >= bound):
-        schema["maximum"] = bound
+    top = INT64 if isinstance(bound, int) else float("inf")
+    if low is None:  # beyond the bound, the other side is 100 times the given one (1e16: up to 1e18)
+        schema["minimum"] = max(high * 100, -top) if isinstance(high, (int, float)) and high <= -bound else -bound
+    if high is None:
+        schema["maximum"] = min(low * 100, top) if isinstance(low, (int, float)) and low >= bound else bound
     return schema
 
 
@@ -121,7 +125,7 @@ def _limits() -> Any:
     """llguidance's parser limits: errors without its multi-KB parser-state dump."""
     from llguidance import LLParserLimits
 
-    return LLParserLimits(verbose_errors=False)
+    return LLParserLimits(verbose_errors=False, max_items_in_row=MAX_ALTERNATIVES)
 
 
 def compile_constraint(constraint: Constraint) -> str:
@@ -134,24 +138,92 @@ def _compiled(kind: ConstraintKind, text: str) -> str:
     from llguidance import LLMatcher
 
     if kind is ConstraintKind.JSON_SCHEMA:
-        grammar = LLMatcher.grammar_from_json_schema(kvl_schema(json.loads(text)), defaults=JSON_OPTIONS)
+        try:
+            grammar = LLMatcher.grammar_from_json_schema(kvl_schema(json.loads(text)), defaults=JSON_OPTIONS)
+        except (ValueError, TypeError, OverflowError) as exc:  # a number beyond 64 bits: "not JSON serializable"
+            raise ConstraintError(f"llguidance cannot read it: {_one_line(str(exc))}",
+                                  hint="keep the schema's numbers within ±9223372036854775807") from None
     else:
         grammar = LLMatcher.grammar_from_lark(_lark(text))
-    problem = LLMatcher.validate_grammar(grammar, None)
+    problem = LLMatcher.validate_grammar(grammar, None, limits=_limits())
     if problem:
-        raise ConstraintError(f"llguidance cannot honour it: {_one_line(problem)}", hint=_hint(kind))
+        hint = "keep number bounds within about ±1e19" if "float range" in problem else _hint(kind)
+        raise ConstraintError(f"llguidance cannot honour it: {_one_line(problem)}", hint=hint)
+    _probe(grammar, kind)
     return str(grammar)
+
+
+def _probe(grammar: str, kind: ConstraintKind) -> None:
+    """Start an answer under ``grammar`` on a byte tokenizer, as far as it is forced (no choice yet):
+    a rule or ``$ref`` that only refers to itself (``root ::= root``, ``{"$ref": "#"}``, a required
+    property that is the schema again) or a forced run too long for llguidance fails here, before
+    any model loads, instead of after the prompt ran."""
+    from llguidance import LLMatcher
+
+    matcher = LLMatcher(_byte_tokenizer(), grammar, log_level=0, limits=_limits())
+    for _ in range(16):
+        if matcher.is_error() or matcher.is_accepting():
+            break
+        forced = matcher.compute_ff_tokens()
+        if matcher.is_error():
+            break
+        if not forced:
+            matcher.compute_bitmask()  # the first choice: llguidance finds an endless rule here
+            break
+        matcher.consume_tokens(forced)
+    if matcher.is_error():
+        problem = _one_line(matcher.get_error().replace("<non-verbose/>", ""))
+        if "NoExtensionBias" in problem:
+            problem = f"no answer can be finished under it (a rule or $ref that only refers to itself?) ({problem})"
+        elif "Too many items" in problem:
+            problem = ("it forces a run longer than llguidance can follow (a long repetition, a required "
+                       f"self-reference?) ({problem})")
+        raise ConstraintError(f"llguidance cannot honour it: {problem}", hint=_hint(kind))
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_tokenizer() -> Any:
+    """A tokenizer of the 256 bytes (and an end token): enough to start a matcher without a model."""
+    from llguidance import LLTokenizer
+    from llguidance._tokenizer import TokenizerWrapper
+
+    class Bytes:
+        eos_token_id = 256
+        bos_token_id = None
+        tokens = [bytes([b]) for b in range(256)] + [b"\xff<end>"]
+
+        def __call__(self, data: bytes) -> list[int]:
+            return list(data)
+
+    return LLTokenizer(TokenizerWrapper(Bytes()))
 
 
 def _lark(text: str) -> str:
     """GBNF (llama.cpp's grammar format, root rule ``root``) as llguidance's Lark; Lark as it is."""
-    from llguidance.gbnf_to_lark import any_to_lark
+    from llguidance.gbnf_to_lark import any_to_lark, is_lark_syntax
 
     try:
-        return str(any_to_lark(text))
+        return str(any_to_lark(text if is_lark_syntax(text) else _unicode_escapes(text)))
     except Exception as exc:  # its converter raises its own error (and plain ones) for a grammar it cannot parse
         raise ConstraintError(f"not a grammar llguidance can read: {_one_line(str(exc))}",
                               hint=_hint(ConstraintKind.GRAMMAR)) from None
+
+
+def _unicode_escapes(gbnf: str) -> str:
+    r"""GBNF's ``\uXXXX``/``\UXXXXXXXX`` as the character itself (``\xHH`` below 0x80): llguidance's
+    converter strips their leading zeros (``\u00e0`` -> ``\ue0``, which its Lark refuses)."""
+    def one(m: re.Match[str]) -> str:
+        digits = m.group(1) or m.group(2)
+        if digits is None:
+            return m.group(0)
+        code = int(digits, 16)
+        if code < 0x80:
+            return f"\\x{code:02x}"
+        if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+            return m.group(0)
+        return chr(code)
+
+    return re.sub(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|.)", one, gbnf, flags=re.S)
 
 
 def _one_line(text: str) -> str:
