@@ -287,3 +287,26 @@ def test_serve_gbnf_unicode_escapes_and_many_alternatives(random_server):
     words = [f"w{i}" for i in range(2001)]
     status, reply = _ask(random_server.port, kvl={"grammar": "root ::= " + " | ".join(f'"{w}"' for w in words)})
     assert status == 200 and reply["choices"][0]["message"]["content"] in words, reply
+
+
+# ---- #18 fixes: --schema reading and the document on stdout -------------------------------------
+
+@pytest.mark.parametrize("name", ["[x].json", "falsepositives.json", "true"])
+def test_an_existing_schema_file_wins_over_inline_json(kvl, scripted, images, tmp_path, monkeypatch, name):
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 4}}}
+    (tmp_path / name).write_text(json.dumps(schema))
+    monkeypatch.chdir(tmp_path)
+    r = kvl("ask", images["jpg"], "How many?", *scripted.args(), "--schema", name, "--temperature", "0")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["n"] in (3, 4)
+    assert r.out == json.dumps(data, separators=(",", ":")) + "\n"  # compact, as docs/options.md and the server
+
+
+def test_schema_true_is_any_json_and_false_is_refused(kvl, scripted, images):
+    r = kvl("ask", images["jpg"], "Which?", *scripted.args(), "--schema", "true", "--temperature", "0", "--json",
+            "--max-tokens", "200")
+    assert r.code == 0, r.err
+    assert json.loads(json.loads(r.out)["answer"]) == json.loads(r.out)["data"]
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", "false")
+    assert r.code == 2 and "false" in r.err and len(r.err.splitlines()) == 1, r.err
