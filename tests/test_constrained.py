@@ -310,3 +310,25 @@ def test_schema_true_is_any_json_and_false_is_refused(kvl, scripted, images):
     assert json.loads(json.loads(r.out)["answer"]) == json.loads(r.out)["data"]
     r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", "false")
     assert r.code == 2 and "false" in r.err and len(r.err.splitlines()) == 1, r.err
+
+
+def test_min_properties_over_open_keys_is_refused_as_llguidance_may_repeat_a_key(kvl, images):
+    """The issue's {"x3":0,"x4":1,"x4":1,"x0":0}: four keys to llguidance, three to the parser."""
+    schema = {"type": "object", "patternProperties": {"^x[0-9]$": {"type": "integer", "minimum": 0, "maximum": 1}},
+              "additionalProperties": False, "minProperties": 3, "maxProperties": 5}
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", json.dumps(schema))
+    assert r.code == 2 and "minProperties" in r.err and len(r.err.splitlines()) == 1, r.err
+    open_map = {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2}
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", json.dumps(open_map))
+    assert r.code == 2 and "minProperties" in r.err, r.err
+
+
+def test_pattern_properties_without_a_count_still_answer(kvl, random_pair, images):
+    schema = {"type": "object", "patternProperties": {"^x[0-9]$": {"type": "integer", "minimum": 0, "maximum": 1}},
+              "additionalProperties": False, "maxProperties": 3}
+    for seed in range(3):
+        r = kvl("ask", images["jpg"], "Which?", *random_pair.args(), "--schema", json.dumps(schema),
+                "--seed", str(seed), "--temperature", "1", "--think-budget", "8", "--max-tokens", "150", "--json",
+                "--image-max-tokens", "16")
+        assert r.code == 0, (seed, r.err)
+        jsonschema.validate(json.loads(r.out)["data"], schema)

@@ -138,8 +138,10 @@ def _compiled(kind: ConstraintKind, text: str) -> str:
     from llguidance import LLMatcher
 
     if kind is ConstraintKind.JSON_SCHEMA:
+        schema = kvl_schema(json.loads(text))
+        _counted_keys_unique(schema)
         try:
-            grammar = LLMatcher.grammar_from_json_schema(kvl_schema(json.loads(text)), defaults=JSON_OPTIONS)
+            grammar = LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         except (ValueError, TypeError, OverflowError) as exc:  # a number beyond 64 bits: "not JSON serializable"
             raise ConstraintError(f"llguidance cannot read it: {_one_line(str(exc))}",
                                   hint="keep the schema's numbers within ±9223372036854775807") from None
@@ -151,6 +153,27 @@ def _compiled(kind: ConstraintKind, text: str) -> str:
         raise ConstraintError(f"llguidance cannot honour it: {_one_line(problem)}", hint=hint)
     _probe(grammar, kind)
     return str(grammar)
+
+
+def _counted_keys_unique(schema: Any) -> None:
+    """llguidance does not keep the keys that ``patternProperties``/``additionalProperties`` admit
+    unique (``{"x4":1,"x4":1}``): where ``minProperties`` counts on more keys than are required, the
+    parsed answer (one key per name) could fall short of it. Such a schema is refused."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+        if not isinstance(node, dict):
+            continue
+        stack += node.values()
+        least = node.get("minProperties")
+        required = node.get("required") if isinstance(node.get("required"), list) else []
+        open_keys = "patternProperties" in node or node.get("additionalProperties", True) is not False
+        if isinstance(least, (int, float)) and least > len(set(required)) and open_keys:
+            raise ConstraintError("llguidance cannot honour it: minProperties with patternProperties or "
+                                  "additionalProperties (it may write one key twice, and the count falls short)",
+                                  hint="name the keys in properties and required, or drop minProperties")
 
 
 def _probe(grammar: str, kind: ConstraintKind) -> None:
