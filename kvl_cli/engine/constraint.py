@@ -168,7 +168,7 @@ def _counted_keys_unique(schema: Any) -> None:
             continue
         stack += node.values()
         least = node.get("minProperties")
-        required = node.get("required") if isinstance(node.get("required"), list) else []
+        required = node["required"] if isinstance(node.get("required"), list) else []
         open_keys = "patternProperties" in node or node.get("additionalProperties", True) is not False
         if isinstance(least, (int, float)) and least > len(set(required)) and open_keys:
             raise ConstraintError("llguidance cannot honour it: minProperties with patternProperties or "
