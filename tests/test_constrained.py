@@ -332,3 +332,12 @@ def test_pattern_properties_without_a_count_still_answer(kvl, random_pair, image
                 "--image-max-tokens", "16")
         assert r.code == 0, (seed, r.err)
         jsonschema.validate(json.loads(r.out)["data"], schema)
+
+
+def test_gbnf_unicode_escapes_keep_their_zeros_and_closers_are_only_quotes_and_brackets():
+    from kvl_cli.engine.constraint import Closers, _unicode_escapes
+
+    assert _unicode_escapes(r'root ::= [\u00e0-\u00ff] "\U0001F600" "\u0022"') == 'root ::= [à-ÿ] "😀" "\\x22"'
+    assert _unicode_escapes(r'root ::= "\\u00e0"') == r'root ::= "\\u00e0"'  # an escaped backslash, then text
+    closers = Closers.of([b'"', b'"]}', b"]", b"}]", b"a", b'" ', b" ]", b'"a', b"],"])
+    assert closers.quote.tolist() == [0, 1] and closers.bracket.tolist() == [2, 3]
