@@ -66,7 +66,7 @@ class AnswerSchema:
         """What stdout carries in a pipe: the JSON document (a bare choice with --choices)."""
         if self.choices and isinstance(data, str):
             return data
-        return json.dumps(data, ensure_ascii=False, allow_nan=False)
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # compact, as served
 
 
 def finite(value: Any) -> bool:
@@ -87,7 +87,7 @@ def load_schema(value: str) -> AnswerSchema:
     """``--schema FILE|JSON``: checked now (exit 2 with the schema error). A file is read within
     ``KVL_MAX_INPUT_BYTES`` like any input (``--schema /dev/zero`` is refused, not read forever)."""
     text = value
-    if not value.lstrip().startswith(("{", "[", "true", "false")):
+    if _is_file(value) or not value.lstrip().startswith(("{", "[", "true", "false")):  # a file wins
         label = f"--schema {value}"
         try:
             text = read_file(Path(value).expanduser(), label).decode("utf-8")
@@ -104,6 +104,13 @@ def load_schema(value: str) -> AnswerSchema:
     except RecursionError:
         raise UsageError("--schema: nested too deep", hint="simplify the schema") from None
     return checked(schema)
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).expanduser().is_file()
+    except (OSError, ValueError):  # a name too long, a NUL: inline JSON, then
+        return False
 
 
 def _no_constant(name: str) -> Any:
@@ -123,8 +130,13 @@ def choices_schema(value: str) -> AnswerSchema:
 def checked(schema: Any) -> AnswerSchema:
     import jsonschema
 
+    if schema is True:  # the JSON Schema that any JSON follows, as {} is
+        schema = {}
+    if schema is False:
+        raise UsageError("--schema: false: no answer follows it", hint="give true or {} for any JSON")
     if not isinstance(schema, dict):
-        raise UsageError("--schema: a JSON Schema is an object", hint='e.g. {"type": "object", "properties": {…}}')
+        raise UsageError("--schema: a JSON Schema is an object (or true)",
+                         hint='e.g. {"type": "object", "properties": {…}}')
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
         answer = AnswerSchema(schema)

@@ -195,3 +195,149 @@ def test_bench_reports_the_constrained_token_cost(kvl, random_pair):
     table = kvl("bench", *random_pair.args(), "--image-tokens", "16", "--prompt-tokens", "8", "--gen-tokens", "2",
                 "--parallel", "1")
     assert "constrained, refused" in table.out and "token mask" in table.out
+
+
+# ---- #18 fixes: near --max-tokens the answer steers to finish ----------------------------------
+
+# nothing bounds these: left alone, the random model's strings and arrays run to --max-tokens (exit 5)
+UNBOUNDED = {
+    "strings": {"type": "object", "required": ["a", "b"], "properties": {
+        "a": {"type": "string"}, "b": {"type": "string", "minLength": 3}}},
+    "arrays": {"type": "object", "required": ["xs", "ys"], "properties": {
+        "xs": {"type": "array", "items": {"type": "string"}},
+        "ys": {"type": "array", "items": {"type": "integer"}, "minItems": 2}}},
+    "nested": {"type": "object", "required": ["o"], "properties": {"o": {
+        "type": "object", "required": ["p", "q"], "properties": {
+            "p": {"type": "array", "items": {"type": "object", "required": ["s"],
+                                             "properties": {"s": {"type": "string"}}}},
+            "q": {"type": "string"}}}}},
+    "issue": {"type": "object", "required": ["title", "tags", "n"], "properties": {
+        "title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "n": {"type": "integer", "minimum": 1, "maximum": 5}}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNBOUNDED))
+def test_unbounded_strings_and_arrays_finish_within_max_tokens(kvl, random_pair, images, name):
+    schema = UNBOUNDED[name]
+    for seed in range(4):
+        r = kvl("ask", images["jpg"], "describe", *random_pair.args(), "--schema", json.dumps(schema),
+                "--seed", str(seed), "--temperature", "1", "--think-budget", "8", "--max-tokens", "100", "--json",
+                "--image-max-tokens", "16")
+        assert r.code == 0, (seed, r.err)
+        rec = json.loads(r.out)
+        jsonschema.validate(rec["data"], schema)
+        assert rec["tokens"]["generated"] <= 100 and rec["finish_reason"] == "stop"
+
+
+def test_steering_leaves_an_answer_that_ends_early_alone(kvl, random_pair, images):
+    """Steering acts only in the last max(24, 10%) tokens of --max-tokens: an answer that ends before
+    them is the same token for token whatever the limit."""
+    schema = json.dumps(UNBOUNDED["arrays"])
+    answers = []
+    for limit in ("300", "3000"):
+        r = kvl("ask", images["jpg"], "describe", *random_pair.args(), "--schema", schema, "--seed", "0",
+                "--temperature", "1", "--think-budget", "8", "--max-tokens", limit, "--json",
+                "--image-max-tokens", "16")
+        assert r.code == 0, r.err
+        answers.append(json.loads(r.out))
+    assert answers[0]["tokens"]["generated"] < 300 - 30
+    assert answers[0]["answer"] == answers[1]["answer"]
+
+
+# ---- #18 fixes: what llguidance cannot finish is refused before anything loads -----------------
+
+SELF_REFERENCE = {"type": "object", "required": ["a"], "properties": {"a": {"$ref": "#"}}}
+
+
+@pytest.mark.parametrize("schema, says", [
+    ({"$ref": "#"}, "refers to itself"),
+    ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "refers to itself"),
+    (SELF_REFERENCE, "self-reference"),
+    ({"type": "integer", "minimum": 1e30, "maximum": 1000000000000000000000000000005}, "9223372036854775807"),
+    ({"enum": [123456789012345678901234567890]}, "9223372036854775807"),
+    ({"type": "number", "minimum": 1e20}, "1e19"),
+])
+def test_a_schema_no_answer_can_finish_is_exit_2_in_one_line(kvl, images, schema, says):
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", json.dumps(schema))
+    assert r.code == 2 and r.out == "", r.err
+    assert says in r.err and "--schema" in r.err and len(r.err.splitlines()) == 1 and len(r.err) < 700, r.err
+
+
+def test_a_large_lower_bound_still_gets_an_upper_one():
+    assert kvl_schema({"type": "number", "minimum": 1e16})["maximum"] == 1e18
+    assert kvl_schema({"type": "integer", "minimum": 10**17})["maximum"] == 2**63 - 1
+    assert kvl_schema({"type": "integer", "maximum": -10**16})["minimum"] == -10**18
+
+
+@pytest.mark.parametrize("grammar", ["root ::= root", 'root ::= "a"{100000}', 'start: %json {"$ref":"#"}'])
+def test_serve_a_grammar_no_answer_can_finish_is_400_before_it_runs(random_server, grammar):
+    status, reply = _ask(random_server.port, kvl={"grammar": grammar})
+    assert status == 400 and reply["error"]["code"] == "invalid_grammar", reply
+    assert len(reply["error"]["message"]) < 700 and "\n" not in reply["error"]["message"], reply
+
+
+def test_serve_gbnf_unicode_escapes_and_many_alternatives(random_server):
+    for seed in range(2):
+        grammar = r'root ::= [\u00e0-\u00ff]{2} "\U0001F600"'
+        status, reply = _ask(random_server.port, seed=seed, kvl={"grammar": grammar})
+        assert status == 200, reply
+        content = reply["choices"][0]["message"]["content"]
+        assert len(content) == 3 and all("\u00e0" <= c <= "\u00ff" for c in content[:2]) and content[2] == "\U0001F600"
+    words = [f"w{i}" for i in range(2001)]
+    status, reply = _ask(random_server.port, kvl={"grammar": "root ::= " + " | ".join(f'"{w}"' for w in words)})
+    assert status == 200 and reply["choices"][0]["message"]["content"] in words, reply
+
+
+# ---- #18 fixes: --schema reading and the document on stdout -------------------------------------
+
+@pytest.mark.parametrize("name", ["[x].json", "falsepositives.json", "true"])
+def test_an_existing_schema_file_wins_over_inline_json(kvl, scripted, images, tmp_path, monkeypatch, name):
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 4}}}
+    (tmp_path / name).write_text(json.dumps(schema))
+    monkeypatch.chdir(tmp_path)
+    r = kvl("ask", images["jpg"], "How many?", *scripted.args(), "--schema", name, "--temperature", "0")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["n"] in (3, 4)
+    assert r.out == json.dumps(data, separators=(",", ":")) + "\n"  # compact, as docs/options.md and the server
+
+
+def test_schema_true_is_any_json_and_false_is_refused(kvl, scripted, images):
+    r = kvl("ask", images["jpg"], "Which?", *scripted.args(), "--schema", "true", "--temperature", "0", "--json",
+            "--max-tokens", "200")
+    assert r.code == 0, r.err
+    assert json.loads(json.loads(r.out)["answer"]) == json.loads(r.out)["data"]
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", "false")
+    assert r.code == 2 and "false" in r.err and len(r.err.splitlines()) == 1, r.err
+
+
+def test_min_properties_over_open_keys_is_refused_as_llguidance_may_repeat_a_key(kvl, images):
+    """The issue's {"x3":0,"x4":1,"x4":1,"x0":0}: four keys to llguidance, three to the parser."""
+    schema = {"type": "object", "patternProperties": {"^x[0-9]$": {"type": "integer", "minimum": 0, "maximum": 1}},
+              "additionalProperties": False, "minProperties": 3, "maxProperties": 5}
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", json.dumps(schema))
+    assert r.code == 2 and "minProperties" in r.err and len(r.err.splitlines()) == 1, r.err
+    open_map = {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2}
+    r = kvl("ask", images["jpg"], "Which?", "--model", "/nonexistent.gguf", "--schema", json.dumps(open_map))
+    assert r.code == 2 and "minProperties" in r.err, r.err
+
+
+def test_pattern_properties_without_a_count_still_answer(kvl, random_pair, images):
+    schema = {"type": "object", "patternProperties": {"^x[0-9]$": {"type": "integer", "minimum": 0, "maximum": 1}},
+              "additionalProperties": False, "maxProperties": 3}
+    for seed in range(3):
+        r = kvl("ask", images["jpg"], "Which?", *random_pair.args(), "--schema", json.dumps(schema),
+                "--seed", str(seed), "--temperature", "1", "--think-budget", "8", "--max-tokens", "150", "--json",
+                "--image-max-tokens", "16")
+        assert r.code == 0, (seed, r.err)
+        jsonschema.validate(json.loads(r.out)["data"], schema)
+
+
+def test_gbnf_unicode_escapes_keep_their_zeros_and_closers_are_only_quotes_and_brackets():
+    from kvl_cli.engine.constraint import Closers, _unicode_escapes
+
+    assert _unicode_escapes(r'root ::= [\u00e0-\u00ff] "\U0001F600" "\u0022"') == 'root ::= [à-ÿ] "😀" "\\x22"'
+    assert _unicode_escapes(r'root ::= "\\u00e0"') == r'root ::= "\\u00e0"'  # an escaped backslash, then text
+    closers = Closers.of([b'"', b'"]}', b"]", b"}]", b"a", b'" ', b" ]", b'"a', b"],"])
+    assert closers.quote.tolist() == [0, 1] and closers.bracket.tolist() == [2, 3]

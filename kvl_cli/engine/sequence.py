@@ -92,15 +92,21 @@ class Sequence:
 
     def _sample(self, ctx: Context, logits_index: int) -> int:
         assert self.sampler is not None
-        token = self.sampler.sample(ctx, logits_index)
+        token = self._draw(ctx, logits_index)
         if not self._answer_owed() or self.splitter.section is Section.THINKING:
             return token
         held = self.decoder.getstate()[0]  # bytes of a character not complete yet
         ends = self.model.is_eog(token) or token == self.im_end
         if ends or self.splitter.would_start_answer(held + self.model.piece(token)):
             self._constrain()  # the model answers (or ends) without thinking: that answer is constrained too
-            token = self.sampler.sample(ctx, logits_index)
+            token = self._draw(ctx, logits_index)
         return token
+
+    def _draw(self, ctx: Context, logits_index: int) -> int:
+        assert self.sampler is not None
+        if isinstance(self.sampler, ConstrainedSampler):  # it steers to finish near --max-tokens
+            self.sampler.left = self.settings.max_tokens - self.tokens.generated
+        return self.sampler.sample(ctx, logits_index)
 
     def _answer_owed(self) -> bool:
         """The request constrains its answer and that answer has not started yet."""
