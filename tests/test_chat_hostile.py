@@ -1,0 +1,84 @@
+"""kvl chat against a hostile user: signals in a pipe, /save onto files it must not clobber, damaged
+or hostile --resume files, Ctrl-C while media loads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvl_cli.engine import stop
+from kvl_cli.synthetic import SCRIPTED_ANSWER
+
+from .conftest import kvl_env
+
+KVL = [sys.executable, "-m", "kvl_cli", "chat"]
+TALKATIVE = ["--no-think", "--temperature", "0", "--max-tokens", "3000", "--image-max-tokens", "16"]
+SIGNALS = [(signal.SIGTERM, 143, "kvl: terminated"), (signal.SIGINT, 130, "kvl: interrupted")]
+
+
+@pytest.fixture(autouse=True)
+def fresh_stop():  # type: ignore[no-untyped-def]
+    stop.reset()
+    yield
+    stop.reset()
+
+
+def chat(kvl, pair, lines: list[str], *args: str):  # type: ignore[no-untyped-def]
+    return kvl("chat", *args, *pair.args(), stdin=("\n".join(lines) + "\n").encode())
+
+
+def popen(pair, *args: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen([*KVL, *args, *pair.args()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=kvl_env(pair))
+
+
+def finish(proc: subprocess.Popen[bytes], t0: float) -> tuple[int, str, str]:
+    """Its exit code and what it wrote after the signal; stdin stays open (a chat still waiting fails)."""
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"kvl chat went on after the signal: {err.decode()[-500:]}") from None
+    assert time.monotonic() - t0 < 10  # a toy model: the stop is at once
+    return proc.returncode, out.decode(), err.decode()
+
+
+# ---- signals in a pipe: the chat ends with the signal's code, what was said kept ----------------------
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), SIGNALS, ids=["TERM", "INT"])
+def test_a_signal_mid_answer_in_a_pipe_ends_the_chat(random_pair, images, sig, code, line):
+    proc = popen(random_pair, str(images["jpg"]), *TALKATIVE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"Tell me everything.\nAnd then?\n")
+    proc.stdin.flush()
+    said = proc.stdout.read(8)  # the first answer is streaming
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    code_, out, err = finish(proc, t0)
+    assert code_ == code, err
+    assert err.endswith(line + "\n")
+    assert "stopped; what was said is kept" not in err  # not taken as a stopped answer with the chat going on
+    assert len(said + out.encode()) < 3000  # the second question was never answered
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), SIGNALS, ids=["TERM", "INT"])
+def test_a_signal_while_the_chat_waits_for_a_line_ends_it(scripted, images, sig, code, line):
+    proc = popen(scripted, str(images["jpg"]), "--json")
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"What is it?\n")
+    proc.stdin.flush()
+    first = json.loads(proc.stdout.readline())  # answered; now it waits for the next line
+    assert first["answer"] == SCRIPTED_ANSWER
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    code_, out, err = finish(proc, t0)
+    assert code_ == code, err
+    assert err.endswith(line + "\n") and out == ""
