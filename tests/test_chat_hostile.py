@@ -82,3 +82,31 @@ def test_a_signal_while_the_chat_waits_for_a_line_ends_it(scripted, images, sig,
     code_, out, err = finish(proc, t0)
     assert code_ == code, err
     assert err.endswith(line + "\n") and out == ""
+
+
+# ---- /save: never over a file that is not a saved conversation ------------------------------------------
+
+
+def test_save_never_writes_over_an_image_or_another_file(kvl, scripted, images, tmp_path):
+    photo, notes = images["jpg"], tmp_path / "notes.txt"
+    picture = photo.read_bytes()
+    notes.write_text("my notes\n")
+    saved, md = tmp_path / "talk.json", tmp_path / "talk.md"
+    r = chat(kvl, scripted, ["What is it?", f"/save {photo}", f"/save {notes}", f"/save {tmp_path}", "/save /dev/full",
+                             f"/save {saved}", f"/save {md}", "And then?", f"/save {saved}", f"/save {md}"],
+             str(photo))
+    assert r.code == 0, r.err
+    assert photo.read_bytes() == picture and notes.read_text() == "my notes\n"  # both untouched
+    errors = [line for line in r.err.splitlines() if line.startswith("kvl: error:")]
+    assert errors == [
+        f"kvl: error: {photo}: exists and is not a conversation kvl saved: not written over "
+        "(give /save a new name, or remove the file first)",
+        f"kvl: error: {notes}: exists and is not a conversation kvl saved: not written over "
+        "(give /save a new name, or remove the file first)",
+        f"kvl: error: {tmp_path}: not a file: not written over (give /save a file name)",
+        "kvl: error: /dev/full: not a file: not written over (give /save a file name)",
+    ]
+    # a conversation kvl saved is written over: the second /save has both turns
+    assert [t["question"] for t in json.loads(saved.read_text())["turns"]] == ["What is it?", "And then?"]
+    assert md.read_text().count("## Turn") == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("talk")) == ["talk.json", "talk.md"]

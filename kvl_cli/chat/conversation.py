@@ -8,7 +8,9 @@ what is new (see ``engine.prefix``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,14 +108,41 @@ class Conversation:
         return "\n".join(parts)
 
     def save(self, path: Path) -> None:
-        """JSON, or Markdown for a ``.md`` name (for reading; ``--resume`` takes the JSON)."""
+        """JSON, or Markdown for a ``.md`` name (for reading; ``--resume`` takes the JSON). Never over a
+        file that is not a conversation kvl saved (``/save photo.jpg`` for ``/add photo.jpg`` must not
+        destroy the photo); written whole or not at all (a new file, then renamed over the old)."""
         text = self.to_markdown() if path.suffix.lower() in (".md", ".markdown") else \
             json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
+        target = path.expanduser()
+        _check_save_target(path, target)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            path.expanduser().write_text(text, encoding="utf-8")
+            temp.write_text(text, encoding="utf-8")
+            os.replace(temp, target)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
             raise DiskError(f"{path}: cannot write it ({exc.strerror or exc})",
                             hint="check the folder exists and is writable") from None
+
+
+SAVED_HEADS = (b'{\n "kvl_chat":', b"# kvl chat\n")  # how the files ``save`` writes begin
+
+
+def _check_save_target(path: Path, target: Path) -> None:
+    """InputError for a name that exists and is not a conversation ``save`` wrote."""
+    if not target.exists():
+        return
+    if not target.is_file():
+        raise InputError(f"{path}: not a file: not written over", hint="give /save a file name")
+    try:
+        with target.open("rb") as f:
+            head = f.read(32)
+    except OSError:
+        head = b""
+    if not head.startswith(SAVED_HEADS):
+        raise InputError(f"{path}: exists and is not a conversation kvl saved: not written over",
+                         hint="give /save a new name, or remove the file first")
 
 
 def _user_text(media: list[MediaItem], question: str, marker: str) -> str:
