@@ -15,6 +15,7 @@ from kvl_cli.engine import stop
 from kvl_cli.synthetic import SCRIPTED_ANSWER
 
 from .conftest import kvl_env
+from .kvlrun import records
 
 KVL = [sys.executable, "-m", "kvl_cli", "chat"]
 TALKATIVE = ["--no-think", "--temperature", "0", "--max-tokens", "3000", "--image-max-tokens", "16"]
@@ -110,3 +111,71 @@ def test_save_never_writes_over_an_image_or_another_file(kvl, scripted, images, 
     assert [t["question"] for t in json.loads(saved.read_text())["turns"]] == ["What is it?", "And then?"]
     assert md.read_text().count("## Turn") == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("talk")) == ["talk.json", "talk.md"]
+
+
+# ---- --resume of damaged or hostile files ------------------------------------------------------------------
+
+
+def write_json(path, data) -> str:  # type: ignore[no-untyped-def]
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def test_resume_of_wrong_types_leaves_the_damaged_parts_out(kvl, scripted, tmp_path):
+    saved = write_json(tmp_path / "odd.json", {
+        "kvl_chat": 1, "system": 5, "think_budget": "lots", "pending": {"a": 1},
+        "turns": [{"question": ["a"], "answer": {"x": 1}}, 7, None,
+                  {"question": "Kept?", "answer": "Yes.", "thinking": 3, "media": "x", "finish_reason": None}]})
+    r = kvl("chat", "--resume", saved, "--json", *scripted.args(), stdin=b"And then?\n")
+    assert r.code == 0, r.err
+    assert "internal error" not in r.err
+    warnings = [line for line in r.err.splitlines() if line.startswith("kvl: warning:")]
+    assert warnings == [
+        f"kvl: warning: {saved}: system: not text, left out",
+        f"kvl: warning: {saved}: think_budget 'lots': not on (-1), off (0) or a number of tokens, left out",
+        f"kvl: warning: {saved}: turns 1, 2, 3 left out: not a question and its answer",
+    ]
+    (rec,) = records(r.out)
+    assert rec["turn"] == 2 and rec["answer"] == SCRIPTED_ANSWER and rec["thinking"]  # the file's budget left out
+
+
+@pytest.mark.parametrize("budget", [-7, 1.5, True])
+def test_resume_of_a_think_budget_that_is_no_budget_leaves_it_out(kvl, scripted, tmp_path, budget):
+    saved = write_json(tmp_path / "b.json", {"kvl_chat": 1, "think_budget": budget, "turns": []})
+    r = kvl("chat", "--resume", saved, "--json", *scripted.args(), stdin=b"Hi?\n")
+    assert r.code == 0, r.err
+    assert f"think_budget {budget!r}: not on (-1), off (0) or a number of tokens, left out" in r.err
+    (rec,) = records(r.out)
+    assert rec["thinking"] and rec["tokens"]["thinking"] == 5  # the command line's budget (none)
+
+
+def test_resume_of_deep_nesting_or_a_huge_file_is_exit_3(kvl, scripted, tmp_path):
+    deep = write_json(tmp_path / "deep.json", "[" * 100000 + "]" * 100000)
+    r = kvl("chat", "--resume", deep, *scripted.args(), stdin=b"Hi?\n")
+    assert r.code == 3 and f"{deep}: not a saved conversation" in r.err and "internal error" not in r.err
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(80 * 1000**2)  # sparse: no disk used; read whole, it would be 80 MB in memory
+    r = kvl("chat", "--resume", str(huge), *scripted.args(), stdin=b"Hi?\n")
+    assert r.code == 3 and f"{huge}: oversized: more than 64 MB" in r.err
+
+
+def test_resume_finds_relative_media_next_to_the_saved_file(kvl, scripted, tmp_path, monkeypatch):
+    from .conftest import make_image
+
+    talk = tmp_path / "talk"
+    talk.mkdir()
+    make_image(talk / "photo.png")
+    (tmp_path / "elsewhere").mkdir()
+    make_image(tmp_path / "elsewhere" / "photo.png", size=(300, 200))  # another photo of the same name
+    monkeypatch.chdir(talk)
+    assert chat(kvl, scripted, ["What is it?", "/save talk.json"], "photo.png").code == 0
+    assert json.loads((talk / "talk.json").read_text())["turns"][0]["media"][0]["source"] == str(talk / "photo.png")
+    hand = write_json(talk / "hand.json", {"kvl_chat": 1, "turns": [
+        {"question": "Q", "answer": "A", "media": [{"source": "photo.png", "kind": "image"}]}]})
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for saved in (talk / "talk.json", hand):
+        r = kvl("chat", "--resume", str(saved), "--json", *scripted.args(), stdin=b"And then?\n")
+        assert r.code == 0 and "warning" not in r.err, r.err
+        (rec,) = records(r.out)
+        assert rec["image_tokens"] == [12]  # the 96x64 photo next to the file, not the 300x200 one here
