@@ -94,6 +94,11 @@ class Chat:
             except KvlError as exc:
                 self.fail(exc)
                 return Action.CONTINUE
+            except KeyboardInterrupt as exc:  # a slow /add (a URL, a video, a FIFO nobody writes)
+                if isinstance(exc, Terminated) or not self.interactive:
+                    raise
+                self.say(f"stopped: {one_line(line)}")
+                return Action.CONTINUE
             if said:
                 self.say(said)
             return action
