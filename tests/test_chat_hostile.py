@@ -179,3 +179,21 @@ def test_resume_finds_relative_media_next_to_the_saved_file(kvl, scripted, tmp_p
         assert r.code == 0 and "warning" not in r.err, r.err
         (rec,) = records(r.out)
         assert rec["image_tokens"] == [12]  # the 96x64 photo next to the file, not the 300x200 one here
+
+
+# ---- slash commands: errors name the command typed ------------------------------------------------------
+
+
+def test_schema_and_choices_errors_name_the_slash_command(kvl, scripted, images, tmp_path):
+    r = chat(kvl, scripted, ["/schema {bad", f"/schema {tmp_path / 'none.json'}", "/choices ,,", "/choices a",
+                             "/drop", "/think", "Still there?"], str(images["jpg"]), "--json")
+    assert r.code == 0, r.err
+    errors = [line for line in r.err.splitlines() if line.startswith("kvl: error:")]
+    assert len(errors) == 6 and not any("--schema" in e or "--choices" in e for e in errors), errors
+    assert errors[0].startswith("kvl: error: /schema: not JSON")
+    assert errors[1].startswith(f"kvl: error: /schema {tmp_path / 'none.json'}: cannot read it")
+    assert errors[2] == "kvl: error: /choices ',,': give at least two choices (e.g. /choices yes,no)"
+    assert errors[4] == "kvl: error: /drop needs the number of a media item (/drop N, N as /add numbered it)"
+    assert errors[5] == "kvl: error: /think needs on, off or a number (/think on, /think off or /think 256)"
+    (rec,) = records(r.out)
+    assert rec["answer"] == SCRIPTED_ANSWER
