@@ -197,3 +197,16 @@ def test_schema_and_choices_errors_name_the_slash_command(kvl, scripted, images,
     assert errors[5] == "kvl: error: /think needs on, off or a number (/think on, /think off or /think 256)"
     (rec,) = records(r.out)
     assert rec["answer"] == SCRIPTED_ANSWER
+
+
+def test_a_document_over_the_context_names_no_flag_that_chat_lacks(kvl, scripted, images, tmp_path):
+    from .pdfs import mixed_pages, write_pdf
+
+    doc = write_pdf(tmp_path / "long.pdf", mixed_pages() * 10)
+    r = chat(kvl, scripted, [f"/add {doc}", "Still there?"], str(images["jpg"]), "--json", "--ctx", "1024")
+    assert r.code == 0, r.err
+    (error,) = [line for line in r.err.splitlines() if line.startswith("kvl: error:")]
+    assert error == ("kvl: error: 30 pages do not fit --ctx 1024 even at 8 image tokens a page; 10 pages would "
+                     "(start kvl chat with a larger --ctx, or split the document)")
+    (rec,) = records(r.out)
+    assert rec["image_tokens"] == [12]
