@@ -210,3 +210,15 @@ def test_a_document_over_the_context_names_no_flag_that_chat_lacks(kvl, scripted
                      "(start kvl chat with a larger --ctx, or split the document)")
     (rec,) = records(r.out)
     assert rec["image_tokens"] == [12]
+
+
+def test_resume_with_another_model_says_so(kvl, scripted, random_pair, images, tmp_path):
+    saved = tmp_path / "talk.json"
+    assert chat(kvl, scripted, ["What is it?", f"/save {saved}"], str(images["jpg"])).code == 0
+    assert json.loads(saved.read_text())["model"] == scripted.model.name
+    r = kvl("chat", "--resume", str(saved), "--json", "--max-tokens", "8", *random_pair.args(), stdin=b"And then?\n")
+    assert r.code == 0, r.err
+    assert (f"kvl: warning: {saved}: its answers came from {scripted.model.name}; {random_pair.model.name} "
+            "goes on with it") in r.err
+    r = kvl("chat", "--resume", str(saved), "--json", *scripted.args(), stdin=b"And then?\n")
+    assert r.code == 0 and "warning" not in r.err, r.err

@@ -40,6 +40,7 @@ class Conversation:
     pending: list[MediaItem] = field(default_factory=list)  # attached to the next turn
     think_budget: int | None = None  # None: the command line's; /think changes it
     system: str | None = None
+    model: str | None = None  # the model's name that answered (saved: a resume with another says so)
 
     # -- media numbering (/drop N): every item in order, the pending ones last ------------------
     def media(self) -> list[MediaItem]:
@@ -93,7 +94,8 @@ class Conversation:
 
     # -- save and load ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"kvl_chat": FORMAT_VERSION, "system": self.system, "think_budget": self.think_budget,
+        return {"kvl_chat": FORMAT_VERSION, "model": self.model, "system": self.system,
+                "think_budget": self.think_budget,
                 "turns": [{"question": t.question, "media": [_media_dict(m) for m in t.media], "answer": t.answer,
                            "thinking": t.thinking, "finish_reason": t.finish_reason} for t in self.turns],
                 "pending": [_media_dict(m) for m in self.pending]}
@@ -171,6 +173,7 @@ def load(path: Path, reattach: Callable[[str], MediaItem], warn: Callable[[str],
     data = _read_saved(path)
     conv = Conversation(system=_saved_system(path, data.get("system"), warn),
                         think_budget=_saved_budget(path, data.get("think_budget"), warn))
+    conv.model = data["model"] if isinstance(data.get("model"), str) else None
     folder = path.expanduser().parent
 
     def media(items: Any) -> list[MediaItem]:
