@@ -222,3 +222,25 @@ def test_resume_with_another_model_says_so(kvl, scripted, random_pair, images, t
             "goes on with it") in r.err
     r = kvl("chat", "--resume", str(saved), "--json", *scripted.args(), stdin=b"And then?\n")
     assert r.code == 0 and "warning" not in r.err, r.err
+
+
+def test_sigterm_mid_answer_through_a_running_server_ends_the_chat(random_pair, images, tmp_path):
+    from .serve_util import start_server, wait_for
+
+    srv = start_server(random_pair, tmp_path / "srv", "--image-max-tokens", "2048")
+    try:
+        env = kvl_env(random_pair, KVL_HOME=str(srv.home / "kvl"))
+        proc = subprocess.Popen([*KVL, str(images["jpg"]), *TALKATIVE, *random_pair.args()], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"Tell me everything.\nAnd then?\n")
+        proc.stdin.flush()
+        said = proc.stdout.read(8)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = finish(proc, t0)
+        assert code == 143 and err.endswith("kvl: terminated\n"), err
+        assert len(said + out.encode()) < 3000
+        assert wait_for(lambda: srv.log_text().count("POST /v1/chat/completions") == 1, 10)  # the server answered
+    finally:
+        srv.stop()
