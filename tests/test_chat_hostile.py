@@ -244,3 +244,15 @@ def test_sigterm_mid_answer_through_a_running_server_ends_the_chat(random_pair, 
         assert wait_for(lambda: srv.log_text().count("POST /v1/chat/completions") == 1, 10)  # the server answered
     finally:
         srv.stop()
+
+
+def test_add_takes_a_path_as_a_terminal_drops_it_quoted_or_escaped(kvl, scripted, tmp_path):
+    from .conftest import make_image
+
+    photo = make_image(tmp_path / "my photo.png")
+    escaped = str(photo).replace(" ", "\\ ")
+    r = chat(kvl, scripted, [f"/add '{photo}'", f'/add "{photo}"', f"/add {escaped}", f"/add {photo}", "What?"],
+             "--json")
+    assert r.code == 0 and "error" not in r.err, r.err
+    (rec,) = records(r.out)
+    assert rec["media"] == [str(photo)] * 4 and rec["image_tokens"] == [12] * 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,21 @@ def question_text(line: str) -> str:
     return line[1:] if line.startswith("//") else line
 
 
+def dropped_path(arg: str) -> str:
+    """A file name as typed, or as a terminal drops a file in: quoted (``'my photo.jpg'``) or with its
+    spaces escaped (``my\\ photo.jpg``); a name that exists as typed is taken as it is."""
+    arg = arg.strip()
+    if not arg or arg.startswith(("http://", "https://")) or Path(arg).expanduser().exists():
+        return arg
+    try:
+        parts = shlex.split(arg)
+    except ValueError:  # an unbalanced quote: the name as typed
+        return arg
+    return parts[0] if len(parts) == 1 else arg
+
+
 def _add(state: ChatState, arg: str) -> str:
-    item = state.loader(arg, state.budget)
+    item = state.loader(dropped_path(arg), state.budget)
     state.conv.pending.append(item)
     return f"added {item.label} as item {len(state.conv.media())}; it goes with your next question"
 
@@ -125,7 +139,7 @@ def _as_command(command: str, flag: str) -> Iterator[None]:
 def _save(state: ChatState, arg: str) -> str:
     if not arg.strip():
         raise UsageError("/save needs a file name", hint="/save chat.json (or chat.md)")
-    path = Path(arg.strip())
+    path = Path(dropped_path(arg))
     state.conv.save(path)
     return f"saved to {path}"
 
