@@ -256,3 +256,13 @@ def test_add_takes_a_path_as_a_terminal_drops_it_quoted_or_escaped(kvl, scripted
     assert r.code == 0 and "error" not in r.err, r.err
     (rec,) = records(r.out)
     assert rec["media"] == [str(photo)] * 4 and rec["image_tokens"] == [12] * 4
+
+
+def test_a_piped_line_over_a_megabyte_is_left_out_without_reading_it_whole(kvl, scripted, images):
+    stdin = b"/think off\n" + b"\0" * (3 * 1000**2) + b"\nWhat is it?\n"  # kvl chat < /dev/zero, cut short
+    r = kvl("chat", str(images["jpg"]), "--json", *scripted.args(), stdin=stdin)
+    assert r.code == 0, r.err[-300:]
+    errors = [line for line in r.err.splitlines() if line.startswith("kvl: error:")]
+    assert errors == ["kvl: error: line 2: longer than 1 MB: left out (a question is one line of text)"]
+    (rec,) = records(r.out)
+    assert rec["question"] == "What is it?" and rec["turn"] == 1

@@ -12,7 +12,7 @@ several lines as one turn) or, when stdin is not a terminal, one turn per line (
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -21,7 +21,7 @@ from rich.text import Text
 from ..engine import stop
 from ..engine.types import FinishReason, GenerationSettings, Result
 from ..environment import Environment
-from ..errors import ExitCode, KvlError, Terminated, batch_exit_code
+from ..errors import ExitCode, InputError, KvlError, Terminated, batch_exit_code
 from ..render import Renderer
 from ..safetext import one_line
 from ..schema import AnswerSchema
@@ -29,6 +29,8 @@ from .commands import Action, ChatState, is_command, question_text, run_command
 from .conversation import Conversation
 from .media import Budget
 from .turns import Factory, TurnOutcome, TurnRunner
+
+MAX_LINE_BYTES = 1000**2  # a piped line (a question) at most
 
 
 class Prompt(Protocol):
@@ -39,21 +41,35 @@ class Prompt(Protocol):
 
 
 class LinePrompt:
-    """stdin not a terminal: each line is a turn."""
+    """stdin not a terminal: each line is a turn. A line over ``MAX_LINE_BYTES`` is left out (an error
+    line, the chat goes on) without holding more than that in memory (``kvl chat < /dev/zero``)."""
 
     interactive = False
 
     def __init__(self, stream: IO[bytes]) -> None:
-        self.lines: Iterator[bytes] = iter(stream)
+        self.stream = stream
+        self.number = 0
 
     def read(self) -> str | None:
         while True:
-            raw = next(self.lines, None)
+            raw = self._line()
             if raw is None:
                 return None
             line = raw.decode("utf-8", errors="replace").strip()
             if line:
                 return line
+
+    def _line(self) -> bytes | None:
+        raw = self.stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return None
+        self.number += 1
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            return raw
+        while raw and not raw.endswith(b"\n"):  # the rest of that line, a chunk at a time
+            raw = self.stream.readline(MAX_LINE_BYTES)
+        raise InputError(f"line {self.number}: longer than {MAX_LINE_BYTES // 1000**2} MB: left out",
+                         hint="a question is one line of text")
 
 
 @dataclass
@@ -144,6 +160,9 @@ class Chat:
             while True:
                 try:
                     line = prompt.read()
+                except KvlError as exc:  # a line that cannot be a question
+                    self.fail(exc)
+                    continue
                 except Terminated:
                     raise
                 except KeyboardInterrupt:
