@@ -145,3 +145,23 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(term, random_pair, images):
     t.type("/exit")
     t.keys("Enter")
     assert t.exit_code() == 0
+
+
+def test_ctrl_c_while_media_loads_stops_the_add_and_the_chat_goes_on(term, scripted, images, tmp_path):
+    import os
+
+    fifo = tmp_path / "never.png"
+    os.mkfifo(fifo)  # nobody writes it: reading it waits for ever
+    t = term(scripted, "--temperature", "0")
+    t.wait(lambda s: prompts(s) >= 1)
+    t.type(f"/add {fifo}")
+    t.keys("Enter")
+    time.sleep(1.0)
+    t.keys("C-c")
+    t.wait(lambda s: f"stopped: /add {fifo}" in s and at_prompt(s), timeout=20)
+    t.type(f"/add {images['jpg']}")
+    t.keys("Enter")
+    t.wait(lambda s: "as item 1" in s and at_prompt(s))
+    t.type("/exit")
+    t.keys("Enter")
+    assert t.exit_code() == 0

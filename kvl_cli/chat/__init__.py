@@ -38,6 +38,9 @@ def open_chat(common: CommonOptions, media: list[str], resume: Path | None, env:
         conv.pending.append(attach(source, budget))
     # 2) the pair; its engine (or a running server) comes with the first turn
     model, mmproj, name = session.pair(renderer)
+    if conv.model and conv.model != name:
+        renderer.warn(f"{resume}: its answers came from {conv.model}; {name} goes on with it")
+    conv.model = name
     meta: dict[str, object] = {"task": "chat", "model": name}
     factory = session.answerer(plan.engine_config(model, mmproj), renderer, meta)
     chat = make_chat(conv, factory, plan.settings, budget, renderer, meta, plan.answer)

@@ -5,8 +5,10 @@ says what it did (a line for stderr) or raises a ``KvlError`` (an error line; th
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,13 +56,28 @@ def question_text(line: str) -> str:
     return line[1:] if line.startswith("//") else line
 
 
+def dropped_path(arg: str) -> str:
+    """A file name as typed, or as a terminal drops a file in: quoted (``'my photo.jpg'``) or with its
+    spaces escaped (``my\\ photo.jpg``); a name that exists as typed is taken as it is."""
+    arg = arg.strip()
+    if not arg or arg.startswith(("http://", "https://")) or Path(arg).expanduser().exists():
+        return arg
+    try:
+        parts = shlex.split(arg)
+    except ValueError:  # an unbalanced quote: the name as typed
+        return arg
+    return parts[0] if len(parts) == 1 else arg
+
+
 def _add(state: ChatState, arg: str) -> str:
-    item = state.loader(arg, state.budget)
+    item = state.loader(dropped_path(arg), state.budget)
     state.conv.pending.append(item)
     return f"added {item.label} as item {len(state.conv.media())}; it goes with your next question"
 
 
 def _drop(state: ChatState, arg: str) -> str:
+    if not arg.strip():
+        raise UsageError("/drop needs the number of a media item", hint="/drop N, N as /add numbered it")
     try:
         number = int(arg)
     except ValueError:
@@ -77,6 +94,8 @@ def _clear(state: ChatState, arg: str) -> str:
 
 def _think(state: ChatState, arg: str) -> str:
     word = arg.strip().lower()
+    if not word:
+        raise UsageError("/think needs on, off or a number", hint="/think on, /think off or /think 256")
     if word == "on":
         state.conv.think_budget = -1
         return "thinking on, without a limit"
@@ -92,21 +111,35 @@ def _think(state: ChatState, arg: str) -> str:
 def _schema(state: ChatState, arg: str) -> str:
     if not arg.strip():
         raise UsageError("/schema needs a JSON Schema or a file holding one", hint='/schema {"type": "object"}')
-    state.answer = load_schema(arg.strip())
+    with _as_command("/schema", "--schema"):
+        state.answer = load_schema(arg.strip())
     return "the next answer follows the schema"
 
 
 def _choices(state: ChatState, arg: str) -> str:
     if not arg.strip():
         raise UsageError("/choices needs the choices", hint="/choices yes,no")
-    state.answer = choices_schema(arg.strip())
+    with _as_command("/choices", "--choices"):
+        state.answer = choices_schema(arg.strip())
     return "the next answer is one of: " + ", ".join(c.strip() for c in arg.split(",") if c.strip())
+
+
+@contextlib.contextmanager
+def _as_command(command: str, flag: str) -> Iterator[None]:
+    """The schema module's errors name the flag (``--schema``); here the user typed the command."""
+    try:
+        yield
+    except KvlError as exc:
+        exc.message = exc.message.replace(flag, command)
+        exc.hint = exc.hint.replace(flag, command) if exc.hint else exc.hint
+        exc.args = (exc.message,)
+        raise
 
 
 def _save(state: ChatState, arg: str) -> str:
     if not arg.strip():
         raise UsageError("/save needs a file name", hint="/save chat.json (or chat.md)")
-    path = Path(arg.strip())
+    path = Path(dropped_path(arg))
     state.conv.save(path)
     return f"saved to {path}"
 

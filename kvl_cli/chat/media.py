@@ -95,7 +95,10 @@ def _load_document(ref: InputRef, budget: Budget) -> MediaItem:
     pages, problems, _ = expand_documents([ref], [], DocumentOptions(password=os.environ.get("KVL_PDF_PASSWORD")))
     if problems:
         raise problems[0].error
-    labels, per_page = fit_pages(pages, budget.image_tokens, budget.n_ctx, budget.max_tokens)
+    try:
+        labels, per_page = fit_pages(pages, budget.image_tokens, budget.n_ctx, budget.max_tokens)
+    except ContextError as exc:  # its hint names --pages, which /add has not
+        raise ContextError(exc.message, hint="start kvl chat with a larger --ctx, or split the document") from None
     if labels is None:
         return _load_image(ref, budget)
     try:

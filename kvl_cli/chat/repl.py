@@ -11,15 +11,17 @@ several lines as one turn) or, when stdin is not a terminal, one turn per line (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from rich.text import Text
 
+from ..engine import stop
 from ..engine.types import FinishReason, GenerationSettings, Result
 from ..environment import Environment
-from ..errors import ExitCode, KvlError, batch_exit_code
+from ..errors import ExitCode, InputError, KvlError, Terminated, batch_exit_code
 from ..render import Renderer
 from ..safetext import one_line
 from ..schema import AnswerSchema
@@ -28,26 +30,46 @@ from .conversation import Conversation
 from .media import Budget
 from .turns import Factory, TurnOutcome, TurnRunner
 
+MAX_LINE_BYTES = 1000**2  # a piped line (a question) at most
+
 
 class Prompt(Protocol):
+    interactive: bool  # a person at a terminal: Ctrl-C stops an answer or clears a line, not the chat
+
     def read(self) -> str | None:
         """The next line (a turn or a command); None at the end of input. Ctrl-C: KeyboardInterrupt."""
 
 
 class LinePrompt:
-    """stdin not a terminal: each line is a turn."""
+    """stdin not a terminal: each line is a turn. A line over ``MAX_LINE_BYTES`` is left out (an error
+    line, the chat goes on) without holding more than that in memory (``kvl chat < /dev/zero``)."""
+
+    interactive = False
 
     def __init__(self, stream: IO[bytes]) -> None:
-        self.lines: Iterator[bytes] = iter(stream)
+        self.stream = stream
+        self.number = 0
 
     def read(self) -> str | None:
         while True:
-            raw = next(self.lines, None)
+            raw = self._line()
             if raw is None:
                 return None
             line = raw.decode("utf-8", errors="replace").strip()
             if line:
                 return line
+
+    def _line(self) -> bytes | None:
+        raw = self.stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return None
+        self.number += 1
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            return raw
+        while raw and not raw.endswith(b"\n"):  # the rest of that line, a chunk at a time
+            raw = self.stream.readline(MAX_LINE_BYTES)
+        raise InputError(f"line {self.number}: longer than {MAX_LINE_BYTES // 1000**2} MB: left out",
+                         hint="a question is one line of text")
 
 
 @dataclass
@@ -74,6 +96,7 @@ class Chat:
         self.failures: list[int] = []
         self.answered = 0
         self.turn_no = len(state.conv.turns)
+        self.interactive = True  # Ctrl-C stops an answer, not the chat (``loop`` sets it from its prompt)
 
     @property
     def conv(self) -> Conversation:
@@ -86,6 +109,11 @@ class Chat:
                 action, said = run_command(self.state, line)
             except KvlError as exc:
                 self.fail(exc)
+                return Action.CONTINUE
+            except KeyboardInterrupt as exc:  # a slow /add (a URL, a video, a FIFO nobody writes)
+                if isinstance(exc, Terminated) or not self.interactive:
+                    raise
+                self.say(f"stopped: {one_line(line)}")
                 return Action.CONTINUE
             if said:
                 self.say(said)
@@ -114,6 +142,7 @@ class Chat:
             self.say("the context is full: the answer was cut short; the next turn drops the oldest turns, "
                      "or /clear starts over")
         elif result.interrupted:
+            _end_if_stopped(self.interactive)
             self.say("stopped; what was said is kept")
         return TurnRecord(question, result, None, outcome.extra)
 
@@ -124,18 +153,42 @@ class Chat:
         return TurnRecord(question, outcome.result, error, outcome.extra)
 
     def loop(self, prompt: Prompt) -> int:
-        """Until the end of input or /exit; Ctrl-C at the prompt clears the line."""
-        while True:
-            try:
-                line = prompt.read()
-            except KeyboardInterrupt:
-                continue
-            if line is None:
-                break
-            if self.handle(line) is Action.EXIT:
-                break
-        self.renderer.close()
+        """Until the end of input or /exit. At a terminal Ctrl-C clears the line, or stops the answer
+        and the chat goes on; in a pipe it ends the chat (130), as SIGTERM does everywhere (143)."""
+        self.interactive = prompt.interactive
+        try:
+            while True:
+                try:
+                    line = prompt.read()
+                except KvlError as exc:  # a line that cannot be a question
+                    self.fail(exc)
+                    continue
+                except Terminated:
+                    raise
+                except KeyboardInterrupt:
+                    if not prompt.interactive:
+                        raise
+                    continue
+                if line is None:
+                    break
+                if self.handle(line) is Action.EXIT:
+                    break
+                _end_if_stopped(self.interactive)
+        finally:
+            self.renderer.close()
         return batch_exit_code(self.failures, self.answered) if self.failures else int(ExitCode.OK)
+
+
+def _end_if_stopped(interactive: bool) -> None:
+    """After a line: a SIGTERM that stopped it ends the chat, and so does a Ctrl-C in a pipe; a Ctrl-C
+    at a terminal stopped that answer only (what was said is kept), and the next line starts afresh."""
+    reason = stop.reason()
+    if reason == signal.SIGTERM:
+        raise Terminated()
+    if reason == signal.SIGINT:
+        if not interactive:
+            raise KeyboardInterrupt()
+        stop.reset()
 
 
 def stderr_voice(renderer: Renderer) -> tuple[Callable[[str], None], Callable[[KvlError], None]]:

@@ -21,6 +21,8 @@ def history_path() -> Path:
 
 
 class TerminalPrompt:
+    interactive = True
+
     def __init__(self, history: Path | None = None) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory, InMemoryHistory
