@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import IO
 
@@ -53,13 +54,21 @@ def oversized(label: str, limit: int) -> InputError:
                       hint=f"raise it if you trust the input, e.g. {ENV}={bigger}")
 
 
-def read_limited(stream: IO[bytes], label: str, limit: int | None = None) -> bytes:
+class DeadlineError(Exception):
+    """``read_limited`` passed its deadline (the caller says what took too long)."""
+
+
+def read_limited(stream: IO[bytes], label: str, limit: int | None = None, *, deadline: float | None = None) -> bytes:
     """Everything ``stream`` gives, read in chunks; InputError "oversized" once it passes ``limit``
-    (never more than the limit and one chunk in memory)."""
+    (never more than the limit and one chunk in memory). ``deadline`` (``time.monotonic()``): reads
+    return what one receive brought, and DeadlineError once it has passed (a peer that trickles)."""
     limit = max_input_bytes() if limit is None else limit
+    read = getattr(stream, "read1", stream.read) if deadline is not None else stream.read
     buf = bytearray()
     while True:
-        chunk = stream.read(min(CHUNK, limit + 1 - len(buf)))
+        chunk = read(min(CHUNK, limit + 1 - len(buf)))
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineError(label)
         if not chunk:
             return bytes(buf)
         buf += chunk

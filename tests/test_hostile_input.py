@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -150,6 +151,43 @@ def test_urls_have_the_same_limit(kvl, scripted, served, monkeypatch, chunked):
 def test_a_url_within_the_limit_is_captioned(kvl, scripted, served, images):
     r = kvl("caption", served(images["jpg"].read_bytes(), False), *scripted.args())
     assert (r.code, r.out, r.err) == (0, ANSWER, "")
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """A peer that sends a byte every 0.2 s, as long as it is read: each read finds something, so only
+    a deadline on the whole download stops it."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(100_000):
+                self.wfile.write(b"\x00")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def test_a_url_that_trickles_is_stopped_at_its_deadline(kvl, scripted, images, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow.png"
+        monkeypatch.setenv("KVL_URL_DEADLINE_S", "2")
+        started = time.monotonic()
+        r = kvl("caption", url, images["jpg"], *scripted.args())
+        assert time.monotonic() - started < 60
+        assert r.code == 5  # the other input still finished
+        assert r.out.count(ANSWER.strip()) == 1
+        assert error_lines(r.err) == [f"kvl: error: {url}: the download took more than 2 s; stopped "
+                                      "(download it first, or raise KVL_URL_DEADLINE_S)"]
+    finally:
+        server.shutdown()
 
 
 # ---- item 3: every input read once -------------------------------------------------------------------

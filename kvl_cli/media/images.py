@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.types import ImageInput
-from ..errors import InputError, KvlError
-from ..limits import is_regular, max_input_bytes, oversized, read_file, read_limited
+from ..errors import InputError, KvlError, UsageError
+from ..limits import DeadlineError, is_regular, max_input_bytes, oversized, read_file, read_limited
 from . import sandbox
 from .decode import DEFAULT_MAX_IMAGE_PIXELS, PIXELS_PER_TOKEN, check_header, decode_rgb_sized, fit, pixel_limit
 from .documents import PDF_EXTENSIONS, DocPage, load_page
@@ -30,6 +31,7 @@ from .documents import PDF_EXTENSIONS, DocPage, load_page
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 URL_TIMEOUT_S = 30
+URL_DEADLINE_S = 300.0
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "PIXELS_PER_TOKEN", "InputProblem", "InputRef", "expand_inputs",
            "image_from_array", "load_image", "precheck_image"]
 
@@ -81,15 +83,35 @@ class InputProblem:
     at: int | None = None  # how many inputs come before it (its place in the order); None: first
 
 
-def fetch_url(url: str) -> bytes:
-    """The URL's body, within ``KVL_MAX_INPUT_BYTES`` (a larger Content-Length is refused unread)."""
-    limit = max_input_bytes()
+def url_deadline() -> float:
+    """Seconds a whole download may take (``KVL_URL_DEADLINE_S``, default 300): a server that sends a
+    byte now and then must not hold a run forever (each read also times out after 30 s)."""
+    raw = os.environ.get("KVL_URL_DEADLINE_S", "").strip()
     try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as resp:  # noqa: S310 - user-given URL
+        value = float(raw) if raw else URL_DEADLINE_S
+    except ValueError:
+        raise UsageError(f"KVL_URL_DEADLINE_S={raw!r} is not a number of seconds",
+                         hint="e.g. KVL_URL_DEADLINE_S=600") from None
+    if not value > 0:
+        raise UsageError(f"KVL_URL_DEADLINE_S={raw!r} must be above 0", hint="e.g. KVL_URL_DEADLINE_S=600")
+    return value
+
+
+def fetch_url(url: str) -> bytes:
+    """The URL's body, within ``KVL_MAX_INPUT_BYTES`` (a larger Content-Length is refused unread) and
+    within ``KVL_URL_DEADLINE_S`` for the whole exchange."""
+    limit = max_input_bytes()
+    seconds = url_deadline()
+    deadline = time.monotonic() + seconds
+    try:
+        with urllib.request.urlopen(url, timeout=min(URL_TIMEOUT_S, seconds)) as resp:  # noqa: S310 - user-given URL
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > limit:
                 raise oversized(url, limit)
-            return read_limited(resp, url, limit)
+            return read_limited(resp, url, limit, deadline=deadline)
+    except DeadlineError:
+        raise InputError(f"{url}: the download took more than {seconds:g} s; stopped",
+                         hint="download it first, or raise KVL_URL_DEADLINE_S") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise InputError(f"{url}: download failed ({reason})", hint="check the URL, or download it first") from None
