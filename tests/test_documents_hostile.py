@@ -1,0 +1,156 @@
+"""#19, a hostile tester's findings: a long PDF through kvl serve (refused at once, fitted, never
+holding other requests up), sidecar collisions between pages and images, the page budget of a small
+--ctx, API wording for documents, form feeds inside a page's text, sniffed PDFs, error wording,
+--pages digits, --text-layer records, ``ask`` through a server. The real kvl and the real engine on
+the toy pair; PDFs the suite writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+
+from kvl_cli.errors import ContextError
+
+from . import pdfs
+
+SHORT = ["--no-think", "--max-tokens", "4", "--temperature", "0"]
+
+
+def jsonl(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def file_part(data: bytes, name: str = "doc.pdf", mime: str = "application/pdf") -> dict:
+    return {"type": "file", "file": {"file_data": f"data:{mime};base64," + base64.b64encode(data).decode(),
+                                     "filename": name}}
+
+
+def body(*parts: dict, **ext: object) -> dict:
+    return {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "Total?"}]}],
+            "max_tokens": 4, "kvl": {"think_budget": 0, **ext}}
+
+
+# ---- kvl serve ------------------------------------------------------------------------------------
+
+
+def test_serve_refuses_a_document_too_long_at_once_and_fits_one_that_can(scripted, tmp_path):
+    from .serve_util import chat, start_server
+
+    srv = start_server(scripted, tmp_path / "serve", "--ctx", "2048")
+    try:
+        t0 = time.monotonic()
+        status, _, answer = chat(srv.port, body(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(300), share_content=True))))
+        took = time.monotonic() - t0
+        assert status == 400, answer
+        err = answer["error"]
+        assert err["code"] == "context_length_exceeded" and err["param"] == "kvl.pages"
+        assert err["message"].startswith("300 pages do not fit the server's context (2048 tokens)")
+        assert "kvl.pages" in err["message"] and "--pages" not in err["message"]
+        assert took < 5, f"refused after {took:.1f} s: the pages were rendered first"
+        # 40 pages fit only at a lower budget: they get it, as kvl ask's do
+        status, _, answer = chat(srv.port, body(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(40), share_content=True))))
+        assert status == 200, answer
+        tokens = answer["kvl"]["image_tokens"]
+        assert len(tokens) == 40 and max(tokens) < 40 and answer["usage"]["prompt_tokens"] < 2048
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+
+
+def test_serve_renders_a_document_page_by_page_letting_other_requests_through(monkeypatch):
+    """An image asked for while a long document renders is decoded between its pages, not after them."""
+    import asyncio
+
+    from kvl_cli.serve import media as serve_media
+    from kvl_cli.serve.fetch import Fetcher, FetchLimits
+    from kvl_cli.serve.files import AllowedFolders
+    from kvl_cli.serve.protocol import Defaults, ImagePart, parse_chat
+
+    from .serve_util import png_uri
+
+    rendered: list[int] = []
+    real = serve_media._render
+
+    def counting(doc, page, max_tokens):  # type: ignore[no-untyped-def]
+        image = real(doc, page, max_tokens)
+        rendered.append(page.number)
+        return image
+
+    monkeypatch.setattr(serve_media, "_render", counting)
+    media = serve_media.Media(AllowedFolders([]), Fetcher(FetchLimits()))
+    call = parse_chat(body(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(150), share_content=True))), Defaults())
+
+    async def main() -> tuple[int, int]:
+        doc = asyncio.create_task(media.build_request(call, "<image>"))
+        while len(rendered) < 3:
+            await asyncio.sleep(0.01)
+        await media.load(ImagePart(png_uri(), "image"), 1024)
+        at = len(rendered)
+        request = await doc
+        return at, len(request.images)
+
+    at, images = asyncio.run(main())
+    assert images == 150
+    assert at < 50, f"the image waited for {at} of the document's pages"
+
+
+def test_serve_documents_speak_the_apis_words(scripted, tmp_path):
+    from .serve_util import chat, start_server
+
+    srv = start_server(scripted, tmp_path / "serve", "--ctx", "8192")
+    locked = pdfs.pdf_bytes(pdfs.mixed_pages(), password="s3cret-pw")
+    try:
+        status, _, answer = chat(srv.port, body(file_part(locked)))
+        err = answer["error"]
+        assert status == 400 and err["code"] == "invalid_file" and err["param"] == "messages[0].content[0].file"
+        assert "kvl.password" in err["message"] and "--password" not in err["message"]
+        status, _, answer = chat(srv.port, body(file_part(locked), password="wrong"))
+        assert status == 400 and "kvl.password" in answer["error"]["message"]
+        assert "wrong" not in answer["error"]["message"].replace("is wrong", "")
+        status, _, answer = chat(srv.port, body(file_part(locked), password="s3cret-pw"))
+        assert status == 200, answer
+        assert len(answer["kvl"]["image_tokens"]) == 3
+        status, _, answer = chat(srv.port, body(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(4))), pages="9"))
+        err = answer["error"]
+        assert status == 400 and err["param"] == "kvl.pages" and "--pages" not in err["message"]
+        assert err["message"].startswith("kvl.pages 9: doc.pdf has 4 pages")
+        status, _, answer = chat(srv.port, body(file_part(pdfs.damaged_pdf())))
+        assert status == 400 and answer["error"]["code"] == "invalid_file"
+        # a PDF sent as application/octet-stream (or any type) is sniffed by its bytes
+        status, _, answer = chat(srv.port, body(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(2)), "x.bin",
+                                                          "application/octet-stream")))
+        assert status == 200, answer
+        status, _, answer = chat(srv.port, body(file_part(b"GIF89a not a pdf", "x.gif", "image/gif")))
+        assert status == 400 and "not a PDF" in answer["error"]["message"]
+        assert "s3cret-pw" not in srv.log_text()
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+
+
+# ---- the page budget of kvl ask --------------------------------------------------------------------
+
+
+def test_page_budget_counts_the_real_room():
+    from kvl_cli.run.documents import page_budget, pages_that_fit, prompt_tokens
+
+    prompt = prompt_tokens("q")
+    assert pages_that_fit(600, 8192, prompt) >= 2
+    assert page_budget(2, 1024, 600, 8192, prompt) >= 8
+    assert page_budget(1, 1024, 512, 8192, prompt) >= 8
+    with pytest.raises(ContextError) as caught:
+        page_budget(300, 1024, 600, 8192, prompt)
+    fits = pages_that_fit(600, 8192, prompt)
+    assert f"{fits} pages would" in str(caught.value) and "at most 0" not in str(caught.value)
+    page_budget(fits, 1024, 600, 8192, prompt)  # the number it names does fit
+    with pytest.raises(ContextError, match="not even one page would"):
+        page_budget(1, 1024, 64, 8192, prompt)
+
+
+def test_ask_a_document_at_a_small_ctx(kvl, scripted, tmp_path):
+    doc = pdfs.write_pdf(tmp_path / "doc.pdf", pdfs.scanned_pages(4))
+    r = kvl("ask", doc, "q", "--ctx", "512", "--dry-run", "--json", *SHORT, *scripted.args())
+    assert r.code == 0, r.err
+    (rec,) = jsonl(r.out)
+    assert len(rec["image_tokens"]) == 4 and rec["prompt_tokens"] < 512
