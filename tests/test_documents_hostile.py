@@ -154,3 +154,26 @@ def test_ask_a_document_at_a_small_ctx(kvl, scripted, tmp_path):
     assert r.code == 0, r.err
     (rec,) = jsonl(r.out)
     assert len(rec["image_tokens"]) == 4 and rec["prompt_tokens"] < 512
+
+
+# ---- sidecars -------------------------------------------------------------------------------------
+
+
+def test_an_images_sidecar_cannot_be_a_pages(kvl, scripted, images, tmp_path):
+    col = tmp_path / "col"
+    col.mkdir()
+    pdfs.write_pdf(col / "a.pdf", pdfs.scanned_pages(2))
+    (col / "a.p1.png").write_bytes(images["png"].read_bytes())
+    r = kvl("ocr", col, "--sidecar", "txt", *SHORT, *scripted.args())
+    assert r.code == 2, r.err
+    assert r.err.strip() == (f"kvl: error: --sidecar txt: {col / 'a.p1.png'}'s sidecar {col / 'a.p1.txt'} is also "
+                             f"page 1's of {col / 'a.pdf'} (rename the image, or run the two separately with "
+                             "different --sidecar-dir)")
+    assert not (col / "a.p1.txt").exists()
+    (col / "a.p1.png").rename(col / "a.p3.png")  # no page 3's name is taken by a 2-page document: still refused
+    r = kvl("ocr", col, "--sidecar", "txt", *SHORT, *scripted.args())
+    assert r.code == 2
+    (col / "a.p3.png").rename(col / "b.p1.png")
+    r = kvl("ocr", col, "--sidecar", "txt", *SHORT, *scripted.args())
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in col.glob("*.txt")) == ["a.p1.txt", "a.p2.txt", "b.p1.txt"]
