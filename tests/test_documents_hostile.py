@@ -177,3 +177,51 @@ def test_an_images_sidecar_cannot_be_a_pages(kvl, scripted, images, tmp_path):
     r = kvl("ocr", col, "--sidecar", "txt", *SHORT, *scripted.args())
     assert r.code == 0, r.err
     assert sorted(p.name for p in col.glob("*.txt")) == ["a.p1.txt", "a.p2.txt", "b.p1.txt"]
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+
+def _pages(renderer, texts: list[str]) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from kvl_cli.engine.reasoning import Section
+    from kvl_cli.engine.types import DoneEvent, TextEvent
+    from kvl_cli.pages import Page
+
+    from .terminal import RESULT
+
+    for n, text in enumerate(texts, 1):
+        renderer.begin("doc.pdf", 1, 1, page=Page(n, len(texts), first=n == 1))
+        renderer.event(TextEvent(Section.ANSWER, text))
+        result = replace(RESULT, answer=text, thinking="")
+        renderer.event(DoneEvent(result))
+        renderer.end("doc.pdf", result, {"page": n, "pages": len(texts)})
+    renderer.close()
+
+
+def test_a_form_feed_inside_a_page_does_not_split_it():
+    import io
+
+    from kvl_cli.environment import Environment
+    from kvl_cli.render import OutputOptions, PlainRenderer
+
+    pipe = io.StringIO()
+    _pages(PlainRenderer(OutputOptions(), Environment(stdout=pipe, stderr=io.StringIO(), stdout_isatty=False)),
+           ["one\fstill one", "two"])
+    assert pipe.getvalue().split("\f") == ["one\nstill one\n", "two\n"]
+
+
+def test_a_terminal_shows_a_pages_html_looking_text_whole():
+    import io
+
+    from kvl_cli.environment import Environment
+    from kvl_cli.render import LiveRenderer, OutputOptions
+
+    from .terminal import FakeTTY
+
+    tty = FakeTTY()
+    _pages(LiveRenderer(OutputOptions(color=False), Environment(stdout=tty, stderr=io.StringIO())),
+           ["<!-- page 9 --> and <b>x</b>", "`<code>` stays"])
+    shown = tty.getvalue()
+    assert "<!-- page 9 -->" in shown and "<b>x</b>" in shown and "<code>" in shown and "\\<" not in shown
