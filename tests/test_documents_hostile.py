@@ -225,3 +225,23 @@ def test_a_terminal_shows_a_pages_html_looking_text_whole():
            ["<!-- page 9 --> and <b>x</b>", "`<code>` stays"])
     shown = tty.getvalue()
     assert "<!-- page 9 -->" in shown and "<b>x</b>" in shown and "<code>" in shown and "\\<" not in shown
+
+
+# ---- --pages --------------------------------------------------------------------------------------
+
+
+def test_pages_takes_ascii_digits_only(kvl, scripted, tmp_path):
+    doc = pdfs.write_pdf(tmp_path / "doc.pdf", pdfs.scanned_pages(4))
+    for spec in ("\u0663", "1-\u0663", "\uff12"):  # Arabic-Indic 3, fullwidth 2
+        r = kvl("ocr", doc, "--pages", spec, *SHORT, *scripted.args())
+        assert r.code == 2 and "is not a page or a range" in r.err, (spec, r.err)
+
+
+def test_pages_on_an_image_says_it_reads_it_whole(kvl, scripted, images, tmp_path):
+    doc = pdfs.write_pdf(tmp_path / "doc.pdf", pdfs.scanned_pages(4))
+    r = kvl("ocr", doc, images["png"], "--pages", "2", "--json", *SHORT, *scripted.args())
+    assert r.code == 0, r.err
+    assert [rec.get("page") for rec in jsonl(r.out)] == [2, None]
+    assert f"kvl: note: --pages applies to documents only; {images['png']} read whole" in r.err
+    r = kvl("ocr", doc, "--pages", "2", "--json", *SHORT, *scripted.args())
+    assert "note" not in r.err

@@ -84,6 +84,16 @@ def expand_documents(refs: list[InputRef], problems: list[InputProblem], options
     return out, sorted(moved + found, key=lambda p: -1 if p.at is None else p.at), skipped
 
 
+def pages_note(refs: list[InputRef], options: DocumentOptions) -> str | None:
+    """With ``--pages``, a note naming the inputs it does not apply to (images, one-page TIFFs:
+    read whole), so that ``--pages 2`` on an image is not silently ignored."""
+    whole = [ref.label for ref in refs if ref.page is None]
+    if not options.pages or not whole:
+        return None
+    more = f" and {len(whole) - 1} more" if len(whole) > 1 else ""
+    return f"kvl: note: --pages applies to documents only; {whole[0]}{more} read whole\n"
+
+
 def _pages(ref: InputRef, kind: str, options: DocumentOptions) -> tuple[InputRef, list[DocPage] | None]:
     """The input its pages are read from (a document read once, from stdin or a URL, spooled to a
     private file), and its selected pages (None: a TIFF of one page, an image)."""
