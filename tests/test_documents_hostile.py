@@ -245,3 +245,28 @@ def test_pages_on_an_image_says_it_reads_it_whole(kvl, scripted, images, tmp_pat
     assert f"kvl: note: --pages applies to documents only; {images['png']} read whole" in r.err
     r = kvl("ocr", doc, "--pages", "2", "--json", *SHORT, *scripted.args())
     assert "note" not in r.err
+
+
+# ---- error wording --------------------------------------------------------------------------------
+
+
+def test_a_damaged_page_or_tiff_is_said_once_in_the_documented_words(kvl, scripted, tmp_path):
+    from PIL import Image
+
+    from .pdfs import _assemble
+
+    objs = {1: b"<< /Type /Catalog /Pages 2 0 R >>", 2: b"<< /Type /Pages /Kids [2 0 R 3 0 R] /Count 2 >>",
+            3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] >>"}  # page 1 is the page tree itself
+    loop = tmp_path / "loop.pdf"
+    loop.write_bytes(_assemble(objs, b"x" * 16, None))
+    r = kvl("ocr", loop, *SHORT, *scripted.args())
+    lines = [line for line in r.err.splitlines() if "damaged" in line]
+    assert lines and all(line.count(str(loop)) == 1 and "Error" not in line for line in lines), r.err
+    assert any(f"{loop}: page " in line and " is damaged (PDFium could not read it)" in line for line in lines), r.err
+    frames = [Image.new("RGB", (64, 48), (i * 80, 0, 0)) for i in range(3)]
+    tif = tmp_path / "m3.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:])
+    tif.write_bytes(tif.read_bytes()[:200])
+    r = kvl("ocr", tif, *SHORT, *scripted.args())
+    assert r.code == 3, r.err
+    assert "Error" not in r.err and "Missing" not in r.err and "is damaged (Pillow could not read it)" in r.err
