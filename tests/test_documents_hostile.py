@@ -270,3 +270,42 @@ def test_a_damaged_page_or_tiff_is_said_once_in_the_documented_words(kvl, script
     r = kvl("ocr", tif, *SHORT, *scripted.args())
     assert r.code == 3, r.err
     assert "Error" not in r.err and "Missing" not in r.err and "is damaged (Pillow could not read it)" in r.err
+
+
+# ---- sniffed documents ----------------------------------------------------------------------------
+
+
+def test_a_pdf_at_a_url_that_does_not_say_so(kvl, scripted, images, tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = {"/pdf/2501.01234": pdfs.pdf_bytes(pdfs.scanned_pages(3)), "/get?id=7": images["png"].read_bytes(),
+             "/img/photo.png": pdfs.pdf_bytes(pdfs.scanned_pages(1))}
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            hits.append(self.path)
+            data = files[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        r = kvl("ocr", base + "/pdf/2501.01234", base + "/get?id=7", base + "/img/photo.png", "--json", *SHORT,
+                *scripted.args())
+    finally:
+        server.shutdown()
+    recs = jsonl(r.out)
+    assert [(x["input"], x.get("page")) for x in recs[:4]] == [(base + "/pdf/2501.01234", n) for n in (1, 2, 3)] \
+        + [(base + "/get?id=7", None)]
+    assert recs[3]["error"] is None
+    assert "a PDF where kvl expected an image" in recs[4]["error"] and r.code == 5
+    assert hits.count("/pdf/2501.01234") == 1  # fetched once, its pages read from the kept copy

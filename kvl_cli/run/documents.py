@@ -33,10 +33,20 @@ def _kind(ref: InputRef) -> str | None:
     if suffix in IMAGE_EXTENSIONS - {".tif", ".tiff"} or suffix in VIDEO_EXTENSIONS:
         return None
     kind = document_kind(suffix, None)
-    if kind is not None or (ref.url is not None):
+    if kind is not None or (ref.url is not None and _named(suffix)):
         return kind
     head = _head(ref)
+    if ref.url is not None:  # a URL whose name does not tell (arXiv's /pdf/2501.01234): sniffed by its bytes
+        kind = document_kind(suffix, head)
+        if kind is None:
+            ref.release()  # an image: fetched again when its turn comes (a long batch keeps no bytes meanwhile)
+        return kind
     return document_kind(suffix, head)
+
+
+def _named(suffix: str) -> bool:
+    """Whether a URL's name ends in a real file extension (``.php`` tells nothing, but a name does)."""
+    return suffix[1:].isalpha() if suffix else False
 
 
 def _head(ref: InputRef) -> bytes | None:
