@@ -309,3 +309,20 @@ def test_a_pdf_at_a_url_that_does_not_say_so(kvl, scripted, images, tmp_path):
     assert recs[3]["error"] is None
     assert "a PDF where kvl expected an image" in recs[4]["error"] and r.code == 5
     assert hits.count("/pdf/2501.01234") == 1  # fetched once, its pages read from the kept copy
+
+
+# ---- --text-layer records -------------------------------------------------------------------------
+
+
+def test_text_layer_records_name_the_model_only_where_one_read(kvl, scripted, tmp_path):
+    from .pdfs import PageSpec
+
+    doc = pdfs.write_pdf(tmp_path / "half.pdf", [PageSpec(text="Born digital"), *pdfs.scanned_pages(1)])
+    r = kvl("ocr", doc, "--text-layer", "--json", *SHORT, *scripted.args())
+    a, b = jsonl(r.out)
+    assert (a["source"], a["model"]) == ("text", None)
+    assert b["source"] == "ocr" and b["model"]
+    born = pdfs.write_pdf(tmp_path / "born.pdf", [PageSpec(text="one"), PageSpec(text="two")])
+    r = kvl("ocr", born, "--text-layer", "--json", "--model", tmp_path / "none.gguf", "--mmproj", tmp_path / "n.gguf")
+    assert r.code == 0, r.err
+    assert [(x["source"], x["model"]) for x in jsonl(r.out)] == [("text", None), ("text", None)]

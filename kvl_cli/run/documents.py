@@ -126,6 +126,8 @@ def page_meta(ref: InputRef, text_layer: bool) -> dict[str, object]:
     meta: dict[str, object] = {"page": ref.page.number, "pages": ref.page.page.count}
     if text_layer:
         meta["source"] = "text" if ref.page.text else "ocr"
+        if ref.page.text:
+            meta["model"] = None  # no model read it: its own text
     return meta
 
 

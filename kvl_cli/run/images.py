@@ -46,7 +46,7 @@ def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem],
     if not todo or (not needs_model(slots) and not dry_run):  # a missing or broken file should not ask for a
         # model, nor a document whose pages all have their own text (--text-layer)
         return run_jobs(_no_engine, slots, settings=plan.settings, renderer=renderer, image_max_tokens=None,
-                        meta={"task": plan.task, **meta})
+                        meta={"task": plan.task, "model": None, **meta})
     model, mmproj, name = find_pair()
     meta = {"task": plan.task, "model": name, **meta, "image_max_tokens": plan.image_tokens,
             "temperature": plan.settings.temperature, "seed": plan.settings.seed}
