@@ -326,3 +326,11 @@ def test_text_layer_records_name_the_model_only_where_one_read(kvl, scripted, tm
     r = kvl("ocr", born, "--text-layer", "--json", "--model", tmp_path / "none.gguf", "--mmproj", tmp_path / "n.gguf")
     assert r.code == 0, r.err
     assert [(x["source"], x["model"]) for x in jsonl(r.out)] == [("text", None), ("text", None)]
+
+
+def test_ask_records_name_the_documents_in_the_prompt(kvl, scripted, images, tmp_path):
+    doc = pdfs.write_pdf(tmp_path / "doc.pdf", pdfs.scanned_pages(2))
+    r = kvl("ask", doc, images["png"], "q", "--json", *SHORT, *scripted.args())
+    assert r.code == 0, r.err
+    (rec,) = jsonl(r.out)
+    assert rec["images"] == [str(doc), str(images["png"])] and rec["pages_in_prompt"] == [1, 2]

@@ -197,7 +197,7 @@ def question_job(refs: list[InputRef], question: str, plan: RunPlan) -> Job:
     labels, per_page = fit_pages(refs, plan.image_tokens, plan.model.ctx, plan.settings.max_tokens,
                                  prompt_tokens(question))
     names = list(dict.fromkeys(r.label for r in refs))
-    meta: dict[str, object] = {"question": question, "images": [r.label for r in refs if r.page is None]}
+    meta: dict[str, object] = {"question": question, "images": names}  # a document once, by its name
     if labels is not None:
         meta["pages_in_prompt"] = [r.page.number for r in refs if r.page is not None]
         meta["tokens_per_page"] = per_page
