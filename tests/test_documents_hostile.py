@@ -36,7 +36,9 @@ def body(*parts: dict, **ext: object) -> dict:
 # ---- kvl serve ------------------------------------------------------------------------------------
 
 
-def test_serve_refuses_a_document_too_long_at_once_and_fits_one_that_can(scripted, tmp_path):
+def test_serve_refuses_pages_that_cannot_fit_at_once_saying_what_would(scripted, tmp_path):
+    import re
+
     from .serve_util import chat, start_server
 
     srv = start_server(scripted, tmp_path / "serve", "--ctx", "2048")
@@ -47,14 +49,22 @@ def test_serve_refuses_a_document_too_long_at_once_and_fits_one_that_can(scripte
         assert status == 400, answer
         err = answer["error"]
         assert err["code"] == "context_length_exceeded" and err["param"] == "kvl.pages"
-        assert err["message"].startswith("300 pages do not fit the server's context (2048 tokens)")
-        assert "kvl.pages" in err["message"] and "--pages" not in err["message"]
+        assert err["message"].startswith("300 pages at 1024 image tokens each need about ")
+        assert "over the server's context (2,048 tokens): even at 8 image tokens a page only " in err["message"]
+        assert "--pages" not in err["message"]
         assert took < 5, f"refused after {took:.1f} s: the pages were rendered first"
-        # 40 pages fit only at a lower budget: they get it, as kvl ask's do
-        status, _, answer = chat(srv.port, body(file_part(pdfs.pdf_bytes(pdfs.scanned_pages(40), share_content=True))))
+        # 20 pages fit at a lower budget: the answer says which, and that budget is answered
+        doc = file_part(pdfs.pdf_bytes(pdfs.scanned_pages(20), share_content=True))
+        status, _, answer = chat(srv.port, body(doc))
+        assert status == 400, answer
+        m = re.search(r"choose at most (\d+) pages with kvl.pages, or lower kvl.image_max_tokens to (\d+) ",
+                      answer["error"]["message"])
+        assert m, answer["error"]["message"]
+        status, _, answer = chat(srv.port, body(doc, image_max_tokens=int(m.group(2))))
         assert status == 200, answer
-        tokens = answer["kvl"]["image_tokens"]
-        assert len(tokens) == 40 and max(tokens) < 40 and answer["usage"]["prompt_tokens"] < 2048
+        assert len(answer["kvl"]["image_tokens"]) == 20 and answer["usage"]["prompt_tokens"] < 2048
+        status, _, answer = chat(srv.port, body(doc, pages=f"1-{m.group(1)}"))
+        assert status == 200, answer
     finally:
         assert srv.stop() == 0, srv.log_text()
 

@@ -23,7 +23,14 @@ from ..media.documents import DocPage, DocumentOptions, discard, load_page, prob
 from ..media.images import InputRef, load_image
 from ..media.pdf import DocInfo, is_pdf_bytes
 from ..pages import Page, select_pages
-from ..run.documents import PAGE_LABEL_TOKENS, TEMPLATE_TOKENS, page_budget, pages_that_fit
+from ..run.documents import (
+    MIN_ANSWER_TOKENS,
+    PAGE_LABEL_TOKENS,
+    TEMPLATE_TOKENS,
+    page_budget,
+    page_cost,
+    pages_that_fit,
+)
 from ..run.plan import MIN_IMAGE_TOKENS
 from .errors import ApiError, bad_request, from_kvl, too_large
 from .fetch import Fetcher, failed
@@ -51,19 +58,19 @@ class Media:
     async def build_request(self, call: ChatCall, marker: str) -> Request:
         """The engine request for ``call``, every image read and decoded, every PDF's pages rendered
         (each after its ``[page N]`` label). Every document is opened and counted first: pages that
-        cannot fit the context are refused before one is rendered, and pages that fit only at a
-        lower image budget get it (as ``kvl ask`` does). Raises ApiError."""
+        cannot fit the context are refused before one is rendered. Raises ApiError."""
         files = [p for p in call.media if isinstance(p, FilePart)]
         opened: dict[int, _Doc] = {}
         try:
             for file in files:
                 opened[id(file)] = await self.open_document(file, call)
-            per_page = self.page_tokens(call, list(opened.values()))
+            self.check_pages(call, list(opened.values()))
             images: list[ImageInput] = []
             labels: dict[int, list[str]] = {}  # a file part -> its pages' labels
             for part in call.media:
                 if isinstance(part, FilePart):
-                    pages = await self.render_document(opened[id(part)], call, per_page, several=len(files) > 1)
+                    pages = await self.render_document(opened[id(part)], call.image_max_tokens,
+                                                       several=len(files) > 1)
                     labels[id(part)] = [label for label, _ in pages]
                     images += [image for _, image in pages]
                 else:
@@ -93,27 +100,33 @@ class Media:
             discard(path)
             raise
 
-    def page_tokens(self, call: ChatCall, docs: list[_Doc]) -> int:
-        """The image tokens each page may have: the request's budget, lowered so that every page fits
-        the server's context with the request's text, its other images and its answer; a 400
-        ``context_length_exceeded`` at once when even 8 tokens a page cannot."""
+    def check_pages(self, call: ChatCall, docs: list[_Doc]) -> None:
+        """Before a page is rendered: a 400 ``context_length_exceeded`` at once when the selected pages,
+        each filling the request's image budget (as a page is rendered to), with the request's text
+        and other images, cannot fit the server's context; it says what would (fewer pages with
+        ``kvl.pages``, or a lower ``kvl.image_max_tokens``). Pages are not shrunk unasked: a page at 30
+        tokens is not readable, and the client decides."""
         n_pages = sum(len(d.numbers) for d in docs)
         if not n_pages or self.ctx <= 0:
-            return call.image_max_tokens
-        others = sum(1 for p in call.media if isinstance(p, ImagePart)) * (call.image_max_tokens + PAGE_LABEL_TOKENS)
-        text = sum(len(p.encode("utf-8", "surrogatepass")) for t in call.turns for p in t.parts if isinstance(p, str))
-        prompt = TEMPLATE_TOKENS * len(call.turns) + len((call.system or "").encode("utf-8", "surrogatepass")) \
-            + text + others
+            return
+        budget = call.image_max_tokens
+        prompt = _prompt_tokens(call, budget)
+        need = n_pages * (budget * 9 // 10 + PAGE_LABEL_TOKENS) + prompt  # a page rendered fills its budget
+        if need < self.ctx:
+            return
+        at_budget = max(0, (self.ctx - prompt - MIN_ANSWER_TOKENS) // page_cost(budget))
         try:
-            return page_budget(n_pages, call.image_max_tokens, self.ctx, call.settings.max_tokens, prompt)
+            lower = page_budget(n_pages, budget, self.ctx, MIN_ANSWER_TOKENS, prompt)
+            what = (f"choose at most {at_budget} pages with kvl.pages, or " if at_budget else "") + \
+                f"lower kvl.image_max_tokens to {lower} (pages then render smaller)"
         except ContextError:
-            fits = pages_that_fit(self.ctx, call.settings.max_tokens, prompt)
-            raise ApiError(400, f"{n_pages} pages do not fit the server's context ({self.ctx} tokens) even at "
-                           f"{MIN_IMAGE_TOKENS} image tokens a page; {fits} would (choose pages with kvl.pages, "
-                           "or start the server with a larger --ctx)", code="context_length_exceeded",
-                           param="kvl.pages") from None
+            fits = pages_that_fit(self.ctx, MIN_ANSWER_TOKENS, prompt)
+            what = f"even at {MIN_IMAGE_TOKENS} image tokens a page only {fits} would fit: choose pages with kvl.pages"
+        raise ApiError(400, f"{n_pages} pages at {budget} image tokens each need about {need:,} tokens, over the "
+                       f"server's context ({self.ctx:,} tokens): {what}", code="context_length_exceeded",
+                       param="kvl.pages")
 
-    async def render_document(self, doc: _Doc, call: ChatCall, per_page: int, *,
+    async def render_document(self, doc: _Doc, per_page: int, *,
                               several: bool) -> list[tuple[str, ImageInput]]:
         """The document's selected pages, each rendered on a worker thread at ``per_page`` tokens, with
         its label. Each page takes its own turn at the decoder: other requests' images go between
@@ -157,6 +170,14 @@ def decode(data: bytes, label: str, max_tokens: int) -> ImageInput:
         return load_image(InputRef(label=label, data=data), max_tokens=max_tokens)
     except InputError as exc:
         raise from_kvl(exc) from None
+
+
+def _prompt_tokens(call: ChatCall, per_image: int) -> int:
+    """At most the request's tokens besides its pages: its text (a token is at least a byte), the
+    template's, and its other images at their budget."""
+    others = sum(1 for p in call.media if isinstance(p, ImagePart)) * (per_image + PAGE_LABEL_TOKENS)
+    text = sum(len(p.encode("utf-8", "surrogatepass")) for t in call.turns for p in t.parts if isinstance(p, str))
+    return TEMPLATE_TOKENS * len(call.turns) + len((call.system or "").encode("utf-8", "surrogatepass")) + text + others
 
 
 @dataclass(frozen=True)
