@@ -14,7 +14,7 @@ from .errors import UsageError
 
 DEFAULT_MAX_PAGES = 10_000  # a PDF with more pages is refused unread (KVL_MAX_PDF_PAGES)
 PAGE_SEP = "#page="  # doc.pdf#page=3: one page of a document, as Ray rows and resume keys name it
-_SPEC = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d*)\s*)?$")
+_SPEC = re.compile(r"^\s*([0-9]+)\s*(?:-\s*([0-9]*)\s*)?$")
 
 
 @dataclass(frozen=True)

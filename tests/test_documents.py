@@ -120,8 +120,8 @@ def test_page_budget_fits_the_context_or_says_how_many_pages_would():
     from kvl_cli.run.documents import page_budget
 
     assert page_budget(3, 1024, 16384, 4096) == 1024
-    assert 8 <= page_budget(100, 1024, 4096, 8192) < 40
-    with pytest.raises(ContextError, match=r"300 pages do not fit --ctx 4096 .* 138 pages would"):
+    assert 8 <= page_budget(90, 1024, 4096, 8192) < 40
+    with pytest.raises(ContextError, match=r"300 pages do not fit --ctx 4096 .* 97 pages would"):
         page_budget(300, 1024, 4096, 8192)
 
 
@@ -340,8 +340,8 @@ def test_ask_a_document_too_long_is_exit_8_saying_how_many_pages_fit(kvl, script
     doc = pdfs.write_pdf(tmp_path / "long.pdf", pdfs.scanned_pages(300), share_content=True)
     r = kvl("ask", doc, "q", "--ctx", "4096", *scripted.args())
     assert r.code == 8
-    assert r.err.strip() == ("kvl: error: 300 pages do not fit --ctx 4096 even at 8 image tokens a page; 138 pages "
-                             "would (choose pages with --pages (at most 138), or raise --ctx)")
+    assert r.err.strip() == ("kvl: error: 300 pages do not fit --ctx 4096 even at 8 image tokens a page; 111 pages "
+                             "would (choose pages with --pages (at most 111), or raise --ctx)")
 
 
 def test_ask_answers_about_the_pages(kvl, scripted, docs):

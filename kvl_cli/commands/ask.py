@@ -7,7 +7,7 @@ import click
 from ..environment import Environment
 from ..errors import UsageError
 from ..media.images import VIDEO_EXTENSIONS, expand_inputs
-from ..run.documents import expand_documents, question_job
+from ..run.documents import expand_documents, pages_note, question_job
 from ..run.plan import make_plan
 from ._common import pass_env, run_image_task
 from .flags import common_options, document_options, documents_from, generation_options, model_options, output_options
@@ -57,6 +57,8 @@ def ask(env: Environment, args: tuple[str, ...], question: str | None, **kwargs:
         return ask_video(inputs[0], q, common, env)
     refs, problems = expand_inputs(inputs, stdin=env.read_stdin)
     refs, problems, _ = expand_documents(refs, problems, documents)
+    if (note := pages_note(refs, documents)) is not None:
+        env.stderr.write(note)
     if problems:  # one prompt needs every image: a missing one fails the question
         return run_image_task("ask", [], problems, common, {"question": q}, 1, env)
     return run_image_task("ask", [question_job(refs, q, make_plan("ask", common, parallel=1))] if refs else [], [],

@@ -75,6 +75,9 @@ def _identify(label: str, fp: IO[bytes]) -> Any:
     try:
         return Image.open(fp)
     except UnidentifiedImageError:
+        if head.startswith(b"%PDF-"):  # a document where an image was expected (a file part, a misnamed file)
+            raise InputError(f"{label}: a PDF where kvl expected an image",
+                             hint="send a PDF as a document: a file named .pdf, or kvl serve's file part") from None
         if not _looks_heif(head):
             raise InputError(f"{label}: not an image kvl can read",
                              hint="use JPEG, PNG, WebP, GIF, BMP or TIFF (HEIC/AVIF with kvl[heif])") from None

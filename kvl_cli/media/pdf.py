@@ -225,14 +225,17 @@ def _tiff_page(label: str, source: Source, number: int, max_tokens: int | None, 
 # ---- what the decoder process is asked ---------------------------------------------------------------
 
 
-def _damaged(label: str, exc: BaseException) -> InputError:
-    detail = " ".join(str(exc).split())[:200] or "no detail"
-    return InputError(f"{label}: the document is damaged ({type(exc).__name__}: {detail})",
-                      hint="re-export or re-download it")
+def _damaged(label: str, kind: str, number: int | None) -> InputError:
+    """A document (or one of its pages) its reader could not read, in the documented words: no
+    Python exception's name, the path once."""
+    reader, what = ("Pillow", "TIFF") if kind == "tiff" else ("PDFium", "PDF")
+    where = f"page {number}" if number is not None else f"the {what}"
+    return InputError(f"{label}: {where} is damaged ({reader} could not read it)",
+                      hint="re-export or re-download it" + ("; `qpdf --check` says more" if what == "PDF" else ""))
 
 
 def _guarded(fn: Any) -> Any:
-    """Any failure but kvl's own on untrusted bytes is the file's: damaged, named with the error."""
+    """Any failure but kvl's own on untrusted bytes is the file's: damaged (the page's, for a page)."""
 
     @functools.wraps(fn)
     def run(label: str, *args: Any, **kwargs: Any) -> Any:
@@ -243,8 +246,9 @@ def _guarded(fn: Any) -> Any:
         except MemoryError:
             raise InputError(f"{label}: the document needs more memory than kvl allows its decoder",
                              hint="the file is damaged or hostile; convert it with another tool") from None
-        except Exception as exc:
-            raise _damaged(label, exc) from None
+        except Exception:
+            number = args[1] if len(args) > 1 and isinstance(args[1], int) else None
+            raise _damaged(label, str(kwargs.get("kind", "pdf")), number) from None
 
     return run
 

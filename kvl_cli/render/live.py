@@ -4,6 +4,7 @@ The model's text is untrusted: its control characters are shown escaped (``safet
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -125,7 +126,7 @@ class LiveRenderer(Renderer):
         if thinking is not None:
             parts.append(thinking)
         if self.answer:
-            parts.append(Markdown(escape_controls(self.answer)))  # the model's text: never raw to a terminal
+            parts.append(Markdown(shown_markdown(escape_controls(self.answer))))  # never raw to a terminal
         return Group(*parts)
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
@@ -142,3 +143,14 @@ class LiveRenderer(Renderer):
 
     def close(self) -> None:
         self._stop_live()
+
+
+_CODE = re.compile(r"(```.*?(?:```|$)|~~~.*?(?:~~~|$)|`[^`\n]*`)", re.S)
+_HTML = re.compile(r"<(?=[!/?A-Za-z])")
+
+
+def shown_markdown(text: str) -> str:
+    """The answer's Markdown with every HTML-looking ``<`` escaped outside code: rich's Markdown
+    drops HTML (a literal ``<!-- page 9 -->`` or ``<div>`` in a page's text would vanish from the
+    screen), and the answer's text is shown whole."""
+    return "".join(part if i % 2 else _HTML.sub(r"\\<", part) for i, part in enumerate(_CODE.split(text)))

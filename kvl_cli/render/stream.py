@@ -59,7 +59,8 @@ class PlainRenderer(Renderer):
             if self._thinking_open:
                 self.err_stream.write("\n")
                 self._thinking_open = False
-            self.out.write(self._answer_text(ev.text))
+            text = ev.text if self._document is None else ev.text.replace("\f", "\n")  # \f: between pages only
+            self.out.write(self._answer_text(text))
             self.out.flush()
             self._wrote_answer = True
             return

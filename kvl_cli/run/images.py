@@ -20,7 +20,7 @@ from ..render import Renderer
 from ..schema import AnswerGate
 from ..store.catalog import Pair
 from .batch import batch_inputs, done_pages
-from .documents import expand_documents, page_meta
+from .documents import expand_documents, page_meta, pages_note
 from .plan import RunPlan
 from .preview import preview_jobs
 from .runner import Job, JobOutcome, needs_model, prepare, run_jobs, runnable
@@ -46,7 +46,7 @@ def run_image_jobs(plan: RunPlan, jobs: list[Job], problems: list[InputProblem],
     if not todo or (not needs_model(slots) and not dry_run):  # a missing or broken file should not ask for a
         # model, nor a document whose pages all have their own text (--text-layer)
         return run_jobs(_no_engine, slots, settings=plan.settings, renderer=renderer, image_max_tokens=None,
-                        meta={"task": plan.task, **meta})
+                        meta={"task": plan.task, "model": None, **meta})
     model, mmproj, name = find_pair()
     meta = {"task": plan.task, "model": name, **meta, "image_max_tokens": plan.image_tokens,
             "temperature": plan.settings.temperature, "seed": plan.settings.seed}
@@ -73,6 +73,8 @@ def run_batch(plan: RunPlan, inputs: tuple[str, ...], batch: Any, instruction: s
     refs, problems = batch_inputs(inputs, batch, env, plan.task)
     skip = done_pages(batch, plan.task)
     refs, problems, skipped = expand_documents(refs, problems, documents, skip)
+    if (note := pages_note(refs, documents)) is not None:
+        env.stderr.write(note)
     if skipped:
         env.stderr.write(f"kvl: skipping {skipped} page{'s' if skipped != 1 else ''} already done; "
                          f"{len(refs)} to run\n")

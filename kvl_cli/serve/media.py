@@ -13,13 +13,25 @@ import asyncio
 import base64
 import binascii
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..engine.types import ImageInput, Request
-from ..errors import InputError, UsageError
+from ..errors import ContextError, InputError, UsageError
 from ..limits import human, max_input_bytes
 from ..media.documents import DocPage, DocumentOptions, discard, load_page, probe, spool
 from ..media.images import InputRef, load_image
+from ..media.pdf import DocInfo, is_pdf_bytes
 from ..pages import Page, select_pages
+from ..run.documents import (
+    MIN_ANSWER_TOKENS,
+    PAGE_LABEL_TOKENS,
+    TEMPLATE_TOKENS,
+    page_budget,
+    page_cost,
+    pages_that_fit,
+)
+from ..run.plan import MIN_IMAGE_TOKENS
 from .errors import ApiError, bad_request, from_kvl, too_large
 from .fetch import Fetcher, failed
 from .files import AllowedFolders
@@ -31,48 +43,105 @@ DECODES = 2  # images decoded at once (kvl's decoder process takes one at a time
 class Media:
     """Where a request's images come from: data URIs, URLs (``fetcher``), allowed files (``files``)."""
 
-    def __init__(self, files: AllowedFolders, fetcher: Fetcher) -> None:
+    def __init__(self, files: AllowedFolders, fetcher: Fetcher, ctx: int = 0) -> None:
         self.files = files
         self.fetcher = fetcher
+        self.ctx = ctx  # the engine's context (0: unknown, pages are not fitted to it)
         self._decoding: asyncio.Semaphore | None = None
 
     async def decode(self, data: bytes, where: str, max_tokens: int) -> ImageInput:
         """Decoded on a worker thread, at most ``DECODES`` at once (the rest wait here, where a client
         that leaves stops waiting, not on a thread the server's other work needs)."""
-        self._decoding = self._decoding or asyncio.Semaphore(DECODES)
-        async with self._decoding:
+        async with self._slot():
             return await asyncio.to_thread(decode, data, where, max_tokens)
 
     async def build_request(self, call: ChatCall, marker: str) -> Request:
         """The engine request for ``call``, every image read and decoded, every PDF's pages rendered
-        (each after its ``[page N]`` label). Raises ApiError."""
-        images: list[ImageInput] = []
-        labels: dict[int, list[str]] = {}  # a file part -> its pages' labels
+        (each after its ``[page N]`` label). Every document is opened and counted first: pages that
+        cannot fit the context are refused before one is rendered. Raises ApiError."""
         files = [p for p in call.media if isinstance(p, FilePart)]
-        for part in call.media:
-            if isinstance(part, FilePart):
-                pages = await self.load_document(part, call, several=len(files) > 1)
-                labels[id(part)] = [label for label, _ in pages]
-                images += [image for _, image in pages]
-            else:
-                images.append(await self.load(part, call.image_max_tokens))
+        opened: dict[int, _Doc] = {}
+        try:
+            for file in files:
+                opened[id(file)] = await self.open_document(file, call)
+            self.check_pages(call, list(opened.values()))
+            images: list[ImageInput] = []
+            labels: dict[int, list[str]] = {}  # a file part -> its pages' labels
+            for part in call.media:
+                if isinstance(part, FilePart):
+                    pages = await self.render_document(opened[id(part)], call.image_max_tokens,
+                                                       several=len(files) > 1)
+                    labels[id(part)] = [label for label, _ in pages]
+                    images += [image for _, image in pages]
+                else:
+                    images.append(await self.load(part, call.image_max_tokens))
+        finally:
+            for doc in opened.values():
+                discard(doc.path)
         texts = [_text(turn.parts, marker, labels) for turn in call.turns]
         return Request(user_text=texts[-1], images=images, system=call.system, settings=call.settings,
                        messages=[(turn.role, text) for turn, text in zip(call.turns[:-1], texts, strict=False)],
                        cancel=threading.Event(), keep_answer=True)  # a follow-up (a chat) reuses the answer's cells
 
-    async def load_document(self, part: FilePart, call: ChatCall, *, several: bool) -> list[tuple[str, ImageInput]]:
-        """A PDF file part's selected pages (``kvl.pages``), each rendered to the request's image budget,
-        with its label; the body cap bounds the file, the pixel cap each page."""
-        head = part.data[:64].lower()
-        if not head.startswith("data:application/pdf"):
-            raise bad_request(f"{part.where}: file_data must be a PDF (data:application/pdf;base64,...)",
-                              param=f"{part.where}.file", code="invalid_file")
+    async def open_document(self, part: FilePart, call: ChatCall) -> _Doc:
+        """A PDF file part spooled to a private file and counted (its selected pages, ``kvl.pages``);
+        the body cap bounds the file. Its pages are rendered later, one at a time."""
         data = await asyncio.to_thread(decode_data_uri, part.data, part.where)
         name = part.filename or part.where
+        if not is_pdf_bytes(data[:1024]):  # sniffed: a client may send any media type (octet-stream)
+            raise bad_request(f"{part.where}: file_data is not a PDF (its bytes do not begin with %PDF-); send "
+                              "images as image_url parts", param=f"{part.where}.file", code="invalid_file")
+        path = spool(data, ".pdf")  # read page after page by the decoder: sent once, not once per page
+        try:
+            async with self._slot():
+                info = await asyncio.to_thread(_probe, name, path, call.password, part.where)
+            return _Doc(name, path, info.pages, _select(call.pages, info.pages, name), part.where, call.password)
+        except BaseException:
+            discard(path)
+            raise
+
+    def check_pages(self, call: ChatCall, docs: list[_Doc]) -> None:
+        """Before a page is rendered: a 400 ``context_length_exceeded`` at once when the selected pages,
+        each filling the request's image budget (as a page is rendered to), with the request's text
+        and other images, cannot fit the server's context; it says what would (fewer pages with
+        ``kvl.pages``, or a lower ``kvl.image_max_tokens``). Pages are not shrunk unasked: a page at 30
+        tokens is not readable, and the client decides."""
+        n_pages = sum(len(d.numbers) for d in docs)
+        if not n_pages or self.ctx <= 0:
+            return
+        budget = call.image_max_tokens
+        prompt = _prompt_tokens(call, budget)
+        need = n_pages * (budget * 9 // 10 + PAGE_LABEL_TOKENS) + prompt  # a page rendered fills its budget
+        if need < self.ctx:
+            return
+        at_budget = max(0, (self.ctx - prompt - MIN_ANSWER_TOKENS) // page_cost(budget))
+        try:
+            lower = page_budget(n_pages, budget, self.ctx, MIN_ANSWER_TOKENS, prompt)
+            what = (f"choose at most {at_budget} pages with kvl.pages, or " if at_budget else "") + \
+                f"lower kvl.image_max_tokens to {lower} (pages then render smaller)"
+        except ContextError:
+            fits = pages_that_fit(self.ctx, MIN_ANSWER_TOKENS, prompt)
+            what = f"even at {MIN_IMAGE_TOKENS} image tokens a page only {fits} would fit: choose pages with kvl.pages"
+        raise ApiError(400, f"{n_pages} pages at {budget} image tokens each need about {need:,} tokens, over the "
+                       f"server's context ({self.ctx:,} tokens): {what}", code="context_length_exceeded",
+                       param="kvl.pages")
+
+    async def render_document(self, doc: _Doc, per_page: int, *,
+                              several: bool) -> list[tuple[str, ImageInput]]:
+        """The document's selected pages, each rendered on a worker thread at ``per_page`` tokens, with
+        its label. Each page takes its own turn at the decoder: other requests' images go between
+        pages rather than after the whole document."""
+        out = []
+        for n in doc.numbers:
+            page = DocPage(Page(n, doc.pages), "pdf", password=doc.password)
+            async with self._slot():
+                image = await asyncio.to_thread(_render, doc, page, per_page)
+            out.append((f"[{doc.name} page {n}]" if several else f"[page {n}]", image))
+        return out
+
+    def _slot(self) -> asyncio.Semaphore:
         self._decoding = self._decoding or asyncio.Semaphore(DECODES)
-        async with self._decoding:
-            return await asyncio.to_thread(_pages, data, name, call.pages, call.image_max_tokens, several)
+        return self._decoding
 
     async def load(self, part: ImagePart, max_tokens: int) -> ImageInput:
         url, where = part.url, part.where
@@ -103,23 +172,60 @@ def decode(data: bytes, label: str, max_tokens: int) -> ImageInput:
         raise from_kvl(exc) from None
 
 
-def _pages(data: bytes, name: str, spec: str | None, max_tokens: int, several: bool) -> list[tuple[str, ImageInput]]:
-    """A PDF's selected pages, rendered in kvl's decoder process, each with its label."""
-    path = spool(data, ".pdf")  # read page after page by the decoder: sent once, not once per page
+def _prompt_tokens(call: ChatCall, per_image: int) -> int:
+    """At most the request's tokens besides its pages: its text (a token is at least a byte), the
+    template's, and its other images at their budget."""
+    others = sum(1 for p in call.media if isinstance(p, ImagePart)) * (per_image + PAGE_LABEL_TOKENS)
+    text = sum(len(p.encode("utf-8", "surrogatepass")) for t in call.turns for p in t.parts if isinstance(p, str))
+    return TEMPLATE_TOKENS * len(call.turns) + len((call.system or "").encode("utf-8", "surrogatepass")) + text + others
+
+
+@dataclass(frozen=True)
+class _Doc:
+    """A request's PDF, spooled and counted: its name, its file, its page count, the pages to read."""
+
+    name: str
+    path: Path
+    pages: int
+    numbers: list[int]
+    where: str
+    password: str | None = field(default=None, repr=False)
+
+
+def _select(spec: str | None, count: int, name: str) -> list[int]:
     try:
-        info, _ = probe(name, path, "pdf", DocumentOptions(pages=spec))
-        numbers = select_pages(spec, info.pages, name)
-        out = []
-        for n in numbers:
-            page = DocPage(Page(n, info.pages), "pdf")
-            out.append((f"[{name} page {n}]" if several else f"[page {n}]", load_page(name, path, page, max_tokens)))
-        return out
-    except UsageError as exc:
-        raise bad_request(str(exc), param="kvl.pages") from None
+        return select_pages(spec, count, name)
+    except UsageError:
+        raise bad_request(f"kvl.pages {spec}: {name} has {count} page{'s' if count != 1 else ''} (choose pages "
+                          f"between 1 and {count})", param="kvl.pages", code="invalid_pages") from None
+
+
+def _probe(name: str, path: Path, password: str | None, where: str) -> DocInfo:
+    try:
+        info, _ = probe(name, path, "pdf", DocumentOptions(password=password))
     except InputError as exc:
-        raise from_kvl(exc) from None
-    finally:
-        discard(path)
+        raise _document_error(exc, where) from None
+    return info
+
+
+def _render(doc: _Doc, page: DocPage, max_tokens: int) -> ImageInput:
+    try:
+        return load_page(doc.name, doc.path, page, max_tokens)
+    except InputError as exc:
+        raise _document_error(exc, doc.where) from None
+
+
+def _document_error(exc: InputError, where: str) -> ApiError:
+    """A document's error in an API's words: ``kvl.password``, not the CLI's flags."""
+    if "oversized" in exc.message:
+        return from_kvl(exc)
+    hint = exc.hint
+    if hint and "--password" in hint:
+        hint = "give its password as kvl.password" if "encrypted" in exc.message else "check kvl.password"
+    elif hint and "--dpi" in hint:
+        hint = "lower kvl.image_max_tokens"
+    message = f"{exc.message} ({hint})" if hint else exc.message
+    return bad_request(message, param=f"{where}.file", code="invalid_file")
 
 
 def _text(parts: list[Part], marker: str, labels: dict[int, list[str]] | None = None) -> str:

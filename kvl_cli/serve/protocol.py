@@ -29,6 +29,7 @@ EXTENSIONS = {
                "response_format",
     "progress": "stream: also send chunks with {'kvl': {'phase': ...}} (encode, prefill, generate)",
     "pages": "the pages of each PDF file part to read, like --pages (1-3,7); default: all",
+    "password": "the password of encrypted PDF file parts (never logged or echoed)",
 }
 REASONING_EFFORT = {"none": 0, "minimal": 0, "low": 256, "medium": 1024, "high": None}
 REFUSED = {"tools": "tools are not supported", "functions": "functions are not supported",
@@ -81,6 +82,7 @@ class ChatCall:
     schema: AnswerSchema | None = None
     progress: bool = False
     pages: str | None = None  # kvl.pages: which pages of each PDF
+    password: str | None = field(default=None, repr=False)  # kvl.password: never logged or echoed
 
     @property
     def images(self) -> list[ImagePart]:
@@ -116,7 +118,7 @@ def parse_chat(body: Any, defaults: Defaults) -> ChatCall:
     return ChatCall(model=_opt(body, "model", str, "model"), system=system, turns=turns, settings=settings,
                     image_max_tokens=image_max, stream=bool(body.get("stream")), include_usage=_include_usage(body),
                     stop=_stop(body.get("stop")), schema=schema, progress=bool(ext.get("progress")),
-                    pages=_pages(ext))
+                    pages=_pages(ext), password=_opt(ext, "password", str, "kvl.password") or None)
 
 
 def _pages(ext: dict[str, Any]) -> str | None:

@@ -133,7 +133,7 @@ def run(cfg: ServeConfig, err: IO[str] | None = None) -> int:
 
     settings = Settings(model_name=cfg.model_name, marker=default_marker(), max_body=cfg.max_body, api_key=cfg.api_key,
                         allow_files=cfg.allow_files, fetch=cfg.fetch, defaults=cfg.defaults, created=int(time.time()))
-    media = Media(AllowedFolders(cfg.allow_files), Fetcher(cfg.fetch))
+    media = Media(AllowedFolders(cfg.allow_files), Fetcher(cfg.fetch), ctx=cfg.engine.n_ctx)
     config = uvicorn.Config(create_app(service, settings, media), log_config=None, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S, log_level="warning")
     rec = record.ServerRecord(pid=os.getpid(), host=cfg.host, port=port, model=str(cfg.engine.model.resolve()),

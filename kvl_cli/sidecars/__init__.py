@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import tempfile
 from datetime import datetime, timezone
@@ -266,8 +267,38 @@ def pending(labels: list[str], options: SidecarOptions, task: str) -> list[bool]
             if (hit := inputs.at(path)) is not None:
                 raise UsageError(f"--sidecar {kind}: {label}'s sidecar {path} would replace the input {hit}",
                                  hint="rename the input, or write the sidecars elsewhere with --sidecar-dir DIR")
+    _check_pages(labels, options)
     writer = SidecarWriter(options, task)
     return [not writer.done(label) for label in labels]
+
+
+_PAGE_STEM = re.compile(r"^(.+)\.p([1-9][0-9]*)$")
+DOCUMENT_SUFFIXES = (".pdf", ".tif", ".tiff")  # inputs that may have pages (a TIFF of one page has none)
+
+
+def _check_pages(labels: list[str], options: SidecarOptions) -> None:
+    """A document's pages write ``doc.p3.txt``: an image whose own sidecar has that name
+    (``doc.p3.png`` beside ``doc.pdf``) would write it first, and the page would be skipped as done."""
+    stems: dict[tuple[Path, str], str] = {}
+    if not options.kinds:
+        return
+    for label in labels:
+        if Path(label).suffix.lower() in DOCUMENT_SUFFIXES:
+            with contextlib.suppress(UsageError):  # stdin, a URL: said by the loop above
+                path = sidecar_path(label, options.kinds[0], options.folder)
+                stems.setdefault((path.parent, path.stem), label)
+    if not stems:
+        return
+    for label in labels:
+        if Path(label).suffix.lower() in DOCUMENT_SUFFIXES:
+            continue
+        for kind in options.kinds:
+            path = sidecar_path(label, kind, options.folder)
+            m = _PAGE_STEM.match(path.stem)
+            doc = stems.get((path.parent, m.group(1))) if m else None
+            if m and doc is not None:
+                raise UsageError(f"--sidecar {kind}: {label}'s sidecar {path} is also page {m.group(2)}'s of {doc}",
+                                 hint="rename the image, or run the two separately with different --sidecar-dir")
 
 
 def conflicts(labels: list[str], options: SidecarOptions, task: str) -> dict[str, InputError]:
