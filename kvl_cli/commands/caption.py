@@ -7,28 +7,14 @@ import click
 from ..environment import Environment
 from ..tasks import caption_prompt
 from ._common import pass_env, run_per_image
-from .flags import (
-    batch_options,
-    document_options,
-    generation_options,
-    model_options,
-    output_options,
-    ray_options,
-    sidecar_options,
-)
+from .flags import per_image_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, metavar="IMAGE...")
 @click.option("--detail", type=click.Choice(["short", "normal", "long"]), default="normal", show_default=True,
               help="How much to say.")
-@document_options
-@model_options
-@batch_options
-@sidecar_options
-@ray_options
-@generation_options
-@output_options
+@per_image_options()
 @pass_env
 def caption(env: Environment, inputs: tuple[str, ...], detail: str, **kwargs: Any) -> int:
     """Describe images: one caption per image, in order.

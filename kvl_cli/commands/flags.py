@@ -266,3 +266,11 @@ def documents_from(kwargs: dict[str, Any]) -> DocumentOptions:
     dpi = kwargs.pop("dpi", None)
     return DocumentOptions(pages=kwargs.pop("pages", None), dpi=float(dpi) if dpi else None, password=password,
                            text_layer=bool(kwargs.pop("text_layer", False)))
+
+
+def per_image_options(*own: Callable[[F], F]) -> Callable[[F], F]:
+    """The flags of the commands that run per image and per page (caption, ocr, locate), in their
+    --help order: documents, the command's ``own`` extras, model, batch, sidecars, Ray, generation
+    and output."""
+    return stack_options(document_options, *own, model_options, batch_options, sidecar_options, ray_options,
+                         generation_options, output_options)

@@ -17,16 +17,10 @@ from ..sidecars import with_sidecars
 from ..tasks import locate_prompt
 from ._common import pass_env, with_failures
 from .flags import (
-    batch_options,
     common_options,
-    document_options,
     documents_from,
-    generation_options,
-    model_options,
-    output_options,
+    per_image_options,
     ray_from,
-    ray_options,
-    sidecar_options,
     sidecars_from,
     take,
 )
@@ -38,13 +32,7 @@ from .flags import (
 @click.option("--draw", metavar="FILE|DIR", default=None,
               help="Also write each image with its numbered boxes and labels drawn (the original's size): to FILE "
               "for one image, into DIR (an existing folder) for several. Never over an input.")
-@document_options
-@model_options
-@batch_options
-@sidecar_options
-@ray_options
-@generation_options
-@output_options
+@per_image_options()
 @pass_env
 def locate(env: Environment, args: tuple[str, ...], point: bool, draw: str | None, **kwargs: Any) -> int:
     """Find things in images: each match's box (or, with --point, a point) in pixels of the original.

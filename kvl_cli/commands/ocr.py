@@ -7,30 +7,14 @@ import click
 from ..environment import Environment
 from ..tasks import ocr_prompt
 from ._common import pass_env, run_per_image
-from .flags import (
-    batch_options,
-    document_options,
-    generation_options,
-    model_options,
-    output_options,
-    ray_options,
-    sidecar_options,
-    text_layer_option,
-)
+from .flags import per_image_options, text_layer_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, metavar="IMAGE...")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
               help="Plain text, or Markdown keeping headings, lists and tables.")
-@document_options
-@text_layer_option
-@model_options
-@batch_options
-@sidecar_options
-@ray_options
-@generation_options
-@output_options
+@per_image_options(text_layer_option)
 @pass_env
 def ocr(env: Environment, inputs: tuple[str, ...], fmt: str, **kwargs: Any) -> int:
     """Extract all visible text from images and documents (PDF pages), faithfully, in reading order.
