@@ -40,14 +40,9 @@ STARS = {"type": "integer", "minimum": 1, "maximum": 5}
 
 def timed(fn: Callable[[], object], n: int, before: Callable[[], object] | None = None) -> float:
     """Median seconds of ``fn`` over ``n`` calls (``before`` runs untimed before each)."""
-    times = []
-    for _ in range(n):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from kvl_cli.engine.bench import timed_runs
+
+    return statistics.median(timed_runs(fn, n, before))
 
 
 class OldGrammar:

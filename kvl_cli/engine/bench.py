@@ -92,9 +92,9 @@ def bench_constraint(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, fl
     logits = _logits(ctx, model.n_vocab)
     kept = logits.copy()
     try:
-        t_plain = _timed(lambda: plain.sample(ctx, -1), n)
-        t_allowed = _timed(lambda: _allowed(anything, ctx), n)
-        t_mask = _timed(refusing.fill_mask, n)
+        t_plain = timed_runs(lambda: plain.sample(ctx, -1), n)
+        t_allowed = timed_runs(lambda: _allowed(anything, ctx), n)
+        t_mask = timed_runs(refusing.fill_mask, n)
 
         def restore() -> None:
             logits[:] = kept  # the logits as decoded (a refusal masks them in place), untimed
@@ -109,8 +109,8 @@ def bench_constraint(engine: Engine, n: int = 64, seed: int = 0) -> dict[str, fl
             wide.chain.sample(ctx, -1)
             wide.resample(ctx, -1)
 
-        t_refused = _timed(refused, max(8, n // 2), restore)
-        t_wide = _timed(refused_wide, max(8, n // 2), restore)
+        t_refused = timed_runs(refused, max(8, n // 2), restore)
+        t_wide = timed_runs(refused_wide, max(8, n // 2), restore)
     finally:
         logits[:] = kept
         anything.close()
@@ -144,7 +144,8 @@ def _logits(ctx: Context, n_vocab: int) -> Any:
     return np.ctypeslib.as_array(native.llama().llama_get_logits_ith(ctx.ptr, -1), shape=(n_vocab,))
 
 
-def _timed(fn: Callable[[], object], n: int, before: Callable[[], object] | None = None) -> list[float]:
+def timed_runs(fn: Callable[[], object], n: int, before: Callable[[], object] | None = None) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn`` (``before`` runs untimed before each)."""
     times = []
     for _ in range(n):
         if before is not None:
