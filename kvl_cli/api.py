@@ -75,9 +75,10 @@ class Collector(Renderer):
     def warn(self, message: str) -> None:
         pass
 
-    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
-        meta = {"page": page.number, "pages": page.count} if page is not None else {}
-        self.answers.append(Answer(label, error=error, meta=meta))
+    def error(self, label: str, error: KvlError, *, page: Page | None = None,
+              meta: dict[str, Any] | None = None) -> None:
+        where = {"page": page.number, "pages": page.count} if page is not None else {}
+        self.answers.append(Answer(label, error=error, meta={**where, **(meta or {})}))
 
     def end(self, label: str, result: Result, meta: dict[str, Any]) -> None:
         self.answers.append(Answer(label, result.answer, result.thinking, meta.get("data"), None, result, meta))

@@ -268,3 +268,12 @@ def test_a_piped_line_over_a_megabyte_is_left_out_without_reading_it_whole(kvl, 
     assert errors == ["kvl: error: line 2: longer than 1 MB: left out (a question is one line of text)"]
     (rec,) = records(r.out)
     assert rec["question"] == "What is it?" and rec["turn"] == 1
+
+
+def test_a_failed_turn_has_its_record_too(kvl, scripted, images):
+    question = "why " * 600  # does not fit --ctx 512 even with every earlier turn dropped
+    r = chat(kvl, scripted, [question, "Still there?"], str(images["jpg"]), "--json", "--ctx", "512")
+    failed, answered = records(r.out)
+    assert failed["input"] == "turn 1" and failed["exit_code"] == 8, failed
+    assert (failed["turn"], failed["question"], failed["media"]) == (1, question.strip(), [str(images["jpg"])])
+    assert answered["turn"] == 2 and answered["answer"] == SCRIPTED_ANSWER

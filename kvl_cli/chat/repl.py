@@ -131,7 +131,7 @@ class Chat:
         self.state.answer = None  # /schema and /choices: this answer only
         outcome = self.runner.run(self.conv, question, self.renderer, answer)
         if outcome.result is None or outcome.error is not None:
-            return self._failed(question, outcome, label)
+            return self._failed(question, outcome, label, {"turn": self.turn_no, "question": question, "media": media})
         result = outcome.result
         self.conv.record(question, result.answer, result.thinking, result.finish_reason.value)
         meta = {**self.meta, "turn": self.turn_no, "question": question, "media": media,
@@ -146,10 +146,10 @@ class Chat:
             self.say("stopped; what was said is kept")
         return TurnRecord(question, result, None, outcome.extra)
 
-    def _failed(self, question: str, outcome: TurnOutcome, label: str) -> TurnRecord:
+    def _failed(self, question: str, outcome: TurnOutcome, label: str, meta: dict[str, Any]) -> TurnRecord:
         error = outcome.error or KvlError("no answer")
         self.failures.append(int(error.exit_code))
-        self.renderer.error(label, error)
+        self.renderer.error(label, error, meta=meta)
         return TurnRecord(question, outcome.result, error, outcome.extra)
 
     def loop(self, prompt: Prompt) -> int:

@@ -115,8 +115,10 @@ class Renderer:
         self.stop_status()
         self.err.print(Text(f"kvl: warning: {one_line(message)}", style="yellow"), soft_wrap=True)
 
-    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
-        """One input failed (``page``: one page of a document did; the message names it)."""
+    def error(self, label: str, error: KvlError, *, page: Page | None = None,
+              meta: dict[str, Any] | None = None) -> None:
+        """One input failed (``page``: one page of a document did; the message names it). ``meta``: what
+        a record of it says besides (a chat turn's ``turn``, ``question``)."""
         self.failed += 1
         self.stop_status()
         text = str(error)

@@ -64,9 +64,10 @@ class LiveRenderer(Renderer):
         self._stop_live()
         super().warn(message)
 
-    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
+    def error(self, label: str, error: KvlError, *, page: Page | None = None,
+              meta: dict[str, Any] | None = None) -> None:
         self._stop_live()
-        super().error(label, error, page=page)
+        super().error(label, error, page=page, meta=meta)
 
     def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
         super().begin(label, index, total, page=page)

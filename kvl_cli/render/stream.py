@@ -99,10 +99,11 @@ class JsonRenderer(Renderer):
         super().end(label, result, meta)
         self.write(result_record(label, result, meta))
 
-    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
+    def error(self, label: str, error: KvlError, *, page: Page | None = None,
+              meta: dict[str, Any] | None = None) -> None:
         super().error(label, error, page=page)
         where = {"page": page.number, "pages": page.count} if page is not None else {}
-        self.write({"input": label, **where, "error": str(error), "exit_code": int(error.exit_code)})
+        self.write({"input": label, **where, **(meta or {}), "error": str(error), "exit_code": int(error.exit_code)})
 
     def write(self, record: dict[str, Any]) -> None:
         self.out.write(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")

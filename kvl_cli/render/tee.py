@@ -43,8 +43,9 @@ class RecordTee(Renderer):
     def warn(self, message: str) -> None:
         self.inner.warn(message)
 
-    def error(self, label: str, error: KvlError, *, page: Page | None = None) -> None:
-        self.inner.error(label, error, page=page)
+    def error(self, label: str, error: KvlError, *, page: Page | None = None,
+              meta: dict[str, Any] | None = None) -> None:
+        self.inner.error(label, error, page=page, meta=meta)
 
     def begin(self, label: str, index: int, total: int, *, page: Page | None = None) -> None:
         self._page = page
