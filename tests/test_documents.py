@@ -369,6 +369,27 @@ def test_skip_done_resumes_at_the_first_missing_page(kvl, scripted, docs, tmp_pa
     assert "skipping 2 pages already done; 2 to run" in r.err
 
 
+def test_skip_done_from_a_pipe_is_read_once_for_images_and_pages(kvl, scripted, docs, images, tmp_path):
+    """`--skip-done <(cat out.jsonl)`: a pipe can be read only once, so the records that say which
+    inputs and which pages are done must come from that one reading."""
+    import os
+    import threading
+
+    first = kvl("ocr", images["png"], docs["scan"], "--pages", "1-2", "--json", *SHORT, *scripted.args())
+    r_fd, w_fd = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(w_fd, "w") as f:
+            f.write(first.out)
+
+    threading.Thread(target=write, daemon=True).start()
+    r = kvl("ocr", images["png"], docs["scan"], "--json", "--skip-done", f"/dev/fd/{r_fd}", *SHORT, *scripted.args())
+    os.close(r_fd)
+    assert r.code == 0, r.err
+    assert [(Path(x["input"]).name, x.get("page")) for x in jsonl(r.out)] == [("scan.pdf", 3), ("scan.pdf", 4)]
+    assert "skipping 2 pages already done; 2 to run" in r.err
+
+
 def test_sidecars_are_per_page_and_mark_what_is_done(kvl, scripted, docs):
     r = kvl("ocr", docs["mixed"], "--sidecar", "txt", "--sidecar", "json", *SHORT, *scripted.args())
     assert r.code == 0, r.err

@@ -144,12 +144,17 @@ def _done_key(line: str, accept: Accept | None = None) -> str | None:
     return None
 
 
-def done_pages(b: BatchOptions, task: str, accept: Accept | None = None) -> Callable[[str, int], bool] | None:
-    """Whether a document's page is done already: its record in ``--skip-done``'s file, or its
+def done_records(b: BatchOptions, accept: Accept | None = None) -> set[str]:
+    """The inputs and pages ``--skip-done``'s file holds as done, read once for the whole run (the file
+    may be a pipe, ``<(cat out.jsonl)``, which can be read only once)."""
+    return done_inputs(b.skip_done, accept) if b.skip_done else set()
+
+
+def done_pages(b: BatchOptions, task: str, done: set[str]) -> Callable[[str, int], bool] | None:
+    """Whether a document's page is done already: its record among ``done`` (``done_records``), or its
     sidecars written (``doc.p3.txt``); None when neither is asked for."""
     if not b.skip_done and b.sidecars is None:
         return None
-    done = done_inputs(b.skip_done, accept) if b.skip_done else set()
     writer = None
     if b.sidecars is not None and b.sidecars.kinds:
         from ..sidecars import SidecarWriter
@@ -190,9 +195,11 @@ def _append_flag(fd: int) -> int:
 
 
 def select(refs: list[InputRef], *, skip_done: str | None, shard: tuple[int, int] | None,
-           accept: Accept | None = None) -> tuple[list[InputRef], int, int]:
-    """Apply --skip-done and --shard; return (kept, skipped as done, left to other shards)."""
-    done = done_inputs(skip_done, accept) if skip_done else set()
+           done: set[str] | None = None) -> tuple[list[InputRef], int, int]:
+    """Apply --skip-done (its records, ``done``, if already read) and --shard; return (kept, skipped
+    as done, left to other shards)."""
+    if done is None:
+        done = done_inputs(skip_done) if skip_done else set()
     kept, n_done, n_other = [], 0, 0
     for ref in refs:
         if input_key(ref.label) in done:
@@ -205,14 +212,15 @@ def select(refs: list[InputRef], *, skip_done: str | None, shard: tuple[int, int
 
 
 def batch_inputs(inputs: tuple[str, ...], b: BatchOptions, env: Environment, task: str = "caption",
-                 accept: Accept | None = None) -> tuple[list[InputRef], list[InputProblem]]:
-    """Arguments plus --from, then the inputs whose --sidecar files ``task`` wrote already, --skip-done and
-    --shard; says on stderr what it skipped. Each problem keeps its place among the inputs that remain."""
+                 done: set[str] | None = None) -> tuple[list[InputRef], list[InputProblem]]:
+    """Arguments plus --from, then the inputs whose --sidecar files ``task`` wrote already, --skip-done
+    (its records, ``done``, if already read: ``done_records``) and --shard; says on stderr what it
+    skipped. Each problem keeps its place among the inputs that remain."""
     refs, problems = expand_inputs(input_names(inputs, b.from_file, env), stdin=env.read_stdin)
     if b.sidecars is not None:
         refs, problems = _without_sidecars(refs, problems, b.sidecars, task, env)
     if b.skip_done or b.shard:
-        kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard, accept=accept)
+        kept, n_done, n_other = select(refs, skip_done=b.skip_done, shard=b.shard, done=done)
         problems = _replace_problems(problems, refs, kept, b.shard)
         refs = kept
         notes = []

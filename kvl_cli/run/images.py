@@ -19,7 +19,7 @@ from ..media.images import InputProblem, InputRef
 from ..render import Renderer
 from ..schema import AnswerGate
 from ..store.catalog import Pair
-from .batch import batch_inputs, done_pages
+from .batch import batch_inputs, done_pages, done_records
 from .documents import expand_documents, page_meta, pages_note
 from .plan import RunPlan
 from .preview import preview_jobs
@@ -70,8 +70,9 @@ def run_batch(plan: RunPlan, inputs: tuple[str, ...], batch: Any, instruction: s
     job per image with ``instruction``, and one per selected page of each document (``documents``);
     a document half done (``--skip-done``, sidecars) resumes at its first page not done."""
     documents = documents or DocumentOptions()
-    refs, problems = batch_inputs(inputs, batch, env, plan.task)
-    skip = done_pages(batch, plan.task)
+    done = done_records(batch)
+    refs, problems = batch_inputs(inputs, batch, env, plan.task, done)
+    skip = done_pages(batch, plan.task, done)
     refs, problems, skipped = expand_documents(refs, problems, documents, skip)
     if (note := pages_note(refs, documents)) is not None:
         env.stderr.write(note)

@@ -30,7 +30,7 @@ from ..media.images import InputProblem, InputRef
 from ..safetext import one_line
 from ..schema import AnswerGate, AnswerSchema, checked
 from ..tasks import locate_prompt
-from .batch import _replace_problems, batch_inputs, done_pages
+from .batch import _replace_problems, batch_inputs, done_pages, done_records
 from .documents import expand_documents, page_meta
 from .draw import DrawSink, Key, Source, draw_targets, ref_key, without_drawings
 from .plan import RunPlan
@@ -215,14 +215,14 @@ def locate_inputs(run: LocateRun, inputs: tuple[str, ...], batch: Any, env: Any,
     """The inputs to run: the arguments and ``--from``, less those ``--skip-done`` holds for this query
     and mode, kvl's own drawings in the ``--draw`` folder, and the other shards'; each document's
     selected pages (those not done) in its place."""
-    accept = same_search(run.query, run.point)
-    refs, problems = batch_inputs(inputs, batch, env, "locate", accept)
+    done = done_records(batch, same_search(run.query, run.point))
+    refs, problems = batch_inputs(inputs, batch, env, "locate", done)
     kept, drawings = without_drawings(refs, run.draw)
     problems, refs = _replace_problems(problems, refs, kept, None), kept
     if drawings:
         env.stderr.write(f"kvl: skipping {drawings} drawing{'s' if drawings != 1 else ''} of kvl locate's "
                          f"in {run.draw}\n")
-    refs, problems, skipped = expand_documents(refs, problems, documents, done_pages(batch, "locate", accept))
+    refs, problems, skipped = expand_documents(refs, problems, documents, done_pages(batch, "locate", done))
     if skipped:
         env.stderr.write(f"kvl: skipping {skipped} page{'s' if skipped != 1 else ''} already done; "
                          f"{len(refs)} to run\n")
