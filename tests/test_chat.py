@@ -157,16 +157,6 @@ def test_a_pdf_is_its_pages_after_their_labels(kvl, scripted, images, tmp_path):
     assert f"added {doc} (3 pages) as item 2" in r.err
 
 
-def test_a_damaged_pdf_is_an_error_line(kvl, scripted, images, tmp_path):
-    bad = tmp_path / "bad.pdf"
-    bad.write_bytes(b"%PDF-1.4\nnot really a document")
-    r = chat(kvl, scripted, [f"/add {bad}", "Still there?"], str(images["jpg"]), "--json")
-    assert r.code == 0
-    assert f"kvl: error: {bad}" in r.err
-    (rec,) = records(r.out)
-    assert rec["image_tokens"] == [12]
-
-
 def test_a_full_context_drops_the_oldest_turns_and_keeps_the_image(kvl, scripted, images):
     lines = ["What is it, tell me more about it please?"] * 8
     r = chat(kvl, scripted, lines, str(images["jpg"]), "--json", "--ctx", "512", "--max-tokens", "20")
@@ -290,12 +280,16 @@ def test_a_prompt_sharing_part_of_a_text_chunk_reuses_that_part(engine):
     resident.forget(0)
 
 
-def test_an_image_whose_pixels_cannot_be_read_is_an_error_line(kvl, scripted, images, tmp_path):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    r = chat(kvl, scripted, [f"/add {broken}", "What is it?"], str(images["jpg"]), "--json")
+@pytest.mark.parametrize("name, data, question", [
+    ("bad.pdf", b"%PDF-1.4\nnot really a document", "Still there?"),  # a damaged PDF
+    ("broken.png", b"\x89PNG\r\n\x1a\nnot really", "What is it?"),  # an image whose pixels cannot be read
+])
+def test_media_that_cannot_be_read_is_an_error_line(kvl, scripted, images, tmp_path, name, data, question):
+    bad = tmp_path / name
+    bad.write_bytes(data)
+    r = chat(kvl, scripted, [f"/add {bad}", question], str(images["jpg"]), "--json")
     assert r.code == 0
-    assert f"kvl: error: {broken}" in r.err
+    assert f"kvl: error: {bad}" in r.err
     (rec,) = records(r.out)
     assert rec["image_tokens"] == [12]
 
